@@ -1,0 +1,59 @@
+/// \file core.h
+/// \brief The C++ core: the law applied to a population of float32 weights on the CPU.
+///
+/// Loops only: every element goes through the functions of nap/law.h. Loops are parallel over
+/// OpenMP threads (set_num_threads, or the NAP_NUM_THREADS environment variable read by the
+/// Python layer) and written so the compiler vectorises them. No function allocates a copy of
+/// the caller's arrays; pointers are the caller's memory, updated in place.
+///
+/// Validation is the caller's job and comes first (validate before you write): the scans
+/// first_nonfinite and first_bad_id let a host reject bad input before any weight changes.
+#pragma once
+
+#include <cstddef>  // for std::size_t
+#include <cstdint>  // for std::int64_t, std::uint64_t
+
+#include "nap/law.h"
+
+namespace nap {
+
+/// Dense step: w[i] = step(w[i], q[i]) for i < n.
+void step(float* w, const float* q, std::size_t n, const Params& p);
+
+/// Dense step with one quality for every memory.
+void step_scalar(float* w, float q, std::size_t n, const Params& p);
+
+/// Passive decay applied k times to every weight (one pass over memory, whatever k is).
+void decay(float* w, std::size_t n, float decay, std::uint64_t k);
+
+/// Sparse ordered batch: feedback only, event j applied to w[ids[j]] with quality q[j].
+/// Events of one id are applied in the order given; different ids run in parallel.
+/// ids must already be checked to lie in [0, n).
+void update(float* w, std::size_t n, const std::int64_t* ids, const float* q, std::size_t m,
+            const Params& p);
+
+/// Index of the first NaN or infinite value of x, or -1 when all are finite.
+std::int64_t first_nonfinite(const float* x, std::size_t n);
+
+/// Index of the first id outside [0, n), or -1 when all are inside.
+std::int64_t first_bad_id(const std::int64_t* ids, std::size_t m, std::int64_t n);
+
+/// Exact population sums for the metrics, grouped by label (0 or 1) and float32 exponent.
+/// For label l and biased exponent e, out[l][e] holds (count, sum of significands, sum of the
+/// high and of the low 24-bit halves of the squared significands) as unsigned integers, so
+/// sum(w) and sum(w*w) can be formed exactly in any order (see nap_gpu/metrics.py).
+/// out has 2 * 256 * 4 entries and is overwritten. Requires n < 2^40.
+void exact_sums(const float* w, const std::uint8_t* labels, std::size_t n, std::uint64_t* out);
+
+/// The memory-bandwidth floor for benchmarks: w[i] += s * q[i], the same bytes as a step.
+void triad(float* w, const float* q, float s, std::size_t n);
+
+/// OpenMP threads used by the loops (1 when built without OpenMP).
+int num_threads();
+/// Set the thread count; values < 1 restore the OpenMP default.
+void set_num_threads(int n);
+
+/// How the core was compiled: compiler, flags that matter for the law, OpenMP, SIMD level.
+const char* compile_options();
+
+}  // namespace nap

@@ -1,0 +1,124 @@
+/// \file bindings.cpp
+/// \brief pybind11 module nap_gpu._core: thin wrappers over the C++ core (nap/core.h).
+///
+/// Arrays are taken with noconvert(): a float32 C-contiguous array binds to the caller's
+/// memory, anything else is a TypeError, never a silent copy that would leave the caller's
+/// array stale. The GIL is released while a loop runs. Validation of values is the Python
+/// layer's job (nap_gpu/_validate.py); these functions trust their inputs.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "nap/core.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using Floats = py::array_t<float, py::array::c_style>;
+using Ids = py::array_t<std::int64_t, py::array::c_style>;
+using Labels = py::array_t<std::uint8_t, py::array::c_style>;
+using Sums = py::array_t<std::uint64_t, py::array::c_style>;
+
+nap::Params params(float lr, float gate, float decay) { return nap::Params{lr, gate, decay}; }
+
+void step(Floats w, Floats q, float lr, float gate, float decay) {
+  if (q.size() != w.size()) throw py::value_error("step: w and q differ in length");
+  float* wp = w.mutable_data();
+  const float* qp = q.data();
+  const auto n = static_cast<std::size_t>(w.size());
+  py::gil_scoped_release nogil;
+  nap::step(wp, qp, n, params(lr, gate, decay));
+}
+
+void step_scalar(Floats w, float q, float lr, float gate, float decay) {
+  float* wp = w.mutable_data();
+  const auto n = static_cast<std::size_t>(w.size());
+  py::gil_scoped_release nogil;
+  nap::step_scalar(wp, q, n, params(lr, gate, decay));
+}
+
+void decay(Floats w, float d, std::uint64_t k) {
+  float* wp = w.mutable_data();
+  const auto n = static_cast<std::size_t>(w.size());
+  py::gil_scoped_release nogil;
+  nap::decay(wp, n, d, k);
+}
+
+void update(Floats w, Ids ids, Floats q, float lr, float gate) {
+  if (ids.size() != q.size()) throw py::value_error("update: ids and q differ in length");
+  float* wp = w.mutable_data();
+  const auto n = static_cast<std::size_t>(w.size());
+  const auto m = static_cast<std::size_t>(ids.size());
+  const std::int64_t* ip = ids.data();
+  const float* qp = q.data();
+  if (nap::first_bad_id(ip, m, static_cast<std::int64_t>(n)) >= 0)
+    throw py::index_error("update: an id is outside [0, n)");  // guard; Python checks first
+  py::gil_scoped_release nogil;
+  nap::update(wp, n, ip, qp, m, params(lr, gate, 0.0f));
+}
+
+std::int64_t first_nonfinite(Floats x) {
+  const float* xp = x.data();
+  const auto n = static_cast<std::size_t>(x.size());
+  py::gil_scoped_release nogil;
+  return nap::first_nonfinite(xp, n);
+}
+
+std::int64_t first_bad_id(Ids ids, std::int64_t n) {
+  const std::int64_t* ip = ids.data();
+  const auto m = static_cast<std::size_t>(ids.size());
+  py::gil_scoped_release nogil;
+  return nap::first_bad_id(ip, m, n);
+}
+
+Sums exact_sums(Floats w, Labels labels) {
+  if (labels.size() != w.size()) throw py::value_error("exact_sums: w and labels differ");
+  Sums out({2, 512, 4});
+  const float* wp = w.data();
+  const std::uint8_t* lp = labels.data();
+  std::uint64_t* op = out.mutable_data();
+  const auto n = static_cast<std::size_t>(w.size());
+  {
+    py::gil_scoped_release nogil;
+    nap::exact_sums(wp, lp, n, op);
+  }
+  return out;
+}
+
+void triad(Floats w, Floats q, float s) {
+  if (q.size() != w.size()) throw py::value_error("triad: w and q differ in length");
+  float* wp = w.mutable_data();
+  const float* qp = q.data();
+  const auto n = static_cast<std::size_t>(w.size());
+  py::gil_scoped_release nogil;
+  nap::triad(wp, qp, s, n);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "nap_gpu C++ core: the NAP law over float32 populations (OpenMP, SIMD).";
+  m.def("step", &step, py::arg("w").noconvert(), py::arg("q").noconvert(), py::arg("lr"),
+        py::arg("gate"), py::arg("decay"), "Dense step in place: feedback then decay.");
+  m.def("step_scalar", &step_scalar, py::arg("w").noconvert(), py::arg("q"), py::arg("lr"),
+        py::arg("gate"), py::arg("decay"), "Dense step in place, one quality for all.");
+  m.def("decay", &decay, py::arg("w").noconvert(), py::arg("decay"), py::arg("k"),
+        "Passive decay k times, in place.");
+  m.def("update", &update, py::arg("w").noconvert(), py::arg("ids").noconvert(),
+        py::arg("q").noconvert(), py::arg("lr"), py::arg("gate"),
+        "Sparse ordered batch in place: feedback only, in the order given within each id.");
+  m.def("first_nonfinite", &first_nonfinite, py::arg("x").noconvert(),
+        "Index of the first NaN or inf, or -1.");
+  m.def("first_bad_id", &first_bad_id, py::arg("ids").noconvert(), py::arg("n"),
+        "Index of the first id outside [0, n), or -1.");
+  m.def("exact_sums", &exact_sums, py::arg("w").noconvert(), py::arg("labels").noconvert(),
+        "Integer sums by (label, sign+exponent): count, significand, squared hi/lo halves.");
+  m.def("triad", &triad, py::arg("w").noconvert(), py::arg("q").noconvert(), py::arg("s"),
+        "Bandwidth floor for benchmarks: w += s * q in place.");
+  m.def("num_threads", &nap::num_threads, "OpenMP threads the loops use.");
+  m.def("set_num_threads", &nap::set_num_threads, py::arg("n"),
+        "Set the loops' thread count; n < 1 restores the OpenMP default.");
+  m.def("compile_options", &nap::compile_options, "How the core was compiled.");
+}

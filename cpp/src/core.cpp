@@ -1,0 +1,266 @@
+/// \file core.cpp
+/// \brief OpenMP loops over the law (nap/law.h). No arithmetic of the law lives here.
+#include "nap/core.h"
+
+#include <algorithm>  // for std::min
+#include <cstring>    // for std::memcpy
+#include <string>     // for std::string
+#include <vector>     // for std::vector
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace nap {
+namespace {
+
+// Below these sizes a parallel region costs more than it saves.
+constexpr std::size_t kParallelElements = std::size_t{1} << 16;
+constexpr std::size_t kParallelEvents = std::size_t{1} << 15;
+// Decay(k) works on cache-resident blocks so k rounds cost one pass over memory.
+constexpr std::size_t kDecayBlock = 4096;
+
+int g_threads = 0;  // 0: the OpenMP default
+
+int threads_for(std::size_t work, std::size_t threshold) {
+  if (work < threshold) return 1;
+  return num_threads();
+}
+
+inline std::uint32_t bits_of(float x) {
+  std::uint32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+}
+
+inline bool is_finite(float x) { return (bits_of(x) & 0x7f800000u) != 0x7f800000u; }
+
+}  // namespace
+
+int num_threads() {
+#ifdef _OPENMP
+  return g_threads > 0 ? g_threads : omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+void set_num_threads(int n) { g_threads = n > 0 ? n : 0; }
+
+void step(float* w, const float* q, std::size_t n, const Params& p) {
+  const std::int64_t count = static_cast<std::int64_t>(n);
+  const Params params = p;  // a local copy: no aliasing doubts for the vectoriser
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, kParallelElements))
+  for (std::int64_t i = 0; i < count; ++i) w[i] = nap::step(w[i], q[i], params);
+}
+
+void step_scalar(float* w, float q, std::size_t n, const Params& p) {
+  const std::int64_t count = static_cast<std::int64_t>(n);
+  const Params params = p;
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, kParallelElements))
+  for (std::int64_t i = 0; i < count; ++i) w[i] = nap::step(w[i], q, params);
+}
+
+void decay(float* w, std::size_t n, float d, std::uint64_t k) {
+  if (k == 0) return;
+  if (d == 0.0f) k = 1;  // decay_once(., 0) is the clamp: idempotent after one round
+  const std::int64_t blocks = static_cast<std::int64_t>((n + kDecayBlock - 1) / kDecayBlock);
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, kParallelElements))
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    float* block = w + static_cast<std::size_t>(b) * kDecayBlock;
+    const std::size_t len = std::min(kDecayBlock, n - static_cast<std::size_t>(b) * kDecayBlock);
+    for (std::uint64_t round = 0; round < k; ++round) {
+      for (std::size_t i = 0; i < len; ++i) block[i] = decay_once(block[i], d);
+      if ((round & 7u) == 7u) {  // a block at 0 stays at 0: stop early
+        float top = 0.0f;
+        for (std::size_t i = 0; i < len; ++i) top = block[i] > top ? block[i] : top;
+        if (top <= 0.0f) break;
+      }
+    }
+  }
+}
+
+namespace {
+
+struct Event {
+  std::int64_t id;
+  float q;
+};
+
+void update_serial(float* w, const std::int64_t* ids, const float* q, std::size_t m,
+                   const Params& p) {
+  for (std::size_t j = 0; j < m; ++j) w[ids[j]] = feedback(w[ids[j]], q[j], p.lr, p.gate);
+}
+
+}  // namespace
+
+// Parallel across ids, ordered within an id: each thread owns a contiguous id range. Events are
+// bucketed by owner with a stable counting sort (each thread scatters its own slice of the
+// batch, slices in order), so every bucket holds its events in the order given; then each
+// thread applies its bucket alone. Cost: O(m) reads and writes of 16-byte events, plus the
+// random accesses to w that any implementation pays. No id is touched by two threads.
+void update(float* w, std::size_t n, const std::int64_t* ids, const float* q, std::size_t m,
+            const Params& p) {
+  const int wanted = threads_for(m, kParallelEvents);
+  if (wanted <= 1 || n < 2) {
+    update_serial(w, ids, q, m, p);
+    return;
+  }
+#ifdef _OPENMP
+  std::vector<Event> bucketed(m);
+  std::vector<std::size_t> counts;  // counts[t * T + o]: events of slice t owned by o
+  int T = 1;
+  std::size_t span = n;
+#pragma omp parallel num_threads(wanted)
+  {
+#pragma omp single
+    {
+      T = omp_get_num_threads();
+      span = (n + static_cast<std::size_t>(T) - 1) / static_cast<std::size_t>(T);
+      counts.assign(static_cast<std::size_t>(T) * T, 0);
+    }  // implicit barrier
+    const int t = omp_get_thread_num();
+    const std::size_t lo = m * t / T, hi = m * (t + 1) / T;
+    std::size_t* mine = &counts[static_cast<std::size_t>(t) * T];
+    for (std::size_t j = lo; j < hi; ++j) ++mine[static_cast<std::size_t>(ids[j]) / span];
+#pragma omp barrier
+#pragma omp single
+    {  // exclusive prefix sum, owner-major then slice: bucket o holds slices 0..T-1 in order
+      std::size_t total = 0;
+      for (int o = 0; o < T; ++o)
+        for (int s = 0; s < T; ++s) {
+          std::size_t& c = counts[static_cast<std::size_t>(s) * T + o];
+          const std::size_t here = c;
+          c = total;
+          total += here;
+        }
+    }
+    for (std::size_t j = lo; j < hi; ++j)
+      bucketed[mine[static_cast<std::size_t>(ids[j]) / span]++] = Event{ids[j], q[j]};
+#pragma omp barrier
+    // Bucket t starts where slice 0 began writing it; it ends where bucket t + 1 starts.
+    const std::size_t begin = t == 0 ? 0 : counts[static_cast<std::size_t>(T - 1) * T + t - 1];
+    const std::size_t end = counts[static_cast<std::size_t>(T - 1) * T + t];
+    const float lr = p.lr, gate = p.gate;
+    for (std::size_t k = begin; k < end; ++k) {
+      const Event e = bucketed[k];
+      w[e.id] = feedback(w[e.id], e.q, lr, gate);
+    }
+  }
+#else
+  update_serial(w, ids, q, m, p);
+#endif
+}
+
+namespace {
+
+// The first index in [0, n) where bad(i) holds, or -1. Blocks are tested with a branch-free
+// (vectorisable) OR first; only a block with a hit is scanned again for its first index.
+template <class Bad>
+std::int64_t first_where(std::size_t n, Bad bad) {
+  constexpr std::size_t kBlock = 1024;
+  const std::int64_t blocks = static_cast<std::int64_t>((n + kBlock - 1) / kBlock);
+  std::int64_t first = blocks;
+#pragma omp parallel for schedule(static) reduction(min : first) \
+    num_threads(threads_for(n, kParallelElements))
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
+    const std::size_t hi = std::min(n, lo + kBlock);
+    unsigned any = 0;
+    for (std::size_t i = lo; i < hi; ++i) any |= bad(i) ? 1u : 0u;
+    if (any && b < first) first = b;
+  }
+  if (first == blocks) return -1;
+  for (std::size_t i = static_cast<std::size_t>(first) * kBlock;; ++i)
+    if (bad(i)) return static_cast<std::int64_t>(i);
+}
+
+}  // namespace
+
+std::int64_t first_nonfinite(const float* x, std::size_t n) {
+  return first_where(n, [x](std::size_t i) { return !is_finite(x[i]); });
+}
+
+std::int64_t first_bad_id(const std::int64_t* ids, std::size_t m, std::int64_t n) {
+  const std::uint64_t limit = static_cast<std::uint64_t>(n);  // negatives wrap above it
+  return first_where(m, [ids, limit](std::size_t j) {
+    return static_cast<std::uint64_t>(ids[j]) >= limit;
+  });
+}
+
+void exact_sums(const float* w, const std::uint8_t* labels, std::size_t n, std::uint64_t* out) {
+  constexpr std::size_t kKeys = 2 * 512 * 4;  // label x (sign, exponent) x 4 sums
+  std::fill(out, out + kKeys, std::uint64_t{0});
+  const std::int64_t count = static_cast<std::int64_t>(n);
+#pragma omp parallel num_threads(threads_for(n, kParallelElements))
+  {
+    std::vector<std::uint64_t> local(kKeys, 0);
+#pragma omp for schedule(static)
+    for (std::int64_t i = 0; i < count; ++i) {
+      const std::uint32_t b = bits_of(w[i]);
+      const std::uint32_t key = b >> 23;  // sign and biased exponent
+      const std::uint32_t frac = b & 0x7fffffu;
+      const std::uint64_t sig = (key & 0xffu) ? (frac | 0x800000u) : frac;
+      const std::uint64_t sq = sig * sig;  // < 2^48: split in two 24-bit halves
+      std::uint64_t* acc = &local[(static_cast<std::size_t>(labels[i] & 1u) * 512 + key) * 4];
+      acc[0] += 1;
+      acc[1] += sig;
+      acc[2] += sq >> 24;
+      acc[3] += sq & 0xffffffu;
+    }
+#pragma omp critical
+    for (std::size_t k = 0; k < kKeys; ++k) out[k] += local[k];
+  }
+}
+
+void triad(float* w, const float* q, float s, std::size_t n) {
+  const std::int64_t count = static_cast<std::int64_t>(n);
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, kParallelElements))
+  for (std::int64_t i = 0; i < count; ++i) w[i] += s * q[i];
+}
+
+const char* compile_options() {
+  static const std::string text = [] {
+    std::string s = "compiler=";
+#if defined(__clang__)
+    s += std::string("Clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    s += std::string("GCC ") + __VERSION__;
+#elif defined(_MSC_VER)
+    s += "MSVC " + std::to_string(_MSC_FULL_VER);
+#else
+    s += "unknown";
+#endif
+#ifdef NAP_CXX_FLAGS
+    s += std::string(";flags=") + NAP_CXX_FLAGS;
+#endif
+#ifdef __FAST_MATH__
+    s += ";fast_math=on";
+#else
+    s += ";fast_math=off";
+#endif
+#ifdef _OPENMP
+    s += ";openmp=" + std::to_string(_OPENMP);
+#else
+    s += ";openmp=off";
+#endif
+    s += ";simd=";
+#if defined(__AVX512F__)
+    s += "AVX512F";
+#elif defined(__AVX2__)
+    s += "AVX2";
+#elif defined(__AVX__)
+    s += "AVX";
+#elif defined(__SSE2__) || defined(_M_X64)
+    s += "SSE2";
+#elif defined(__ARM_NEON)
+    s += "NEON";
+#else
+    s += "none";
+#endif
+    return s;
+  }();
+  return text.c_str();
+}
+
+}  // namespace nap

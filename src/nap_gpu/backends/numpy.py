@@ -1,0 +1,175 @@
+"""The NumPy backend: the law restated in array code, and the executable reference.
+
+Runs wherever NumPy does (no compiler, no GPU). Every operation works in place on the
+caller's float32 array, chunk by chunk, through preallocated scratch of ``CHUNK`` elements:
+no n-sized temporary is ever allocated, and each chunk stays in cache across the law's
+dozen passes.
+
+The restatement of the law (``cpp/include/nap/law.h`` is the source) uses two exact float32
+identities, both checked bit for bit by the parity tests:
+
+* ``w - lr * (1 - q) == w + lr * (q - 1)``: round-to-nearest is symmetric, so
+  ``fl(q - 1) == -fl(1 - q)`` and ``fl(lr * -u) == -fl(lr * u)``, and IEEE defines ``x - y``
+  as ``x + (-y)``; one select then serves both branches;
+* ``numpy.maximum(x, 0)`` / ``numpy.minimum(x, 1)`` are the header's ``clamp_low`` /
+  ``clamp_high`` exactly (NaN passes through, ``-0.0`` becomes ``+0.0``).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..params import Params
+
+name = "numpy"
+xp = np
+
+#: Elements per chunk: 64 Ki float32 = 256 KiB per stream, so a chunk of w, q and the
+#: scratch stays in L2 across the law's passes.
+CHUNK = 1 << 16
+
+_ZERO = np.float32(0.0)
+_ONE = np.float32(1.0)
+_local = threading.local()
+
+
+def _scratch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-thread scratch: two float32 chunks and a bool mask, allocated once."""
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = (np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32), np.empty(CHUNK, bool))
+        _local.buffers = buffers
+    return buffers
+
+
+def _clamp_unit(x: np.ndarray) -> None:
+    np.maximum(x, _ZERO, out=x)
+    np.minimum(x, _ONE, out=x)
+
+
+def _feedback(w: np.ndarray, q: np.ndarray, lr: np.float32, gate: np.float32,
+              qc: np.ndarray, t: np.ndarray, reinforce: np.ndarray) -> None:
+    """w = feedback(w, q) in place; qc, t, reinforce are scratch of w's length."""
+    np.maximum(q, _ZERO, out=qc)          # q = clamp_unit(q)
+    np.minimum(qc, _ONE, out=qc)
+    np.greater(qc, gate, out=reinforce)   # q > gate reinforces
+    np.subtract(qc, _ONE, out=t)          # q - 1 == -(1 - q) exactly
+    np.copyto(t, qc, where=reinforce)     # select q (reinforce) or q - 1 (punish)
+    np.multiply(t, lr, out=t)             # t = lr * q   or   -(lr * (1 - q))
+    np.add(w, t, out=w)                   # w + t        or   w - lr * (1 - q)
+    _clamp_unit(w)
+
+
+def _decay(w: np.ndarray, d: np.float32) -> None:
+    np.subtract(w, d, out=w)
+    _clamp_unit(w)
+
+
+def step(w: np.ndarray, q: np.ndarray, p: Params) -> None:
+    """Dense step in place: feedback then decay, for every memory."""
+    lr, gate, d = p.float32()
+    qc, t, mask = _scratch()
+    for lo in range(0, w.size, CHUNK):
+        hi = min(lo + CHUNK, w.size)
+        k = hi - lo
+        wc = w[lo:hi]
+        _feedback(wc, q[lo:hi], lr, gate, qc[:k], t[:k], mask[:k])
+        _decay(wc, d)
+
+
+def step_scalar(w: np.ndarray, q: float, p: Params) -> None:
+    """Dense step in place with one quality for every memory."""
+    filled = np.full(min(CHUNK, w.size), q, np.float32)  # one chunk, not n
+    for lo in range(0, w.size, CHUNK):
+        hi = min(lo + CHUNK, w.size)
+        step(w[lo:hi], filled[: hi - lo], p)
+
+
+def decay(w: np.ndarray, d: float, k: int) -> None:
+    """Passive decay k times in place; one pass over memory (k rounds per cached chunk)."""
+    d = np.float32(d)
+    if k == 0:
+        return
+    if d == 0:
+        k = 1  # decay by 0 is the clamp: idempotent after one round
+    for lo in range(0, w.size, CHUNK):
+        wc = w[lo:lo + CHUNK]
+        for rnd in range(k):
+            _decay(wc, d)
+            if rnd % 8 == 7 and not wc.max() > 0:  # a chunk at 0 stays at 0
+                break
+
+
+def update(w: np.ndarray, ids: np.ndarray, q: np.ndarray, p: Params) -> None:
+    """Sparse ordered batch in place: feedback only, each id's events in the order given.
+
+    Events are stably sorted by id; the r-th event of every id forms round r, and a round's
+    ids are distinct, so one fancy-indexed feedback applies it. Cost: O(m log m) for the sort
+    plus one vectorised round per level of multiplicity (a hot id with r events means r
+    rounds: the price of order without a compiled loop).
+    """
+    m = ids.size
+    if m == 0:
+        return
+    lr, gate, _ = p.float32()
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    new_group = np.empty(m, bool)
+    new_group[0] = True
+    np.not_equal(sorted_ids[1:], sorted_ids[:-1], out=new_group[1:])
+    starts = np.flatnonzero(new_group)
+    rank = np.arange(m) - np.repeat(starts, np.diff(np.append(starts, m)))
+    by_round = order[np.argsort(rank, kind="stable")]
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(rank))))
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        events = by_round[lo:hi]
+        idx = ids[events]
+        wr = w[idx]
+        k = wr.size
+        _feedback(wr, q[events], lr, gate, np.empty(k, np.float32), np.empty(k, np.float32),
+                  np.empty(k, bool))
+        w[idx] = wr
+
+
+def first_nonfinite(x: np.ndarray) -> int:
+    """Index of the first NaN or infinity in x, or -1."""
+    _, _, mask = _scratch()
+    for lo in range(0, x.size, CHUNK):
+        chunk = x[lo:lo + CHUNK]
+        ok = mask[: chunk.size]
+        np.isfinite(chunk, out=ok)
+        if not ok.all():
+            return lo + int(np.argmin(ok))
+    return -1
+
+
+def first_bad_id(ids: np.ndarray, n: int) -> int:
+    """Index of the first id outside [0, n), or -1."""
+    bad = (ids < 0) | (ids >= n)
+    return int(np.argmax(bad)) if bad.any() else -1
+
+
+def exact_sums(w: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Integer sums by (label, sign and exponent); see ``nap_gpu.metrics``.
+
+    Returns uint64 of shape (2, 512, 4): count, sum of significands, and sums of the high and
+    low 24-bit halves of the squared significands. Each bincount below adds integers < 2^24
+    in float64, exact while a chunk holds fewer than 2^29 elements.
+    """
+    out = np.zeros((2, 512, 4), np.uint64)
+    step_ = 1 << 24
+    for lo in range(0, w.size, step_):
+        bits = w[lo:lo + step_].view(np.uint32)
+        key = (bits >> np.uint32(23)).astype(np.intp)
+        exponent = key & 0xFF
+        sig = (bits & np.uint32(0x7FFFFF)).astype(np.uint64)
+        sig |= (exponent != 0).astype(np.uint64) << np.uint64(23)
+        sq = sig * sig
+        key += labels[lo:lo + step_].astype(np.intp) * 512
+        for col, weights in enumerate((None, sig, sq >> np.uint64(24), sq & np.uint64(0xFFFFFF))):
+            counts = np.bincount(key, weights=None if weights is None else weights.astype(np.float64),
+                                 minlength=1024)
+            out[:, :, col] += counts.astype(np.uint64).reshape(2, 512)
+    return out

@@ -1,0 +1,124 @@
+"""The Engine: a population of float32 weights owned by one backend, updated by the law."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _inputs, backends, metrics as _metrics
+from .params import Params
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """One float32 weight per memory, on one backend, updated in place by the NAP law.
+
+    Parameters
+    ----------
+    n : int
+        Number of memories (>= 1).
+    backend : str
+        ``"auto"`` (default: the best usable backend, ``NAP_BACKEND`` overrides), or one of
+        ``"cuda"``, ``"cpp"``, ``"numpy"``; naming an unusable one raises with the reason.
+    seed : int, optional
+        Seed of the ``"uniform"`` initial weights: the same seed gives the same weights on
+        every backend.
+    init : "uniform", float or array
+        Initial weights: seeded U[0, 1) (float32), a constant in [0, 1], or an array of n
+        weights in [0, 1] (copied; ``-0.0`` stored as ``+0.0``).
+    params : Params, optional
+        The law's parameters (default ``Params()``).
+
+    Every mutating call validates all of its input before any weight is written: a rejected
+    call raises and leaves the weights exactly as they were.
+    """
+
+    def __init__(self, n: int, *, backend: str = "auto", seed: int | None = None,
+                 init="uniform", params: Params | None = None) -> None:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            raise TypeError(f"n must be an integer, got {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        self._n = int(n)
+        self.params = Params() if params is None else params
+        self._backend = backends.resolve(backend)
+        host = _inputs.initial_weights(init, self._n, seed)
+        self._w = self._backend.xp.asarray(host)
+        self.iteration = 0  # dense steps applied
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return self._n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def backend(self) -> str:
+        """The backend's name (``"cuda"``, ``"cpp"`` or ``"numpy"``)."""
+        return self._backend.name
+
+    @property
+    def params(self) -> Params:
+        return self._params
+
+    @params.setter
+    def params(self, value: Params) -> None:
+        if not isinstance(value, Params):
+            raise TypeError(f"params must be a nap.Params, got {type(value).__name__}")
+        self._params = value
+
+    @property
+    def weights(self):
+        """The live weights in the backend's array type, read-only (no copy)."""
+        view = self._w.view()
+        view.flags.writeable = False
+        return view
+
+    def to_numpy(self) -> np.ndarray:
+        """A float32 copy of the weights on the host."""
+        return np.array(self._w, dtype=np.float32, copy=True)
+
+    def __repr__(self) -> str:
+        return f"Engine(n={self._n}, backend={self.backend!r}, params={self._params}, iteration={self.iteration})"
+
+    # -- the law -------------------------------------------------------------------------
+    def step(self, quality, *, check_finite: bool = True) -> None:
+        """Dense step: one quality per memory (or one for all), feedback then decay.
+
+        ``check_finite=False`` skips the NaN/inf scan of the qualities (one read pass) for
+        trusted producers; a NaN quality then punishes and its weight becomes NaN.
+        """
+        q = _inputs.quality(quality, self._n, self._backend, check_finite=check_finite)
+        if isinstance(q, float):
+            self._backend.step_scalar(self._w, q, self._params)
+        else:
+            self._backend.step(self._w, self._backend.xp.asarray(q), self._params)
+        self.iteration += 1
+
+    def update(self, ids, quality, *, check_finite: bool = True) -> None:
+        """Sparse ordered batch: feedback only (no decay) for each (id, quality) event.
+
+        Events are applied in the order given: an id listed several times is updated several
+        times, in order. ``quality`` may be one number for all events.
+        """
+        ids_, q = _inputs.events(ids, quality, self._n, self._backend, check_finite=check_finite)
+        xp = self._backend.xp
+        self._backend.update(self._w, xp.asarray(ids_), xp.asarray(q), self._params)
+
+    def decay(self, k: int = 1) -> None:
+        """Passive decay only, ``k`` times, for every memory."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise TypeError(f"k must be an integer, got {type(k).__name__}")
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        self._backend.decay(self._w, self._params.decay, int(k))
+
+    # -- monitoring ----------------------------------------------------------------------
+    def metrics(self, labels, *, eps: float = _metrics.DEFAULT_EPS) -> _metrics.Metrics:
+        """Separation, inversion ratio, saturation and per-population stats for labels
+        (bool or 0/1: 1 = reinforced R; or strings 'R'/'P'), one per memory."""
+        return _metrics.compute(self._w, _inputs.labels(labels, self._n), self._backend, eps=eps)

@@ -1,0 +1,54 @@
+"""The law's parameters (DESIGN.md §2), validated once and held as float32."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Params"]
+
+
+@dataclass(frozen=True)
+class Params:
+    """Parameters of the NAP law, each a float32 in [0, 1].
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate: the step of reinforcement (``lr * q``) and punishment
+        (``lr * (1 - q)``). Default 0.05.
+    gate : float
+        A quality strictly above the gate reinforces; at or below it punishes. Default 0.5.
+    decay : float
+        Passive decay subtracted per dense step and per ``decay()`` round. 0 disables it.
+        Default 0.02, so a reinforced memory plateaus at ``1 - 0.02``.
+
+    Values are rounded to float32 (the law's arithmetic is float32); ``-0.0`` becomes ``0.0``.
+    Non-finite values or values outside [0, 1] raise ``ValueError`` naming the parameter.
+    """
+
+    lr: float = 0.05
+    gate: float = 0.5
+    decay: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "gate", "decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                raise TypeError(f"Params.{name} must be a real number, got {type(value).__name__}")
+            if not math.isfinite(float(value)):
+                raise ValueError(f"Params.{name} must be finite, got {value!r}")
+            as32 = float(np.float32(value)) + 0.0  # round to float32; -0.0 -> 0.0
+            if not 0.0 <= as32 <= 1.0:
+                raise ValueError(f"Params.{name} must lie in [0, 1], got {value!r}")
+            object.__setattr__(self, name, as32)
+
+    def __repr__(self) -> str:  # the float32 values, shortest round-trip form
+        lr, gate, decay = (str(v) for v in self.float32())
+        return f"Params(lr={lr}, gate={gate}, decay={decay})"
+
+    def float32(self) -> tuple[np.float32, np.float32, np.float32]:
+        """``(lr, gate, decay)`` as NumPy float32 scalars."""
+        return np.float32(self.lr), np.float32(self.gate), np.float32(self.decay)
