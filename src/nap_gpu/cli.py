@@ -1,0 +1,146 @@
+"""The ``nap-gpu`` command: ``simulate`` runs the reference workload, ``info`` explains the
+backends.
+
+    nap-gpu simulate --memories 1M --iterations 50 [--noise 0.1] [--backend auto] [--seed 0]
+                     [--json run.json]
+    nap-gpu info [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import re
+import sys
+import time
+
+from . import __version__, backends
+from ._config import config, show_config
+from .engine import Engine
+from .metrics import health
+from .workload import ReferenceWorkload
+
+_SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
+
+
+def count(text: str) -> int:
+    """A count like ``10000``, ``10k``, ``1M``, ``1e6`` or ``1_000_000``."""
+    match = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([kmbg]?)\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 10000, 10k, 1M, 1e6)")
+    value = float(match.group(1).replace("_", "")) * _SUFFIXES[match.group(2)]
+    if value != int(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole count: {text!r}")
+    return int(value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nap-gpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"nap_gpu {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log backend selection")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate", help="run the reference workload (DESIGN.md §4)")
+    sim.add_argument("--memories", type=count, default=10_000, help="population size (default 10k)")
+    sim.add_argument("--iterations", type=int, default=50, help="dense steps (default 50)")
+    sim.add_argument("--noise", type=float, default=0.0, help="std of Gaussian quality noise")
+    sim.add_argument("--backend", default="auto", help="auto (default), cuda, cpp or numpy")
+    sim.add_argument("--seed", type=int, default=0, help="seed of weights and qualities")
+    sim.add_argument("--metrics-every", type=int, default=1, metavar="K",
+                     help="compute metrics every K iterations (and at the last)")
+    sim.add_argument("--json", metavar="FILE", help="also write the run as JSON to FILE")
+    sim.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    info = sub.add_parser("info", help="list each backend and why it is or is not usable")
+    info.add_argument("--json", action="store_true", help="print the same as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        if args.command == "info":
+            if args.json:
+                print(json.dumps(config(), indent=2))
+            else:
+                show_config()
+            return 0
+        return simulate(args)
+    except (ValueError, TypeError, backends.BackendUnavailableError) as exc:
+        print(f"nap-gpu: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _progress(total: int, disabled: bool):
+    try:
+        from tqdm import tqdm  # the `cli` extra; the table is printed either way
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="it", disable=disabled or None, file=sys.stderr, leave=False)
+
+
+def simulate(args) -> int:
+    if args.iterations < 1:
+        raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    if args.metrics_every < 1:
+        raise ValueError(f"--metrics-every must be >= 1, got {args.metrics_every}")
+    workload = ReferenceWorkload(args.memories, sigma=args.noise, seed=args.seed)
+    eng = Engine(args.memories, backend=args.backend, seed=args.seed)
+    labels = workload.labels
+    print(f"nap-gpu simulate: {args.memories:,} memories, {args.iterations} iterations, "
+          f"noise {args.noise}, seed {args.seed}, backend {eng.backend}, {eng.params}")
+    header = f"{'iter':>5} {'separation':>11} {'inversion':>10} {'saturation':>11} {'ms/iter':>9}"
+    bar = _progress(args.iterations, args.no_progress)
+    emit = bar.write if bar is not None else print
+    emit(header)
+    rows = []
+    for it in range(1, args.iterations + 1):
+        q = workload.next_quality()
+        start = time.perf_counter()
+        eng.step(q)  # host backends are synchronous; a device backend synchronises in step
+        ms = (time.perf_counter() - start) * 1e3
+        row = {"iteration": it, "ms": ms}
+        if it % args.metrics_every == 0 or it == args.iterations:
+            m = eng.metrics(labels)
+            row.update(separation=m.separation, inversion_ratio=m.inversion_ratio,
+                       saturation=m.saturation)
+            emit(f"{it:>5} {m.separation:>11.4f} {m.inversion_ratio:>10.4f} "
+                 f"{m.saturation:>11.4f} {ms:>9.3f}")
+        rows.append(row)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    verdict = health(m, args.iterations)
+    times = sorted(r["ms"] for r in rows)
+    p50 = times[len(times) // 2]
+    print(f"latency: p50 {p50:.3f} ms/iter, max {times[-1]:.3f} ms/iter")
+    print("health: OK" if verdict.ok else "health: FAILED — " + "; ".join(verdict.failures))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"config": {k: v for k, v in vars(args).items() if k != "command"},
+                       "backend": eng.backend, "params": dataclasses.asdict(eng.params),
+                       "machine": config(), "iterations": _finite(rows), "final": _finite(m.as_dict()),
+                       "health": {"ok": verdict.ok, "failures": list(verdict.failures)}},
+                      fh, indent=2)
+    return 0 if verdict.ok else 1
+
+
+def _finite(obj):
+    """JSON has no NaN: write null instead."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
