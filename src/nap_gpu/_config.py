@@ -22,7 +22,7 @@ def config() -> dict:
     }
     try:
         info["auto"] = backends.resolve("auto").name
-    except backends.BackendUnavailableError as exc:
+    except (ValueError, backends.BackendUnavailableError) as exc:
         info["auto"] = f"error: {exc}"
     if backends.available_backends()["cpp"] is None:
         cpp = backends.get("cpp")

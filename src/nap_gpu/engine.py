@@ -44,8 +44,7 @@ class Engine:
         self._n = int(n)
         self.params = Params() if params is None else params
         self._backend = backends.resolve(backend)
-        host = _inputs.initial_weights(init, self._n, seed)
-        self._w = self._backend.xp.asarray(host)
+        self._w = self._backend.from_host(_inputs.initial_weights(init, self._n, seed))
         self.iteration = 0  # dense steps applied
 
     # -- state ---------------------------------------------------------------------------
@@ -73,14 +72,17 @@ class Engine:
 
     @property
     def weights(self):
-        """The live weights in the backend's array type, read-only (no copy)."""
+        """The live weights in the backend's array type, without a copy (a NumPy array on
+        cpp/numpy, read-only; a CuPy array on cuda). Use the Engine's methods to change them."""
+        if self._backend.xp is not np:
+            return self._w
         view = self._w.view()
         view.flags.writeable = False
         return view
 
     def to_numpy(self) -> np.ndarray:
         """A float32 copy of the weights on the host."""
-        return np.array(self._w, dtype=np.float32, copy=True)
+        return self._backend.to_host(self._w)
 
     def __repr__(self) -> str:
         return f"Engine(n={self._n}, backend={self.backend!r}, params={self._params}, iteration={self.iteration})"
@@ -92,11 +94,12 @@ class Engine:
         ``check_finite=False`` skips the NaN/inf scan of the qualities (one read pass) for
         trusted producers; a NaN quality then punishes and its weight becomes NaN.
         """
-        q = _inputs.quality(quality, self._n, self._backend, check_finite=check_finite)
+        q = _inputs.quality(quality, self._n, self._backend, check_finite=check_finite,
+                            weights=self._w)
         if isinstance(q, float):
             self._backend.step_scalar(self._w, q, self._params)
         else:
-            self._backend.step(self._w, self._backend.xp.asarray(q), self._params)
+            self._backend.step(self._w, q, self._params)
         self.iteration += 1
 
     def update(self, ids, quality, *, check_finite: bool = True) -> None:
@@ -105,9 +108,9 @@ class Engine:
         Events are applied in the order given: an id listed several times is updated several
         times, in order. ``quality`` may be one number for all events.
         """
-        ids_, q = _inputs.events(ids, quality, self._n, self._backend, check_finite=check_finite)
-        xp = self._backend.xp
-        self._backend.update(self._w, xp.asarray(ids_), xp.asarray(q), self._params)
+        ids_, q = _inputs.events(ids, quality, self._n, self._backend, check_finite=check_finite,
+                                 weights=self._w)
+        self._backend.update(self._w, ids_, q, self._params)
 
     def decay(self, k: int = 1) -> None:
         """Passive decay only, ``k`` times, for every memory."""
@@ -120,5 +123,7 @@ class Engine:
     # -- monitoring ----------------------------------------------------------------------
     def metrics(self, labels, *, eps: float = _metrics.DEFAULT_EPS) -> _metrics.Metrics:
         """Separation, inversion ratio, saturation and per-population stats for labels
-        (bool or 0/1: 1 = reinforced R; or strings 'R'/'P'), one per memory."""
-        return _metrics.compute(self._w, _inputs.labels(labels, self._n), self._backend, eps=eps)
+        (bool or 0/1: 1 = reinforced R; or strings 'R'/'P'), one per memory. Computed where
+        the weights live; the numbers are exact, hence the same on every backend."""
+        host_labels = _inputs.labels(labels, self._n)
+        return _metrics.compute(self._w, self._backend.asarray(host_labels), self._backend, eps=eps)

@@ -74,6 +74,8 @@ class Health:
 
 def compute(w, labels: np.ndarray, backend, *, eps: float = DEFAULT_EPS) -> Metrics:
     """Metrics of weights ``w`` (an array of ``backend``) for uint8 ``labels`` (1 = R, 0 = P)."""
+    if not 0.0 <= eps < 0.5:  # NaN fails too; from 0.5 on, a weight would count twice
+        raise ValueError(f"eps must lie in [0, 0.5), got {eps!r}")
     xp = backend.xp
     sums = np.asarray(backend.exact_sums(w, labels))
     reinforced, nonfinite_r = _population(sums[1])
@@ -140,7 +142,22 @@ class _Exact:
     def public(self) -> PopulationStats:
         if not self.count or self.exact_mean is None:
             return PopulationStats(self.count, math.nan, math.nan)
-        return PopulationStats(self.count, float(self.exact_mean), math.sqrt(float(self.exact_var)))
+        return PopulationStats(self.count, float(self.exact_mean), _sqrt(self.exact_var))
+
+
+def _sqrt(x: Fraction) -> float:
+    """The float64 nearest to sqrt(x), x >= 0 exact: one rounding, not two."""
+    if x <= 0:
+        return 0.0
+    num, den = x.numerator, x.denominator
+    # Scale so the integer root has >= 56 bits: its last bit then sits below the rounding bit
+    # and can carry the "inexact" (sticky) information.
+    k = 60 + max(0, (den.bit_length() - num.bit_length()) // 2 + 1)
+    scaled, remainder = divmod(num << (2 * k), den)
+    root = math.isqrt(scaled)
+    if remainder or root * root != scaled:
+        root |= 1
+    return float(Fraction(root, 1 << k))  # Fraction -> float rounds correctly
 
 
 def _population(bins: np.ndarray) -> tuple[_Exact, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,7 @@ class Params:
     def __post_init__(self) -> None:
         for name in ("lr", "gate", "decay"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"Params.{name} must be a real number, got {type(value).__name__}")
             if not math.isfinite(float(value)):
                 raise ValueError(f"Params.{name} must be finite, got {value!r}")

@@ -13,18 +13,20 @@ import numpy as np
 
 from .. import _core  # ImportError here means the core was not built: the registry says so
 from ..params import Params
+from . import _xp
 
 name = "cpp"
 xp = np
+asarray, from_host, to_host, synchronize = (
+    _xp.host_asarray, _xp.host_from_host, _xp.host_to_host, _xp.host_synchronize)
 
 
 def _threads_from_env() -> None:
-    value = os.environ.get("NAP_NUM_THREADS")
+    value = os.environ.get("NAP_NUM_THREADS", "").strip()
     if value:
-        try:
-            _core.set_num_threads(int(value))
-        except ValueError:
-            raise ValueError(f"NAP_NUM_THREADS must be an integer, got {value!r}") from None
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"NAP_NUM_THREADS must be a positive integer, got {value!r}")
+        _core.set_num_threads(int(value))
 
 
 _threads_from_env()

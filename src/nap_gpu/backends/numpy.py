@@ -22,9 +22,12 @@ import threading
 import numpy as np
 
 from ..params import Params
+from . import _xp
 
 name = "numpy"
 xp = np
+asarray, from_host, to_host, synchronize = (
+    _xp.host_asarray, _xp.host_from_host, _xp.host_to_host, _xp.host_synchronize)
 
 #: Elements per chunk: 64 Ki float32 = 256 KiB per stream, so a chunk of w, q and the
 #: scratch stays in L2 across the law's passes.
@@ -67,6 +70,12 @@ def _decay(w: np.ndarray, d: np.float32) -> None:
     _clamp_unit(w)
 
 
+# NaN inputs (allowed with check_finite=False) make NaN weights on every backend; NumPy would
+# also warn, and a warning turned into an error would stop a call half-written.
+_quiet = np.errstate(invalid="ignore")
+
+
+@_quiet
 def step(w: np.ndarray, q: np.ndarray, p: Params) -> None:
     """Dense step in place: feedback then decay, for every memory."""
     lr, gate, d = p.float32()
@@ -87,6 +96,7 @@ def step_scalar(w: np.ndarray, q: float, p: Params) -> None:
         step(w[lo:hi], filled[: hi - lo], p)
 
 
+@_quiet
 def decay(w: np.ndarray, d: float, k: int) -> None:
     """Passive decay k times in place; one pass over memory (k rounds per cached chunk)."""
     d = np.float32(d)
@@ -102,6 +112,7 @@ def decay(w: np.ndarray, d: float, k: int) -> None:
                 break
 
 
+@_quiet
 def update(w: np.ndarray, ids: np.ndarray, q: np.ndarray, p: Params) -> None:
     """Sparse ordered batch in place: feedback only, each id's events in the order given.
 
@@ -145,31 +156,5 @@ def first_nonfinite(x: np.ndarray) -> int:
     return -1
 
 
-def first_bad_id(ids: np.ndarray, n: int) -> int:
-    """Index of the first id outside [0, n), or -1."""
-    bad = (ids < 0) | (ids >= n)
-    return int(np.argmax(bad)) if bad.any() else -1
-
-
-def exact_sums(w: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Integer sums by (label, sign and exponent); see ``nap_gpu.metrics``.
-
-    Returns uint64 of shape (2, 512, 4): count, sum of significands, and sums of the high and
-    low 24-bit halves of the squared significands. Each bincount below adds integers < 2^24
-    in float64, exact while a chunk holds fewer than 2^29 elements.
-    """
-    out = np.zeros((2, 512, 4), np.uint64)
-    step_ = 1 << 24
-    for lo in range(0, w.size, step_):
-        bits = w[lo:lo + step_].view(np.uint32)
-        key = (bits >> np.uint32(23)).astype(np.intp)
-        exponent = key & 0xFF
-        sig = (bits & np.uint32(0x7FFFFF)).astype(np.uint64)
-        sig |= (exponent != 0).astype(np.uint64) << np.uint64(23)
-        sq = sig * sig
-        key += labels[lo:lo + step_].astype(np.intp) * 512
-        for col, weights in enumerate((None, sig, sq >> np.uint64(24), sq & np.uint64(0xFFFFFF))):
-            counts = np.bincount(key, weights=None if weights is None else weights.astype(np.float64),
-                                 minlength=1024)
-            out[:, :, col] += counts.astype(np.uint64).reshape(2, 512)
-    return out
+first_bad_id = _xp.first_bad_id
+exact_sums = _xp.exact_sums

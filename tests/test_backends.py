@@ -1,0 +1,335 @@
+"""Backend registry and selection (DESIGN.md §5 "Selection is explicit and explains itself").
+
+``available_backends()`` says which backends run here and why the others do not, and never
+raises; ``backend="auto"`` picks the best usable one and logs its choice and what it
+skipped; ``NAP_BACKEND`` overrides ``auto``; naming an unusable backend is an error with the
+reason. ``show_config()`` shows how the C++ core was built (no FMA contraction, no fast
+math), and ``NAP_NUM_THREADS`` sets its thread count without changing a single bit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import nap_gpu as nap
+from conftest import assert_same_bits
+
+CPP_USABLE = nap.available_backends()["cpp"] is None
+needs_cpp = pytest.mark.skipif(not CPP_USABLE, reason=f"cpp backend unusable: "
+                                                      f"{nap.available_backends()['cpp']}")
+needs_no_cuda = pytest.mark.skipif(nap.available_backends()["cuda"] is None,
+                                   reason="cuda is usable on this host: no unusable backend to ask for")
+
+
+def clean_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NAP_")}
+    env.update(extra)
+    return env
+
+
+def run_python(code: str, env: dict, cwd=None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=cwd)
+    assert proc.returncode == 0, f"subprocess failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+# -- available_backends ---------------------------------------------------------------------------
+
+def test_available_backends_lists_every_backend_with_reasons():
+    backends = nap.available_backends()
+    assert list(backends) == ["cuda", "cpp", "numpy"]  # auto's order, best first
+    assert backends["numpy"] is None
+    for name, reason in backends.items():
+        assert reason is None or (isinstance(reason, str) and reason.strip()), (name, reason)
+    backends["numpy"] = "tampered"
+    assert nap.available_backends()["numpy"] is None, "callers must get their own copy"
+
+
+@needs_no_cuda
+def test_cuda_reason_here_mentions_cupy():
+    reason = nap.available_backends()["cuda"]
+    assert "CuPy" in reason and "pip install" in reason, reason
+
+
+FAKE_CUPY = {
+    "import_fails": ('raise RuntimeError("libcudart.so.12: cannot open shared object file")',
+                     "cannot be imported", "libcudart"),
+    "no_driver": ("class _R:\n    @staticmethod\n    def getDeviceCount():\n"
+                  "        raise RuntimeError('cudaErrorInsufficientDriver')\n"
+                  "class cuda:\n    runtime = _R\n",
+                  "no CUDA driver", "cudaErrorInsufficientDriver"),
+    "no_device": ("class _R:\n    @staticmethod\n    def getDeviceCount():\n        return 0\n"
+                  "class cuda:\n    runtime = _R\n",
+                  "no CUDA device", "CuPy"),
+    "broken_attributes": ("", "CuPy", "CuPy"),  # a cupy with no cuda attribute at all
+}
+
+
+@pytest.mark.parametrize("case", FAKE_CUPY)
+def test_probe_never_raises_with_a_broken_cupy(tmp_path, case):
+    """A CuPy that cannot import, finds no driver or no device: the probe explains, never
+    raises; auto falls back to the next backend (with a log line); naming cuda raises
+    BackendUnavailableError with the same reason."""
+    source, expected, detail = FAKE_CUPY[case]
+    package = tmp_path / "cupy"
+    package.mkdir()
+    (package / "__init__.py").write_text(source + "\n")
+    code = """
+    import json, logging
+    import nap_gpu as nap
+    reason = nap.available_backends()["cuda"]
+    auto = nap.Engine(4).backend
+    try:
+        nap.Engine(4, backend="cuda")
+    except nap.BackendUnavailableError as exc:
+        error = str(exc)
+    else:
+        error = None
+    print(json.dumps({"reason": reason, "auto": auto, "error": error}))
+    """
+    proc = run_python(code, clean_env(PYTHONPATH=str(tmp_path)))
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert isinstance(result["reason"], str) and expected in result["reason"], result
+    assert detail in result["reason"], result
+    assert result["auto"] == ("cpp" if CPP_USABLE else "numpy")
+    assert result["error"] is not None and result["reason"] in result["error"], result
+
+
+# -- auto and NAP_BACKEND -------------------------------------------------------------------------
+
+@needs_cpp
+def test_auto_picks_cpp_and_logs_why(caplog):
+    caplog.set_level(logging.INFO, logger="nap_gpu")
+    eng = nap.Engine(10)
+    assert eng.backend == "cpp"
+    messages = [r.getMessage() for r in caplog.records if r.name == "nap_gpu"]
+    chose = [m for m in messages if "auto" in m and "'cpp'" in m]
+    assert chose, f"no log line about auto's choice in {messages}"
+    cuda_reason = nap.available_backends()["cuda"]
+    if cuda_reason is not None:
+        assert any(cuda_reason in m and "cuda" in m for m in chose), (
+            f"auto's log line should say why cuda was skipped: {chose}")
+
+
+def test_auto_for_none_too():
+    w = np.zeros(4, np.float32)
+    nap.step(w, 0.9, backend=None)
+    assert w[0] > 0
+
+
+@pytest.mark.parametrize("value", ["numpy", "NumPy", " numpy "])
+def test_nap_backend_overrides_auto(monkeypatch, caplog, value):
+    monkeypatch.setenv("NAP_BACKEND", value)
+    caplog.set_level(logging.INFO, logger="nap_gpu")
+    assert nap.Engine(10).backend == "numpy"
+    assert nap.Engine(10, backend="auto").backend == "numpy"
+    assert any("NAP_BACKEND" in r.getMessage() for r in caplog.records), "the override should be logged"
+
+
+@needs_cpp
+def test_explicit_backend_beats_nap_backend(monkeypatch):
+    monkeypatch.setenv("NAP_BACKEND", "numpy")
+    assert nap.Engine(10, backend="cpp").backend == "cpp"
+
+
+@needs_cpp
+@pytest.mark.parametrize("value", ["auto", "", "  "])
+def test_nap_backend_auto_or_empty_means_auto(monkeypatch, value):
+    monkeypatch.setenv("NAP_BACKEND", value)
+    assert nap.Engine(10).backend == "cpp"
+
+
+@needs_no_cuda
+def test_nap_backend_naming_an_unusable_backend_raises(monkeypatch):
+    monkeypatch.setenv("NAP_BACKEND", "cuda")
+    reason = nap.available_backends()["cuda"]
+    with pytest.raises(nap.BackendUnavailableError, match=re.escape(reason)):
+        nap.Engine(10)
+    w = np.full(4, 0.5, np.float32)
+    with pytest.raises(nap.BackendUnavailableError):
+        nap.step(w, 0.9)
+    assert (w == 0.5).all()
+
+
+@pytest.mark.parametrize("value, exc", [
+    pytest.param("cuda", nap.BackendUnavailableError, marks=needs_no_cuda), ("bogus", ValueError)])
+def test_nap_backend_error_names_the_variable(monkeypatch, value, exc):
+    """The caller asked for "auto": an error about a backend it never named should say
+    that the name came from the NAP_BACKEND environment variable."""
+    monkeypatch.setenv("NAP_BACKEND", value)
+    with pytest.raises(exc, match="NAP_BACKEND"):
+        nap.Engine(10)
+
+
+# -- show_config ----------------------------------------------------------------------------------
+
+def test_show_config_lists_backends(capsys):
+    nap.show_config()
+    out = capsys.readouterr().out
+    for name, reason in nap.available_backends().items():
+        line = next((ln for ln in out.splitlines() if ln.strip().startswith(name + " ")), None)
+        assert line is not None, f"no line for backend {name}:\n{out}"
+        if reason is None:
+            assert "usable" in line and "unusable" not in line, line
+        else:
+            assert "unusable" in line and reason in line, line
+    assert re.search(r"auto.*picks:?\s+(cuda|cpp|numpy)", out), out
+
+
+def test_show_config_to_a_file():
+    buf = io.StringIO()
+    nap.show_config(file=buf)
+    assert "numpy" in buf.getvalue()
+
+
+@needs_cpp
+def test_show_config_shows_the_cpp_compile_options(capsys):
+    nap.show_config()
+    out = capsys.readouterr().out
+    assert "-ffp-contract=off" in out, out
+    assert re.search(r"fast_math\W+off\b", out), out
+    assert "-ffast-math" not in out and "-Ofast" not in out, out
+    options = nap.backends.get("cpp").compile_options()
+    assert options["fast_math"] == "off"
+    assert "-ffp-contract=off" in options["flags"].split()
+    assert not re.search(r"-ffp-contract=(fast|on)\b", options["flags"]), options["flags"]
+
+
+@needs_no_cuda
+def test_show_config_survives_a_bad_nap_backend(monkeypatch, capsys):
+    """show_config is what one runs to find out what is wrong: a bad NAP_BACKEND must be
+    reported in its output, not crash it."""
+    monkeypatch.setenv("NAP_BACKEND", "bogus")
+    nap.show_config()
+    out = capsys.readouterr().out
+    assert "bogus" in out and "numpy" in out, out
+
+
+# -- NAP_NUM_THREADS ------------------------------------------------------------------------------
+
+@needs_cpp
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_nap_num_threads_is_honoured(threads):
+    proc = run_python("import nap_gpu.backends.cpp as c; print(c.num_threads())",
+                      clean_env(NAP_NUM_THREADS=threads))
+    assert proc.stdout.strip() == threads
+
+
+@needs_cpp
+def test_nap_num_threads_not_an_integer_is_an_error():
+    code = """
+    import nap_gpu as nap
+    try:
+        nap.Engine(4, backend="cpp")
+    except ValueError as exc:
+        print("ValueError:", exc)
+    """
+    proc = run_python(code, clean_env(NAP_NUM_THREADS="two"))
+    assert "NAP_NUM_THREADS" in proc.stdout and "two" in proc.stdout, proc.stdout
+
+
+WORKLOAD = """
+import json, sys
+import numpy as np
+import nap_gpu as nap
+import nap_gpu.backends.cpp as cpp
+
+out = sys.argv[1]
+n, m = 200_000, 100_000
+rng = np.random.default_rng(2024)
+q = rng.uniform(-0.1, 1.1, n).astype(np.float32)
+q[:: 997] = 0.5                                        # exactly at the gate
+spread = rng.integers(0, n, m // 2)                    # ids over the whole range (all owners)
+hot = rng.integers(0, 64, m - m // 2)                  # and a hot set: many duplicates
+ids = np.empty(m, np.int64)
+ids[0::2], ids[1::2] = spread, hot
+rng.shuffle(ids[: m // 3])
+qb = rng.random(m, dtype=np.float32)
+
+eng = nap.Engine(n, backend="cpp", seed=7)
+eng.step(q)
+eng.update(ids, qb)
+eng.step(0.93)
+eng.update(ids[::-1].copy(), qb)
+eng.decay(3)
+labels = (np.arange(n) % 3 == 0)
+metrics = eng.metrics(labels).as_dict()
+
+w = np.random.default_rng(8).random(n, dtype=np.float32)  # the functional form too
+nap.step(w, q, backend="cpp")
+nap.update(w, ids, qb, backend="cpp")
+
+np.save(out + "_engine.npy", eng.to_numpy())
+np.save(out + "_functional.npy", w)
+with open(out + "_info.json", "w") as f:
+    json.dump({"threads": cpp.num_threads(), "metrics": repr(metrics)}, f)
+"""
+
+
+@needs_cpp
+@pytest.mark.slow
+def test_results_identical_whatever_the_thread_count(tmp_path):
+    script = tmp_path / "workload.py"
+    script.write_text(WORKLOAD)
+    runs = {"1": "1", "default": None, "4": "4"}
+    results = {}
+    for label, threads in runs.items():
+        env = clean_env(**({"NAP_NUM_THREADS": threads} if threads else {}))
+        prefix = str(tmp_path / f"run_{label}")
+        proc = subprocess.run([sys.executable, str(script), prefix], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        info = json.loads((tmp_path / f"run_{label}_info.json").read_text())
+        results[label] = (np.load(prefix + "_engine.npy"), np.load(prefix + "_functional.npy"), info)
+    assert results["1"][2]["threads"] == 1
+    assert results["4"][2]["threads"] == 4
+    engine_1, functional_1, info_1 = results["1"]
+    assert not np.array_equal(engine_1, np.random.default_rng(7).random(200_000, dtype=np.float32))
+    for label in ("default", "4"):
+        engine, functional, info = results[label]
+        assert_same_bits(engine, engine_1, f"Engine: {label} threads vs 1 thread")
+        assert_same_bits(functional, functional_1, f"functional: {label} threads vs 1 thread")
+        assert info["metrics"] == info_1["metrics"], f"metrics: {label} threads vs 1 thread"
+
+
+@needs_cpp
+def test_thread_count_changes_no_bit_in_process():
+    """The same, in process, through set_num_threads (restored afterwards)."""
+    cpp = nap.backends.get("cpp")
+    n, m = 150_000, 80_000
+    rng = np.random.default_rng(5)
+    q = rng.random(n, dtype=np.float32)
+    ids = rng.integers(0, n // 100, m).astype(np.int64)
+    qb = rng.random(m, dtype=np.float32)
+    saved = int(os.environ.get("NAP_NUM_THREADS") or 0)  # 0: the OpenMP default
+    before = cpp.num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 5):
+            cpp.set_num_threads(threads)
+            assert cpp.num_threads() == threads
+            eng = nap.Engine(n, backend="cpp", seed=1)
+            eng.step(q)
+            eng.update(ids, qb)
+            eng.decay(2)
+            results.append(eng.to_numpy())
+    finally:
+        cpp.set_num_threads(saved)
+    assert cpp.num_threads() == before
+    reference = nap.Engine(n, backend="numpy", seed=1)
+    reference.step(q)
+    reference.update(ids, qb)
+    reference.decay(2)
+    for threads, w in zip((1, 2, 5), results):
+        assert_same_bits(w, reference.to_numpy(), f"cpp with {threads} threads vs numpy")

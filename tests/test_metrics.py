@@ -1,0 +1,468 @@
+"""Monitoring metrics (DESIGN.md §3) against independent oracles.
+
+* inversion ratio: an exact brute-force O(|R||P|) count in Python Fractions (must be equal
+  after one rounding: the package counts exactly) and ``sklearn.metrics.roc_auc_score``
+  (floating point, so a 1e-12 tolerance);
+* per-population mean, std and the separation: exact rational arithmetic on the float32
+  weights, rounded once to float64 (must be equal to the last bit), and NumPy float64 and
+  ``math.fsum`` (tolerance);
+* saturation: a direct count; min/max/nonfinite;
+* the same weights give identical metrics on every backend;
+* ``nap.health``: the verdict rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import nap_gpu as nap
+
+# On a failure Hypothesis imports libcst (to print a patch of the failing example), and
+# libcst 1.0 warns (DeprecationWarning from mypy_extensions) on import; with
+# ``filterwarnings = error`` that turns the failure report into a pytest INTERNALERROR.
+# Import it once here, quietly, so failures are reported as failures.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import hypothesis.extra._patching  # noqa: F401
+    except ImportError:
+        pass
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn (test extra) not installed")
+
+PLATEAU = float(np.float32(1) - np.float32(0.02))  # 0.98 in float32: where reinforced weights settle
+HYPOTHESIS = settings(max_examples=60, deadline=None,
+                      suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def usable_backends() -> list[str]:
+    return [name for name, reason in nap.available_backends().items() if reason is None]
+
+
+def metrics_of(w, labels, backend: str = "numpy", **kwargs) -> nap.Metrics:
+    w = np.asarray(w, np.float32)
+    return nap.Engine(w.size, backend=backend, init=w).metrics(labels, **kwargs)
+
+
+# -- exact oracles ------------------------------------------------------------------------------
+
+def exact_auc(w, labels) -> Fraction:
+    r = [Fraction(float(x)) for x, lab in zip(w, labels) if lab]
+    p = [Fraction(float(x)) for x, lab in zip(w, labels) if not lab]
+    twice_u = sum(2 if a > b else 1 if a == b else 0 for a in r for b in p)
+    return Fraction(twice_u, 2 * len(r) * len(p))
+
+
+def exact_mean_var(values) -> tuple[Fraction, Fraction]:
+    """Exact mean and population variance of float32 values: each value times 2^149 is an
+    integer (scaling by a power of two is exact in float64), so Python ints sum them exactly."""
+    scaled = (np.asarray(values, np.float32).astype(np.float64) * 2.0 ** 149).tolist()
+    ints = [int(x) for x in scaled]
+    n = len(ints)
+    mean = Fraction(sum(ints), n << 149)
+    var = Fraction(sum(i * i for i in ints), n << 298) - mean * mean
+    return mean, var
+
+
+def sqrt_rounded(x: Fraction) -> float:
+    """The float64 nearest to sqrt(x) (round half to even), computed in integers."""
+    if x == 0:
+        return 0.0
+    p, q = x.numerator, x.denominator
+    s = (140 - (p.bit_length() - q.bit_length())) // 2  # sqrt(x * 4^s) has ~70 bits
+    num, den = (p << 2 * s, q) if s >= 0 else (p, q << -2 * s)
+    whole, rem = divmod(num, den)
+    r = math.isqrt(whole)
+    scaled = Fraction(r) if (r * r == whole and rem == 0) else Fraction(2 * r + 1, 2)  # sticky
+    return float(scaled / Fraction(2) ** s)
+
+
+def check_population_stats(stats: nap.PopulationStats, values, context: str) -> None:
+    values = np.asarray(values, np.float32)
+    assert stats.count == values.size, context
+    if values.size == 0:
+        assert math.isnan(stats.mean) and math.isnan(stats.std), context
+        return
+    mean, var = exact_mean_var(values)
+    assert stats.mean == float(mean), f"{context}: mean {stats.mean!r} != exact {float(mean)!r}"
+    # within an ulp here; that it is rounded once exactly is test_std_is_rounded_once*
+    assert abs(stats.std - sqrt_rounded(var)) <= math.ulp(sqrt_rounded(var)), (
+        f"{context}: std {stats.std!r} vs sqrt(exact variance) {sqrt_rounded(var)!r}")
+    as64 = values.astype(np.float64)
+    assert stats.mean == pytest.approx(float(np.mean(as64)), rel=1e-13, abs=1e-300), context
+    assert stats.std == pytest.approx(float(np.std(as64)), rel=1e-9, abs=1e-15), context
+    fsum_mean = math.fsum(as64.tolist()) / values.size  # correctly rounded sum, one more rounding
+    assert abs(stats.mean - fsum_mean) <= math.ulp(fsum_mean), context
+
+
+def check_metrics(m: nap.Metrics, w, labels, context: str = "") -> None:
+    """Every field of ``m`` against the oracles."""
+    w = np.asarray(w, np.float32)
+    lab = np.asarray(labels).astype(bool)
+    r, p = w[lab], w[~lab]
+    assert m.n == w.size
+    check_population_stats(m.reinforced, r, f"{context} R")
+    check_population_stats(m.punished, p, f"{context} P")
+    if r.size and p.size:
+        mean_r, _ = exact_mean_var(r)
+        mean_p, _ = exact_mean_var(p)
+        assert m.separation == float(mean_r - mean_p), f"{context}: separation"
+        assert m.separation == pytest.approx(float(np.mean(r, dtype=np.float64) - np.mean(p, dtype=np.float64)),
+                                             abs=1e-12)
+        exact = exact_auc(w, lab)
+        assert m.inversion_ratio == float(exact), (
+            f"{context}: inversion {m.inversion_ratio!r} != exact {exact} = {float(exact)!r}")
+        reference = sklearn_metrics.roc_auc_score(lab, w)
+        assert abs(m.inversion_ratio - reference) <= 1e-12, f"{context}: sklearn {reference!r}"
+    else:
+        assert math.isnan(m.separation) and math.isnan(m.inversion_ratio), context
+    eps32 = np.float32(m.eps)
+    saturated = sum(1 for x in w if x <= eps32 or x >= np.float32(1) - eps32)
+    assert m.saturation == saturated / w.size, f"{context}: saturation"
+    assert m.min == float(w.min()) and m.max == float(w.max()), context
+    assert m.nonfinite == 0
+
+
+# -- strategies ---------------------------------------------------------------------------------
+
+TIE_VALUES = [0.0, PLATEAU, 1.0, 0.5, float(np.float32(0.02)), float(np.float32(0.3))]
+
+
+@st.composite
+def populations(draw, max_size: int = 80, ties: bool | None = None):
+    """(float32 weights in [0, 1], bool labels): general, or heavily tied as after convergence."""
+    n = draw(st.integers(1, max_size), label="n")
+    if ties is None:
+        ties = draw(st.booleans(), label="ties")
+    if ties:
+        converged = st.sampled_from(TIE_VALUES[:2])  # most exactly 0.0 or 0.98
+        element = st.one_of(converged, converged, converged, st.sampled_from(TIE_VALUES),
+                            st.floats(0, 1, width=32))
+    else:
+        element = st.floats(0, 1, width=32)
+    w = np.asarray(draw(st.lists(element, min_size=n, max_size=n)), np.float32) + np.float32(0.0)
+    labels = np.asarray(draw(st.lists(st.booleans(), min_size=n, max_size=n)), bool)
+    return w, labels
+
+
+# -- inversion ratio, separation, stats ---------------------------------------------------------
+
+@HYPOTHESIS
+@given(pop=populations())
+def test_metrics_against_oracles(pop):
+    w, labels = pop
+    for name in usable_backends():
+        check_metrics(metrics_of(w, labels, name), w, labels, name)
+
+
+@HYPOTHESIS
+@given(pop=populations(ties=True, max_size=300))
+def test_heavy_ties_inversion_exact(pop):
+    w, labels = pop
+    assume(labels.any() and not labels.all())
+    m = metrics_of(w, labels, "numpy")
+    assert m.inversion_ratio == float(exact_auc(w, labels))
+    assert abs(m.inversion_ratio - sklearn_metrics.roc_auc_score(labels, w)) <= 1e-12
+
+
+def test_inversion_known_values():
+    # R = {0.9, 0.5}, P = {0.5, 0.1}: pairs (0.9>0.5) (0.9>0.1) (0.5=0.5: 1/2) (0.5>0.1) -> 3.5/4
+    m = metrics_of([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0])
+    assert m.inversion_ratio == 0.875
+    assert metrics_of([0.1, 0.9], [1, 0]).inversion_ratio == 0.0
+    assert metrics_of([0.9, 0.1], [1, 0]).inversion_ratio == 1.0
+    # 1/3 is not a dyadic: correctly rounded from the exact count
+    m = metrics_of([0.5, 0.2, 0.6, 0.4], [1, 0, 0, 0])
+    assert m.inversion_ratio == float(Fraction(2, 3))
+
+
+@pytest.mark.parametrize("value", [0.0, PLATEAU, 0.5, 1.0])
+def test_all_tied(value):
+    n = 101
+    labels = np.arange(n) % 3 == 0
+    m = metrics_of(np.full(n, value, np.float32), labels)
+    assert m.inversion_ratio == 0.5
+    assert m.separation == 0.0
+    assert m.reinforced.std == 0.0 and m.punished.std == 0.0
+    assert m.reinforced.mean == m.punished.mean == float(np.float32(value))
+    check_metrics(m, np.full(n, value, np.float32), labels)
+
+
+def test_converged_population_heavy_ties():
+    """As after convergence: R at the plateau 0.98 or 1, P at exactly 0, a few stragglers."""
+    rng = np.random.default_rng(7)
+    n = 20_000
+    labels = rng.random(n) < 0.5
+    w = np.where(labels, np.float32(PLATEAU), np.float32(0.0)).astype(np.float32)
+    stragglers = rng.choice(n, 300, replace=False)
+    w[stragglers] = rng.choice(np.array([0.0, PLATEAU, 0.5], np.float32), 300)
+    m = metrics_of(w, labels)
+    # exact count by value classes (too many pairs for brute force)
+    r_vals, r_counts = np.unique(w[labels], return_counts=True)
+    p_vals, p_counts = np.unique(w[~labels], return_counts=True)
+    twice_u = sum(int(rc) * int(pc) * (2 if rv > pv else 1 if rv == pv else 0)
+                  for rv, rc in zip(r_vals, r_counts) for pv, pc in zip(p_vals, p_counts))
+    exact = Fraction(twice_u, 2 * int(labels.sum()) * int((~labels).sum()))
+    assert m.inversion_ratio == float(exact)
+    assert abs(m.inversion_ratio - sklearn_metrics.roc_auc_score(labels, w)) <= 1e-12
+    check_population_stats(m.reinforced, w[labels], "R")
+    check_population_stats(m.punished, w[~labels], "P")
+
+
+@pytest.mark.parametrize("n_r, n_p", [(1, 1), (1, 9), (9, 1)])
+def test_single_element_populations(n_r, n_p):
+    rng = np.random.default_rng(n_r * 10 + n_p)
+    w = rng.random(n_r + n_p, dtype=np.float32)
+    labels = np.array([True] * n_r + [False] * n_p)
+    for name in usable_backends():
+        m = metrics_of(w, labels, name)
+        check_metrics(m, w, labels, f"{name} |R|={n_r} |P|={n_p}")
+        if n_r == 1:
+            assert m.reinforced.std == 0.0 and m.reinforced.mean == float(w[0])
+
+
+@pytest.mark.parametrize("empty", ["R", "P"])
+def test_empty_population_gives_nan(empty):
+    w = np.random.default_rng(1).random(10, dtype=np.float32)
+    labels = np.full(10, empty == "P")  # all R when P is empty, and vice versa
+    for name in usable_backends():
+        m = metrics_of(w, labels, name)
+        assert math.isnan(m.separation) and math.isnan(m.inversion_ratio)
+        missing, present = ((m.reinforced, m.punished) if empty == "R" else (m.punished, m.reinforced))
+        assert missing.count == 0 and math.isnan(missing.mean) and math.isnan(missing.std)
+        assert present.count == 10
+        check_population_stats(present, w, f"{name} present population")
+        assert not math.isnan(m.saturation)
+
+
+def test_mean_is_exact_where_float64_summation_is_not():
+    """Subnormal float32 weights beside 1.0: float64 summation drops them; the package must
+    still round the exact mean once."""
+    tiny = np.float32(2.0 ** -149)
+    w = np.array([1.0, 1.0, 1.0] + [tiny] * 4 + [0.0], np.float32)
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
+    m = metrics_of(w, labels)
+    check_metrics(m, w, labels)
+    # (3 + 2^-149) / 4 rounds to 0.75 but the P mean is exactly 3 * 2^-149 / 4 (not 0)
+    assert m.punished.mean == float(Fraction(3, 4) * Fraction(2) ** -149) > 0.0
+
+
+def test_std_is_rounded_once():
+    """The module promises exact sums rounded once at the end: std must be the float64
+    nearest to sqrt(exact variance), not sqrt of the variance already rounded to float64
+    (a second rounding, off by an ulp for ~10% of populations)."""
+    w = np.array([0.0, 0.1, 0.2], np.float32)
+    m = metrics_of(w, [1, 1, 1])
+    _, var = exact_mean_var(w)
+    assert m.reinforced.std == sqrt_rounded(var), (m.reinforced.std, sqrt_rounded(var))
+
+
+@HYPOTHESIS
+@given(pop=populations())
+def test_std_is_rounded_once_random(pop):
+    w, labels = pop
+    m = metrics_of(w, labels)
+    for stats, values in ((m.reinforced, w[labels]), (m.punished, w[~labels])):
+        if values.size:
+            _, var = exact_mean_var(values)
+            assert stats.std == sqrt_rounded(var), (
+                f"std {stats.std!r} != correctly rounded sqrt(exact variance) {sqrt_rounded(var)!r}"
+                f" (sqrt(float(var)) = {math.sqrt(float(var))!r})")
+
+
+def test_std_needs_the_exact_variance():
+    """Large common offset, tiny spread: the naive E[x^2] - E[x]^2 in float64 loses it."""
+    base = np.float32(0.75)
+    ulp = np.spacing(base)
+    w = np.array([base, base + ulp, base, base + ulp, base + 2 * ulp, 0.1], np.float32)
+    labels = np.array([1, 1, 1, 1, 1, 0], bool)
+    m = metrics_of(w, labels)
+    check_population_stats(m.reinforced, w[labels], "R")
+    assert m.reinforced.std > 0.0
+
+
+# -- saturation, min/max ------------------------------------------------------------------------
+
+@HYPOTHESIS
+@given(pop=populations(max_size=200), eps=st.sampled_from([0.02, 0.0, 0.1, 1e-6, 0.49]))
+def test_saturation_direct_count(pop, eps):
+    w, labels = pop
+    m = metrics_of(w, labels, eps=eps)
+    eps32 = np.float32(eps)
+    count = sum(1 for x in w.tolist() if np.float32(x) <= eps32 or np.float32(x) >= np.float32(1) - eps32)
+    assert m.saturation == count / w.size
+    assert m.eps == eps
+
+
+def test_saturation_default_eps_counts_the_plateau():
+    w = np.array([PLATEAU, 1.0, 0.0, float(np.float32(0.02)), 0.5,
+                  float(np.nextafter(np.float32(PLATEAU), np.float32(0)))], np.float32)
+    m = metrics_of(w, [1, 1, 0, 0, 1, 0])
+    assert m.eps == nap.metrics.DEFAULT_EPS == 0.02
+    assert m.saturation == 4 / 6
+
+
+# -- across backends ----------------------------------------------------------------------------
+
+def _comparable(m: nap.Metrics) -> dict:
+    return {k: (repr(v) if not isinstance(v, dict) else {kk: repr(vv) for kk, vv in v.items()})
+            for k, v in m.as_dict().items()}
+
+
+@HYPOTHESIS
+@given(pop=populations(max_size=500))
+def test_metrics_identical_across_backends(pop):
+    w, labels = pop
+    names = usable_backends()
+    assert len(names) >= 2
+    results = {name: _comparable(metrics_of(w, labels, name)) for name in names}
+    for name in names[1:]:
+        assert results[name] == results[names[0]], f"{name} vs {names[0]}"
+
+
+def test_metrics_identical_across_backends_large_after_training():
+    """A trained population large enough for the C++ reductions to run in parallel."""
+    n = 300_000
+    workload = nap.ReferenceWorkload(n, seed=3)
+    qs = [workload.next_quality().copy() for _ in range(3)]
+    results = {}
+    for name in usable_backends():
+        eng = nap.Engine(n, backend=name, seed=3)
+        for q in qs:
+            eng.step(q)
+        m = eng.metrics(workload.labels)
+        results[name] = _comparable(m)
+        w = eng.to_numpy()
+    first = next(iter(results.values()))
+    assert all(r == first for r in results.values()), results
+    lab = workload.labels.astype(bool)
+    m_ratio = float(first["inversion_ratio"])
+    assert abs(m_ratio - sklearn_metrics.roc_auc_score(lab, w)) <= 1e-12
+    mean_r, _ = exact_mean_var(w[lab])
+    mean_p, _ = exact_mean_var(w[~lab])
+    assert float(first["separation"]) == float(mean_r - mean_p)
+
+
+def test_nan_weights_counted_and_undefined_metrics():
+    q = np.full(10, 0.7, np.float32)
+    q[[3, 8]] = np.nan
+    per_backend = {}
+    for name in usable_backends():
+        eng = nap.Engine(10, backend=name, init=0.5)
+        eng.step(q, check_finite=False)
+        m = eng.metrics(np.arange(10) % 2 == 0)
+        assert m.nonfinite == 2
+        assert math.isnan(m.separation) and math.isnan(m.inversion_ratio)
+        per_backend[name] = _comparable(m)
+    assert len({repr(v) for v in per_backend.values()}) == 1
+
+
+# -- label forms --------------------------------------------------------------------------------
+
+@HYPOTHESIS
+@given(pop=populations(max_size=60))
+def test_label_forms_agree(pop):
+    w, labels = pop
+    forms = [
+        labels,
+        labels.astype(np.uint8), labels.astype(np.int64), labels.astype(np.int8),
+        labels.astype(int).tolist(),
+        labels.tolist(),
+        np.where(labels, "R", "P"),
+        ["R" if x else "P" for x in labels],
+        np.where(labels, "r", "p"),
+    ]
+    for name in usable_backends():
+        eng = nap.Engine(w.size, backend=name, init=w)
+        reference = _comparable(eng.metrics(labels))
+        for form in forms:
+            assert _comparable(eng.metrics(form)) == reference, f"{name}: labels {form!r}"
+
+
+# -- health ---------------------------------------------------------------------------------------
+
+def health_of(w, labels, iteration, backend="numpy", **kwargs) -> nap.Health:
+    return nap.health(metrics_of(w, labels, backend), iteration, **kwargs)
+
+
+R10 = [1] * 10 + [0] * 10
+
+
+def test_health_good_population(backend):
+    w = [0.9] * 10 + [0.1] * 10
+    for iteration in (0, 10, 50, 10_000):
+        h = health_of(w, R10, iteration, backend)
+        assert h.ok and h.failures == ()
+
+
+def test_health_separation_rule_after_warmup(backend):
+    w = [0.5625] * 10 + [0.4375] * 10      # separation 0.125, inversion 1.0
+    assert health_of(w, R10, 9, backend).ok   # still warming up
+    h = health_of(w, R10, 10, backend)
+    assert not h.ok and len(h.failures) == 1 and "separation" in h.failures[0]
+    w = [0.75] * 10 + [0.5] * 10           # separation 0.25 > 0.2
+    assert health_of(w, R10, 10, backend).ok
+    assert not health_of(w, R10, 10, backend, min_separation=0.25).ok  # strictly greater
+
+
+def test_health_inversion_rule_after_fifty(backend):
+    w = [0.5] * 10 + [0.0] * 8 + [0.9] * 2  # inversion 0.8, separation 0.32
+    m = metrics_of(w, R10, backend)
+    assert m.inversion_ratio == 0.8 and m.separation > 0.2
+    assert nap.health(m, 49).ok
+    h = nap.health(m, 50)
+    assert not h.ok and len(h.failures) == 1 and "inversion" in h.failures[0]
+    exactly = metrics_of([0.5] * 10 + [0.0] * 9 + [0.9], R10, backend)
+    assert exactly.inversion_ratio == 0.9
+    assert not nap.health(exactly, 50).ok, "0.9 is not > 0.9"
+    tie = metrics_of([0.5] * 10 + [0.0] * 9 + [0.5], R10, backend)
+    assert tie.inversion_ratio == 0.95 and nap.health(tie, 50).ok
+
+
+def test_health_nan_weights_fail_at_once(backend):
+    eng = nap.Engine(20, backend=backend, init=np.array([0.9] * 10 + [0.1] * 10, np.float32))
+    q = np.full(20, 0.9, np.float32)
+    q[10:] = 0.1
+    q[4] = np.nan
+    eng.step(q, check_finite=False)
+    m = eng.metrics(R10)
+    for iteration in (0, 10, 50):
+        h = nap.health(m, iteration)
+        assert not h.ok and any("non-finite" in f for f in h.failures), h
+
+
+def test_health_weights_outside_unit_interval_fail():
+    m = metrics_of([0.9] * 10 + [0.1] * 10, R10)
+    assert nap.health(m, 0).ok
+    assert not nap.health(dataclasses.replace(m, max=1.5), 0).ok
+    assert not nap.health(dataclasses.replace(m, min=-0.25), 0).ok
+
+
+def test_health_empty_population_after_warmup():
+    m = metrics_of([0.9] * 20, [1] * 20)
+    assert nap.health(m, 0).ok
+    assert not nap.health(m, 10).ok  # separation is undefined (NaN), so not > 0.2
+
+
+def test_health_of_the_10k_profile_after_50_iterations(backend):
+    """DESIGN.md §3/§4: the reference workload is healthy after 50 iterations."""
+    n = 10_000
+    workload = nap.ReferenceWorkload(n, seed=0)
+    eng = nap.Engine(n, backend=backend, seed=0)
+    early = nap.health(eng.metrics(workload.labels), eng.iteration)
+    assert early.ok, early  # random U[0,1): separation ~0, but still warming up
+    for _ in range(50):
+        eng.step(workload.next_quality())
+    assert eng.iteration == 50
+    m = eng.metrics(workload.labels)
+    h = nap.health(m, eng.iteration)
+    assert h.ok, (h, m)
+    assert m.inversion_ratio > 0.9 and m.separation > 0.2
