@@ -44,7 +44,13 @@ def _probe_cuda() -> str | None:
         return f"CuPy installed but no CUDA driver ({exc})"
     if count == 0:
         return "CuPy installed but no CUDA device"
-    return "the CUDA kernels are not part of this nap_gpu version yet"
+    try:
+        from . import _kernels  # noqa: PLC0415
+
+        _kernels.arch_for(int(cupy.cuda.Device().compute_capability))
+    except Exception as exc:  # NVRTC missing, or too old for this GPU
+        return f"NVRTC unusable: {exc}"
+    return None
 
 
 def _probe_cpp() -> str | None:
@@ -85,7 +91,10 @@ def resolve(name: str | None = "auto") -> ModuleType:
         override = os.environ.get("NAP_BACKEND", "").strip().lower()
         if override and override != "auto":
             log.info("nap_gpu: backend %r chosen by NAP_BACKEND", override)
-            return get(override)
+            try:
+                return get(override)
+            except (ValueError, BackendUnavailableError) as exc:
+                raise type(exc)(f"NAP_BACKEND={override}: {exc}") from None
         skipped = []
         for candidate, reason in _probe_all():
             if reason is None:

@@ -1,0 +1,53 @@
+// Host shim: compiles cuda/kernels.cu with a C++ compiler by emulating the CUDA execution model
+// (grid and block indices, __global__/__device__ defined away), so the kernel code that runs on
+// a GPU runs here, in the parity tests. Blocks and threads run one after another: this checks
+// the kernels' indexing and logic (grid-stride loops, segment walks), not concurrency.
+#include <cstdint>
+
+namespace {
+struct Dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+Dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+template <class Kernel, class... Args>
+void launch(Kernel kernel, unsigned grid, unsigned block, Args... args) {
+  gridDim.x = grid;
+  blockDim.x = block;
+  for (unsigned b = 0; b < grid; ++b)
+    for (unsigned t = 0; t < block; ++t) {
+      blockIdx.x = b;
+      threadIdx.x = t;
+      kernel(args...);
+    }
+}
+}  // namespace
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#include "kernels.cu"
+
+using u64 = unsigned long long;
+
+extern "C" {
+void shim_nap_step(unsigned g, unsigned b, float* w, const float* q, u64 n, float lr, float gate,
+                   float decay) {
+  launch(nap_step, g, b, w, q, n, lr, gate, decay);
+}
+void shim_nap_step_scalar(unsigned g, unsigned b, float* w, float q, u64 n, float lr, float gate,
+                          float decay) {
+  launch(nap_step_scalar, g, b, w, q, n, lr, gate, decay);
+}
+void shim_nap_decay(unsigned g, unsigned b, float* w, u64 n, float decay, u64 k) {
+  launch(nap_decay, g, b, w, n, decay, k);
+}
+void shim_nap_update_segments(unsigned g, unsigned b, float* w, const long long* ids,
+                              const float* q, const long long* starts, u64 segments, u64 m,
+                              float lr, float gate) {
+  launch(nap_update_segments, g, b, w, ids, q, starts, segments, m, lr, gate);
+}
+void shim_nap_triad(unsigned g, unsigned b, float* w, const float* q, float s, u64 n) {
+  launch(nap_triad, g, b, w, q, s, n);
+}
+}
