@@ -9,6 +9,8 @@ math), and ``NAP_NUM_THREADS`` sets its thread count without changing a single b
 
 from __future__ import annotations
 
+import importlib.util
+
 import io
 import json
 import logging
@@ -59,7 +61,10 @@ def test_available_backends_lists_every_backend_with_reasons():
 @needs_no_cuda
 def test_cuda_reason_here_mentions_cupy():
     reason = nap.available_backends()["cuda"]
-    assert "CuPy" in reason and "pip install" in reason, reason
+    if importlib.util.find_spec("cupy") is None:
+        assert "CuPy" in reason and "pip install" in reason, reason
+    else:  # installed without a driver or device (as in CI)
+        assert reason.startswith("CuPy installed but"), reason
 
 
 FAKE_CUPY = {

@@ -108,7 +108,7 @@ def decay(w: np.ndarray, d: float, k: int) -> None:
         wc = w[lo:lo + CHUNK]
         for rnd in range(k):
             _decay(wc, d)
-            if rnd % 8 == 7 and not wc.max() > 0:  # a chunk at 0 stays at 0
+            if rnd % 8 == 7 and not (wc > 0).any():  # 0 stays 0 (and NaN stays NaN)
                 break
 
 

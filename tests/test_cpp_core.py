@@ -1,0 +1,257 @@
+"""The C++ core on its own: CMake configure/build, its ctest suite, install + find_package, and
+the vectoriser's report on the dense-step loop.
+
+One Release build of ``cpp/`` (Ninja when available) is shared by the module; it is configured
+with ``-DNAP_VECTORIZE_REPORT=ON`` so the compiler's vectorisation remarks land in the build log
+(they change no code). Skipped with the reason when CMake or a C++ compiler is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+
+import nap_gpu as nap
+
+from conftest import bits
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CPP_DIR = REPO / "cpp"
+CORE_SOURCE = CPP_DIR / "src" / "core.cpp"
+DENSE_STEP_TEXT = "w[i] = nap::step(w[i], q[i], params)"
+TIMEOUT = 900  # generous: a guard against a hung tool, not a speed assertion
+
+
+def _find_compiler() -> str | None:
+    cxx = os.environ.get("CXX")
+    if cxx:
+        return shutil.which(cxx.split()[0])
+    for name in ("c++", "g++", "clang++"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _require_toolchain() -> None:
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not on PATH: cannot build the C++ core alone")
+    if _find_compiler() is None:
+        pytest.skip("no C++ compiler found (CXX, c++, g++ or clang++): cannot build the C++ core")
+
+
+def _generator_args() -> list[str]:
+    return ["-G", "Ninja"] if shutil.which("ninja") else []
+
+
+def run(cmd: list[str], cwd: pathlib.Path | None = None) -> str:
+    """Run a command, returning its combined output; fail with that output if it fails."""
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT)
+    if proc.returncode != 0:
+        pytest.fail(f"command failed with exit code {proc.returncode}: {' '.join(map(str, cmd))}\n"
+                    f"--- output ---\n{proc.stdout}", pytrace=False)
+    return proc.stdout
+
+
+@dataclasses.dataclass
+class CoreBuild:
+    build_dir: pathlib.Path
+    configure_log: str
+    build_log: str
+    compiler_id: str
+
+
+def _compiler_id(build_dir: pathlib.Path) -> str:
+    for path in build_dir.glob("CMakeFiles/*/CMakeCXXCompiler.cmake"):
+        match = re.search(r'set\(CMAKE_CXX_COMPILER_ID "([^"]*)"\)', path.read_text())
+        if match:
+            return match.group(1)
+    return "unknown"
+
+
+@pytest.fixture(scope="module")
+def core_build(tmp_path_factory) -> CoreBuild:
+    _require_toolchain()
+    build_dir = tmp_path_factory.mktemp("nap_core") / "build"
+    configure_log = run(["cmake", "-S", CPP_DIR, "-B", build_dir, *_generator_args(),
+                         "-DCMAKE_BUILD_TYPE=Release", "-DNAP_BUILD_TESTS=ON",
+                         "-DNAP_VECTORIZE_REPORT=ON"])
+    build_log = run(["cmake", "--build", build_dir, "--config", "Release", "--parallel", "2"])
+    return CoreBuild(build_dir, configure_log, build_log, _compiler_id(build_dir))
+
+
+@pytest.fixture(scope="module")
+def installed(core_build, tmp_path_factory) -> pathlib.Path:
+    prefix = tmp_path_factory.mktemp("nap_prefix")
+    run(["cmake", "--install", core_build.build_dir, "--config", "Release", "--prefix", prefix])
+    return prefix
+
+
+def test_ctest_passes(core_build):
+    output = run(["ctest", "--output-on-failure", "-V", "-C", "Release"], cwd=core_build.build_dir)
+    assert re.search(r"100% tests passed(?:, 0 tests failed)? out of [1-9]", output), output
+    checks = re.search(r"(\d+) checks, (\d+) failed", output)
+    assert checks, f"the core's test program printed no summary:\n{output}"
+    assert int(checks.group(1)) > 100 and int(checks.group(2)) == 0, output
+
+
+def test_install_layout(installed):
+    for header in ("law.h", "core.h", "config.h"):
+        assert (installed / "include" / "nap" / header).is_file(), f"{header} not installed"
+    configs = list(installed.glob("lib*/cmake/nap/napConfig.cmake"))
+    assert configs, f"napConfig.cmake not installed under {installed}"
+    cmake_dir = configs[0].parent
+    assert (cmake_dir / "napConfigVersion.cmake").is_file()
+    assert (cmake_dir / "napTargets.cmake").is_file()
+    libs = list(installed.glob("lib*/libnap.a")) + list(installed.glob("lib*/nap.lib"))
+    assert libs, "the static library was not installed"
+
+
+# Inputs of the consumer program: special weights and qualities (subnormals, the plateau,
+# qualities on and beside the gate, out of range, -0.0).
+_W = np.array([0.0, 1.0, 0.5, 0.98, 1.401298464324817e-45, 1e-39, 0.3, 0.02, 0.75,
+               np.nextafter(np.float32(1), np.float32(0))], np.float32)
+_Q = np.array([0.9, 0.1, 0.5, 1.0, 0.0, np.nextafter(np.float32(0.5), np.float32(1)), -3.0, 7.0,
+               -0.0, np.nextafter(np.float32(0.5), np.float32(0))], np.float32)
+_IDS = np.array([3, 3, 0, 9, 3, 5, 0, 3, 1, 1, 2], np.int64)
+_EQ = np.array([0.9, 0.1, 0.95, 0.5, 0.7, 0.2, 0.4, 1.5, 0.6, 0.51, 0.49], np.float32)
+_DECAYS = 3
+
+
+def _c_array(name: str, values: np.ndarray, ctype: str) -> str:
+    if ctype == "std::uint32_t":
+        body = ", ".join(f"0x{int(b):08x}u" for b in bits(values))
+    else:
+        body = ", ".join(str(int(v)) for v in values)
+    return f"const {ctype} {name}[] = {{{body}}};"
+
+
+CONSUMER_MAIN = """\
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+
+#include "nap/core.h"
+#include "nap/law.h"
+
+namespace {{
+float from_bits(std::uint32_t b) {{ float x; std::memcpy(&x, &b, sizeof x); return x; }}
+std::uint32_t to_bits(float x) {{ std::uint32_t b; std::memcpy(&b, &x, sizeof b); return b; }}
+{w}
+{q}
+{ids}
+{eq}
+constexpr std::size_t kN = sizeof(W) / sizeof(W[0]);
+constexpr std::size_t kM = sizeof(IDS) / sizeof(IDS[0]);
+void print(const char* label, const float* w) {{
+  std::printf("%s", label);
+  for (std::size_t i = 0; i < kN; ++i) std::printf(" %08x", static_cast<unsigned>(to_bits(w[i])));
+  std::printf("\\n");
+}}
+}}  // namespace
+
+int main() {{
+  const nap::Params p;  // the defaults of DESIGN.md section 2
+  float w[kN], q[kN], eq[kM];
+  for (std::size_t i = 0; i < kN; ++i) {{ w[i] = from_bits(W[i]); q[i] = from_bits(Q[i]); }}
+  for (std::size_t j = 0; j < kM; ++j) eq[j] = from_bits(EQ[j]);
+  float law[kN];
+  for (std::size_t i = 0; i < kN; ++i) law[i] = nap::step(w[i], q[i], p);  // the header alone
+  print("law", law);
+  nap::step(w, q, kN, p);                     // the library's dense loop
+  print("step", w);
+  nap::update(w, kN, IDS, eq, kM, p);         // ordered sparse batch
+  print("update", w);
+  nap::decay(w, kN, p.decay, {decays});        // decay(k)
+  print("decay", w);
+  std::printf("threads %d\\n", nap::num_threads());
+  return 0;
+}}
+"""
+
+CONSUMER_CMAKE = """\
+cmake_minimum_required(VERSION 3.18)
+project(nap_consumer LANGUAGES CXX)
+find_package(nap CONFIG REQUIRED)
+add_executable(app main.cpp)
+target_link_libraries(app PRIVATE nap::core)
+"""
+
+
+def _expected_consumer_lines() -> dict[str, list[int]]:
+    """What the consumer must print, computed with the numpy backend."""
+    w = _W.copy()
+    nap.step(w, _Q, backend="numpy")
+    after_step = w.copy()
+    nap.update(w, _IDS, _EQ, backend="numpy")
+    after_update = w.copy()
+    eng = nap.Engine(w.size, backend="numpy", init=w)
+    eng.decay(_DECAYS)
+    return {"law": bits(after_step).tolist(), "step": bits(after_step).tolist(),
+            "update": bits(after_update).tolist(), "decay": bits(eng.to_numpy()).tolist()}
+
+
+def test_find_package_consumer_builds_and_matches_numpy(installed, tmp_path):
+    source = tmp_path / "consumer"
+    source.mkdir()
+    (source / "CMakeLists.txt").write_text(CONSUMER_CMAKE)
+    (source / "main.cpp").write_text(CONSUMER_MAIN.format(
+        w=_c_array("W", _W, "std::uint32_t"), q=_c_array("Q", _Q, "std::uint32_t"),
+        ids=_c_array("IDS", _IDS, "std::int64_t"), eq=_c_array("EQ", _EQ, "std::uint32_t"),
+        decays=_DECAYS))
+    build = tmp_path / "consumer-build"
+    run(["cmake", "-S", source, "-B", build, *_generator_args(), "-DCMAKE_BUILD_TYPE=Release",
+         f"-DCMAKE_PREFIX_PATH={installed}"])
+    run(["cmake", "--build", build, "--config", "Release"])
+    apps = [p for p in build.rglob("app*") if p.is_file() and p.name in ("app", "app.exe")]
+    assert apps, f"the consumer executable was not built in {build}"
+    output = run([apps[0]])
+
+    got = {}
+    for line in output.splitlines():
+        label, *values = line.split()
+        got[label] = values
+    expected = _expected_consumer_lines()
+    for label, want in expected.items():
+        assert label in got, f"consumer printed no {label!r} line:\n{output}"
+        have = [int(v, 16) for v in got[label]]
+        assert have == want, (f"{label}: consumer (C++ core via find_package) differs from the "
+                              f"numpy backend\n got  {[f'{b:08x}' for b in have]}\n want "
+                              f"{[f'{b:08x}' for b in want]}")
+    assert int(got["threads"][0]) >= 1
+    # the inputs were not trivial: every stage changed something
+    assert expected["step"] != bits(_W).tolist()
+    assert expected["update"] != expected["step"] and expected["decay"] != expected["update"]
+
+
+def _dense_step_line() -> int:
+    lines = CORE_SOURCE.read_text().splitlines()
+    hits = [number for number, line in enumerate(lines, start=1) if DENSE_STEP_TEXT in line]
+    assert len(hits) == 1, f"expected one line with {DENSE_STEP_TEXT!r} in {CORE_SOURCE}, found {hits}"
+    return hits[0]
+
+
+def test_dense_step_loop_is_vectorised(core_build):
+    compiler = core_build.compiler_id
+    if compiler == "GNU":
+        pattern = r"core\.cpp:{line}:\d+: optimized: loop vectorized"
+    elif "Clang" in compiler:
+        pattern = r"core\.cpp:{line}:\d+: remark: vectorized loop"
+    else:
+        pytest.skip(f"no vectorisation report parser for compiler {compiler!r}")
+    log = core_build.build_log
+    report = [line for line in log.splitlines() if "core.cpp:" in line]
+    assert report, ("NAP_VECTORIZE_REPORT=ON produced no report for core.cpp; build log:\n" + log)
+    line = _dense_step_line()
+    assert re.search(pattern.format(line=line), log), (
+        f"the dense-step loop (core.cpp:{line}, `{DENSE_STEP_TEXT}`) was not reported "
+        f"vectorised by {compiler}. Report lines for core.cpp:\n" + "\n".join(report))
