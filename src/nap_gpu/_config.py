@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 from . import __version__, backends
+from .telemetry import gpu_status
 
 
 def config() -> dict:
@@ -27,7 +28,22 @@ def config() -> dict:
     if backends.available_backends()["cpp"] is None:
         cpp = backends.get("cpp")
         info["cpp"] = {**cpp.compile_options(), "threads": str(cpp.num_threads())}
+    info["cuda_kernels"] = _kernel_build()
+    info["gpu"] = gpu_status()
     return info
+
+
+def _kernel_build() -> dict:
+    """How the CUDA kernels would be compiled here: NVRTC version and the options."""
+    from . import _nvrtc  # noqa: PLC0415 - loads NVRTC only when asked
+    from .backends import _kernels  # noqa: PLC0415
+
+    build = {"options": " ".join(_kernels.PRODUCTION_OPTIONS), "cache": str(_kernels.cache_dir())}
+    try:
+        build["nvrtc"] = ".".join(map(str, _nvrtc.version()))
+    except _nvrtc.NvrtcError as exc:
+        build["nvrtc"] = f"unavailable: {exc}"
+    return build
 
 
 def show_config(file=None) -> None:
@@ -44,3 +60,17 @@ def show_config(file=None) -> None:
         print("C++ core:", file=out)
         for key, value in info["cpp"].items():
             print(f"  {key:<10} {value}", file=out)
+    print("CUDA kernels (NVRTC):", file=out)
+    for key, value in info["cuda_kernels"].items():
+        print(f"  {key:<10} {value}", file=out)
+    gpu = info["gpu"]
+    if not gpu["available"]:
+        print(f"GPU (NVML): {gpu['reason']}", file=out)
+    else:
+        print(f"GPU (NVML): driver {gpu['driver']}, CUDA {gpu['cuda']}", file=out)
+        for d in gpu["devices"]:
+            used, total = d.get("memory_used_bytes"), d.get("memory_total_bytes")
+            memory = f"{used / 2**30:.1f}/{total / 2**30:.1f} GiB" if used is not None and total else "?"
+            print(f"  [{d['index']}] {d.get('name', '?')}  memory {memory}  "
+                  f"util {d.get('utilization_percent', '?')}%  {d.get('temperature_c', '?')} C  "
+                  f"{d.get('power_w', '?')} W", file=out)

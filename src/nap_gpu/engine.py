@@ -80,6 +80,11 @@ class Engine:
         view.flags.writeable = False
         return view
 
+    def synchronize(self) -> None:
+        """Wait until queued device work is done (a no-op on host backends): read a clock
+        after this, never straight after a GPU launch."""
+        self._backend.synchronize()
+
     def to_numpy(self) -> np.ndarray:
         """A float32 copy of the weights on the host."""
         return self._backend.to_host(self._w)
