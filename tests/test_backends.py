@@ -309,6 +309,29 @@ def test_results_identical_whatever_the_thread_count(tmp_path):
 
 
 @needs_cpp
+@pytest.mark.parametrize("simd", ["baseline", "avx2", "avx512"])
+def test_results_identical_whatever_the_instruction_set(tmp_path, simd):
+    """NAP_SIMD forces one of the core's vector paths: the same bits as the numpy backend."""
+    script = tmp_path / "workload.py"
+    script.write_text(WORKLOAD.replace('backend="cpp"', 'backend=BACKEND')
+                      .replace("out = sys.argv[1]", "out, BACKEND = sys.argv[1], sys.argv[2]"))
+    results = {}
+    for backend, env in (("numpy", clean_env()), ("cpp", clean_env(NAP_SIMD=simd))):
+        prefix = str(tmp_path / backend)
+        proc = subprocess.run([sys.executable, str(script), prefix, backend], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        results[backend] = (np.load(prefix + "_engine.npy"), np.load(prefix + "_functional.npy"))
+    options = subprocess.run([sys.executable, "-c", "import nap_gpu.backends.cpp as c; "
+                              "print(c.compile_options()['simd'])"], capture_output=True,
+                             text=True, env=clean_env(NAP_SIMD=simd)).stdout.strip()
+    if simd != "baseline" and options == "SSE2":
+        pytest.skip(f"this CPU cannot run the {simd} loops (NAP_SIMD={simd} fell back to SSE2)")
+    assert_same_bits(results["cpp"][0], results["numpy"][0], f"Engine on {options}")
+    assert_same_bits(results["cpp"][1], results["numpy"][1], f"functional on {options}")
+
+
+@needs_cpp
 def test_thread_count_changes_no_bit_in_process():
     """The same, in process, through set_num_threads (restored afterwards)."""
     cpp = nap.backends.get("cpp")

@@ -3,9 +3,12 @@
 #include "nap/core.h"
 
 #include <algorithm>  // for std::min
+#include <cstdlib>    // for std::getenv
 #include <cstring>    // for std::memcpy
 #include <string>     // for std::string
 #include <vector>     // for std::vector
+
+#include "kernels.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -35,7 +38,86 @@ inline std::uint32_t bits_of(float x) {
 
 inline bool is_finite(float x) { return (bits_of(x) & 0x7f800000u) != 0x7f800000u; }
 
+// Splits [0, n) among the threads of a parallel region and runs body(lo, hi) on each slice.
+// Slices start on 64-byte boundaries (16 floats) so vector loads stay aligned with the data.
+template <class Body>
+void parallel_slices(std::size_t n, Body body) {
+  const int wanted = threads_for(n, kParallelElements);
+#pragma omp parallel num_threads(wanted)
+  {
+#ifdef _OPENMP
+    const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
+    const std::size_t count = static_cast<std::size_t>(omp_get_num_threads());
+#else
+    const std::size_t t = 0, count = 1;
+#endif
+    const std::size_t lo = t == 0 ? 0 : (n * t / count) & ~std::size_t{15};
+    const std::size_t hi = t + 1 == count ? n : (n * (t + 1) / count) & ~std::size_t{15};
+    if (hi > lo) body(lo, hi);
+  }
+}
+
 }  // namespace
+
+extern const Kernels kernels_baseline;
+#ifdef NAP_HAVE_AVX2
+extern const Kernels kernels_avx2;
+#endif
+#ifdef NAP_HAVE_AVX512
+extern const Kernels kernels_avx512;
+#endif
+
+namespace {
+
+bool cpu_has(const char* isa) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  if (std::string(isa) == "avx512") return __builtin_cpu_supports("avx512f");
+  if (std::string(isa) == "avx2") return __builtin_cpu_supports("avx2");
+#endif
+  return std::string(isa) == "baseline";
+}
+
+const Kernels& choose_kernels() {
+  struct Candidate {
+    const char* name;
+    const Kernels* kernels;
+  };
+  const Candidate candidates[] = {
+#ifdef NAP_HAVE_AVX512
+      {"avx512", &kernels_avx512},
+#endif
+#ifdef NAP_HAVE_AVX2
+      {"avx2", &kernels_avx2},
+#endif
+      {"baseline", &kernels_baseline},
+  };
+  const char* forced = std::getenv("NAP_SIMD");
+  for (const Candidate& c : candidates)
+    if (forced && std::string(forced) == c.name && cpu_has(c.name)) return *c.kernels;
+  for (const Candidate& c : candidates)
+    if (cpu_has(c.name)) return *c.kernels;
+  return kernels_baseline;
+}
+
+}  // namespace
+
+const Kernels& kernels() {
+  static const Kernels& chosen = choose_kernels();
+  return chosen;
+}
+
+const char* built_isas() {
+  static const std::string text = std::string(kernels_baseline.isa)
+#ifdef NAP_HAVE_AVX2
+                                  + "," + kernels_avx2.isa
+#endif
+#ifdef NAP_HAVE_AVX512
+                                  + "," + kernels_avx512.isa
+#endif
+      ;
+  return text.c_str();
+}
 
 int num_threads() {
 #ifdef _OPENMP
@@ -48,36 +130,43 @@ int num_threads() {
 void set_num_threads(int n) { g_threads = n > 0 ? n : 0; }
 
 void step(float* w, const float* q, std::size_t n, const Params& p) {
-  const std::int64_t count = static_cast<std::int64_t>(n);
-  const Params params = p;  // a local copy: no aliasing doubts for the vectoriser
-#pragma omp parallel for schedule(static) num_threads(threads_for(n, kParallelElements))
-  for (std::int64_t i = 0; i < count; ++i) w[i] = nap::step(w[i], q[i], params);
+  const Kernels& k = kernels();
+  const Params params = p;
+  parallel_slices(n, [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t i = lo + k.step(w + lo, q + lo, hi - lo, params); i < hi; ++i)
+      w[i] = nap::step(w[i], q[i], params);
+  });
 }
 
 void step_scalar(float* w, float q, std::size_t n, const Params& p) {
-  const std::int64_t count = static_cast<std::int64_t>(n);
+  const Kernels& k = kernels();
   const Params params = p;
-#pragma omp parallel for schedule(static) num_threads(threads_for(n, kParallelElements))
-  for (std::int64_t i = 0; i < count; ++i) w[i] = nap::step(w[i], q, params);
+  parallel_slices(n, [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t i = lo + k.step_scalar(w + lo, q, hi - lo, params); i < hi; ++i)
+      w[i] = nap::step(w[i], q, params);
+  });
 }
 
 void decay(float* w, std::size_t n, float d, std::uint64_t k) {
   if (k == 0) return;
   if (d == 0.0f) k = 1;  // decay_once(., 0) is the clamp: idempotent after one round
-  const std::int64_t blocks = static_cast<std::int64_t>((n + kDecayBlock - 1) / kDecayBlock);
-#pragma omp parallel for schedule(static) num_threads(threads_for(n, kParallelElements))
-  for (std::int64_t b = 0; b < blocks; ++b) {
-    float* block = w + static_cast<std::size_t>(b) * kDecayBlock;
-    const std::size_t len = std::min(kDecayBlock, n - static_cast<std::size_t>(b) * kDecayBlock);
-    for (std::uint64_t round = 0; round < k; ++round) {
-      for (std::size_t i = 0; i < len; ++i) block[i] = decay_once(block[i], d);
-      if ((round & 7u) == 7u) {  // a block at 0 stays at 0: stop early
-        float top = 0.0f;
-        for (std::size_t i = 0; i < len; ++i) top = block[i] > top ? block[i] : top;
-        if (top <= 0.0f) break;
+  const Kernels& loops = kernels();
+  parallel_slices(n, [&](std::size_t lo, std::size_t hi) {
+    // k rounds over one cache-resident block before the next: one pass over memory.
+    for (std::size_t b = lo; b < hi; b += kDecayBlock) {
+      float* block = w + b;
+      const std::size_t len = std::min(kDecayBlock, hi - b);
+      for (std::uint64_t round = 0; round < k; ++round) {
+        for (std::size_t i = loops.decay(block, len, d); i < len; ++i)
+          block[i] = decay_once(block[i], d);
+        if ((round & 7u) == 7u) {  // a block at 0 stays at 0 (NaN stays NaN): stop early
+          bool positive = false;
+          for (std::size_t i = 0; i < len; ++i) positive |= block[i] > 0.0f;
+          if (!positive) break;
+        }
       }
     }
-  }
+  });
 }
 
 namespace {
@@ -214,9 +303,10 @@ void exact_sums(const float* w, const std::uint8_t* labels, std::size_t n, std::
 }
 
 void triad(float* w, const float* q, float s, std::size_t n) {
-  const std::int64_t count = static_cast<std::int64_t>(n);
-#pragma omp parallel for schedule(static) num_threads(threads_for(n, kParallelElements))
-  for (std::int64_t i = 0; i < count; ++i) w[i] += s * q[i];
+  const Kernels& k = kernels();
+  parallel_slices(n, [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t i = lo + k.triad(w + lo, q + lo, s, hi - lo); i < hi; ++i) w[i] += s * q[i];
+  });
 }
 
 const char* compile_options() {
@@ -244,20 +334,7 @@ const char* compile_options() {
 #else
     s += ";openmp=off";
 #endif
-    s += ";simd=";
-#if defined(__AVX512F__)
-    s += "AVX512F";
-#elif defined(__AVX2__)
-    s += "AVX2";
-#elif defined(__AVX__)
-    s += "AVX";
-#elif defined(__SSE2__) || defined(_M_X64)
-    s += "SSE2";
-#elif defined(__ARM_NEON)
-    s += "NEON";
-#else
-    s += "none";
-#endif
+    s += std::string(";simd=") + kernels().isa + ";simd_built=" + built_isas();
     return s;
   }();
   return text.c_str();

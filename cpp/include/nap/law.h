@@ -9,10 +9,10 @@
 ///  - each operation below is one IEEE float32 operation, rounded to nearest-even, in the order
 ///    written; builds must not contract a*b+c into an FMA (-ffp-contract=off, --fmad=false)
 ///    nor flush subnormals (no -ffast-math, --ftz=false);
-///  - the clamps are written as comparisons with the exact semantics of numpy.maximum(x, 0) /
-///    numpy.minimum(x, 1): NaN passes through and -0.0 becomes +0.0, so -0.0 never leaves the
-///    engine and equality of results is plain bitwise equality. Comparisons (not std::min/max)
-///    also let the compiler vectorise the loops.
+///  - the clamps pass NaN through (as numpy.maximum/minimum do) and are written in the exact
+///    pattern of the SIMD max/min instructions (not std::min/max, whose NaN rules differ), so
+///    loops compile to one instruction per clamp; results leave the law through
+///    positive_zero, so -0.0 never leaves the engine and equal results are equal bits.
 /// No <cmath>, no std:: — the header stays NVRTC-friendly.
 #pragma once
 
@@ -27,37 +27,78 @@ struct Params {
   float decay = 0.02f;  ///< passive decay subtracted per step (0 disables it)
 };
 
-/// max(x, 0) as numpy.maximum(x, 0): NaN stays NaN, -0.0 and negatives become +0.0.
-NAP_HOST_DEVICE float clamp_low(float x) { return (x <= 0.0f) ? 0.0f : x; }
+// -- Primitives --------------------------------------------------------------------------
+// The law below is written once, as templates over a value type T: float here (the C++ loops'
+// scalar tails, the CUDA kernels), or a SIMD vector type of the C++ core (cpp/src/simd.h) whose
+// primitives are single instructions with exactly these semantics.
 
-/// min(x, 1) as numpy.minimum(x, 1): NaN stays NaN.
-NAP_HOST_DEVICE float clamp_high(float x) { return (x >= 1.0f) ? 1.0f : x; }
+/// a > b ? a : b — NaN in either operand gives b (x86 maxps, PTX max.NaN on b = x).
+NAP_HOST_DEVICE float max_of(float a, float b) { return a > b ? a : b; }
+/// a < b ? a : b — NaN in either operand gives b (x86 minps).
+NAP_HOST_DEVICE float min_of(float a, float b) { return a < b ? a : b; }
+/// a > b, false when either is NaN.
+NAP_HOST_DEVICE bool greater(float a, float b) { return a > b; }
+/// m ? a : b
+NAP_HOST_DEVICE float select(bool m, float a, float b) { return m ? a : b; }
 
-/// Clamp to [0, 1] (the law's bounds for both qualities and weights).
-NAP_HOST_DEVICE float clamp_unit(float x) { return clamp_high(clamp_low(x)); }
+// -- The law -------------------------------------------------------------------------------
 
-/// One feedback event: quality-gated reinforcement (q > gate) or punishment, then the clamp.
-///   reinforce:  t = lr * q;            w + t
-///   punish:     u = 1 - q; t = lr * u; w - t
-/// Written as selects of values computed unconditionally (not if/else, which GCC will not
-/// if-convert under -ftrapping-math) so loops over it vectorise; the selected result is
-/// exactly the float32 operations listed above, in that order.
-NAP_HOST_DEVICE float feedback(float w, float q, float lr, float gate) {
-  q = clamp_unit(q);
-  const bool reinforce = q > gate;
-  const float u = 1.0f - q;
-  const float t = lr * (reinforce ? q : u);
-  const float up = w + t, down = w - t;  // both evaluated: a select, not a branch
-  return clamp_unit(reinforce ? up : down);
+/// Clamp to [0, 1], NaN passing through; -0.0 passes too and becomes +0.0 in positive_zero,
+/// once, when a result leaves the law.
+template <class T>
+NAP_HOST_DEVICE T clamp_unit(T x) {
+  return min_of(T(1.0f), max_of(T(0.0f), x));
 }
 
-/// One passive decay: w - decay, clamped. With decay == 0 this is the identity on clamped
-/// weights (w - 0 == w, clamp idempotent), so "skip decay when it is 0" needs no branch.
-NAP_HOST_DEVICE float decay_once(float w, float decay) { return clamp_unit(w - decay); }
+/// x + 0: turns -0.0 into +0.0 and leaves every other value (NaN included) as it is, so -0.0
+/// never leaves the engine and equal results are equal bits.
+template <class T>
+NAP_HOST_DEVICE T positive_zero(T x) {
+  return x + T(0.0f);
+}
 
-/// One dense step: feedback, then passive decay.
+/// Feedback up to its clamp (result in [0, 1], possibly -0.0):
+///   reinforce (q > gate):  t = lr * q;            w + t
+///   punish:                u = 1 - q; t = lr * u; w - t
+/// Both candidates are computed and one is selected (no branch, so loops vectorise); the
+/// selected value is exactly the float32 operations above, in that order.
+template <class T>
+NAP_HOST_DEVICE T feedback_clamped(T w, T q, T lr, T gate) {
+  q = clamp_unit(q);  // a -0.0 here punishes exactly as +0.0 does
+  const auto reinforce = greater(q, gate);
+  const T u = T(1.0f) - q;
+  const T t = lr * select(reinforce, q, u);
+  return clamp_unit(select(reinforce, w + t, w - t));
+}
+
+/// One passive decay: w - decay, clamped. With decay == 0 this is the identity on weights
+/// already clamped, so "skip decay when it is 0" needs no branch.
+template <class T>
+NAP_HOST_DEVICE T decay_once(T w, T decay) {
+  return positive_zero(clamp_unit(w - decay));
+}
+
+/// One dense step: feedback, then passive decay. Feedback's -0.0, if any, needs no
+/// positive_zero of its own: -0 - decay equals +0 - decay for decay > 0, and decay_once's
+/// positive_zero covers decay == 0.
+template <class T>
+NAP_HOST_DEVICE T step(T w, T q, T lr, T gate, T decay) {
+  return decay_once(feedback_clamped(w, q, lr, gate), decay);
+}
+
+// -- On one float (the public scalar API) ----------------------------------------------------
+
+/// One feedback event: quality-gated reinforcement or punishment, clamped to [0, 1].
+NAP_HOST_DEVICE float feedback(float w, float q, float lr, float gate) {
+  return positive_zero(feedback_clamped(w, q, lr, gate));
+}
+
+/// One passive decay on one weight.
+NAP_HOST_DEVICE float decay_once(float w, float decay) { return decay_once<float>(w, decay); }
+
+/// One dense step on one weight.
 NAP_HOST_DEVICE float step(float w, float q, const Params& p) {
-  return decay_once(feedback(w, q, p.lr, p.gate), p.decay);
+  return step<float>(w, q, p.lr, p.gate, p.decay);
 }
 
 }  // namespace nap

@@ -5,14 +5,17 @@ caller's float32 array, chunk by chunk, through preallocated scratch of ``CHUNK`
 no n-sized temporary is ever allocated, and each chunk stays in cache across the law's
 dozen passes.
 
-The restatement of the law (``cpp/include/nap/law.h`` is the source) uses two exact float32
-identities, both checked bit for bit by the parity tests:
+The restatement of the law (``cpp/include/nap/law.h`` is the source) uses exact float32
+identities, all checked bit for bit by the parity tests:
 
 * ``w - lr * (1 - q) == w + lr * (q - 1)``: round-to-nearest is symmetric, so
   ``fl(q - 1) == -fl(1 - q)`` and ``fl(lr * -u) == -fl(lr * u)``, and IEEE defines ``x - y``
-  as ``x + (-y)``; one select then serves both branches;
-* ``numpy.maximum(x, 0)`` / ``numpy.minimum(x, 1)`` are the header's ``clamp_low`` /
-  ``clamp_high`` exactly (NaN passes through, ``-0.0`` becomes ``+0.0``).
+  as ``x + (-y)``. The select is arithmetic: ``q - (q <= gate)`` is ``q - 1`` where the
+  quality punishes and ``q - 0 == q`` where it reinforces (a masked copy costs ten times more);
+* ``numpy.clip(x, 0, 1)`` is the header's ``clamp_unit``: NaN passes through, and ``-0.0``
+  passes too, as in the header, until ``positive_zero`` (``x + 0``) turns it into ``+0.0``.
+  A ``-0.0`` can only survive a clamp when the decay is 0 (``-0 - d`` is ``-d`` otherwise),
+  so the step adds 0 only then.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ xp = np
 asarray, from_host, to_host, synchronize = (
     _xp.host_asarray, _xp.host_from_host, _xp.host_to_host, _xp.host_synchronize)
 
-#: Elements per chunk: 64 Ki float32 = 256 KiB per stream, so a chunk of w, q and the
-#: scratch stays in L2 across the law's passes.
-CHUNK = 1 << 16
+#: Elements per chunk: 256 Ki float32 = 1 MiB per stream, so a chunk of w, q and the scratch
+#: stays in cache across the law's passes while the per-call overhead stays small.
+CHUNK = 1 << 18
 
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
@@ -39,7 +42,7 @@ _local = threading.local()
 
 
 def _scratch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-thread scratch: two float32 chunks and a bool mask, allocated once."""
+    """Per-thread scratch: two float32 chunks and a bool chunk, allocated once."""
     buffers = getattr(_local, "buffers", None)
     if buffers is None:
         buffers = (np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32), np.empty(CHUNK, bool))
@@ -48,26 +51,26 @@ def _scratch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _clamp_unit(x: np.ndarray) -> None:
-    np.maximum(x, _ZERO, out=x)
-    np.minimum(x, _ONE, out=x)
+    np.clip(x, _ZERO, _ONE, out=x)
 
 
-def _feedback(w: np.ndarray, q: np.ndarray, lr: np.float32, gate: np.float32,
-              qc: np.ndarray, t: np.ndarray, reinforce: np.ndarray) -> None:
-    """w = feedback(w, q) in place; qc, t, reinforce are scratch of w's length."""
-    np.maximum(q, _ZERO, out=qc)          # q = clamp_unit(q)
-    np.minimum(qc, _ONE, out=qc)
-    np.greater(qc, gate, out=reinforce)   # q > gate reinforces
-    np.subtract(qc, _ONE, out=t)          # q - 1 == -(1 - q) exactly
-    np.copyto(t, qc, where=reinforce)     # select q (reinforce) or q - 1 (punish)
+def _feedback_clamped(w: np.ndarray, q: np.ndarray, lr: np.float32, gate: np.float32,
+                      qc: np.ndarray, t: np.ndarray) -> None:
+    """w = feedback_clamped(w, q) in place (may leave -0.0); qc, t: scratch of w's length."""
+    np.clip(q, _ZERO, _ONE, out=qc)       # q = clamp_unit(q)
+    np.less_equal(qc, gate, out=t)        # 1.0 where q punishes, 0.0 where it reinforces
+    np.subtract(qc, t, out=t)             # q - 1 == -(1 - q) exactly, or q - 0 == q
     np.multiply(t, lr, out=t)             # t = lr * q   or   -(lr * (1 - q))
     np.add(w, t, out=w)                   # w + t        or   w - lr * (1 - q)
     _clamp_unit(w)
 
 
 def _decay(w: np.ndarray, d: np.float32) -> None:
+    """w = decay_once(w, d) in place."""
     np.subtract(w, d, out=w)
     _clamp_unit(w)
+    if d == 0:  # positive_zero: only with d == 0 can a -0.0 be left (-0 - d is -d otherwise)
+        np.add(w, _ZERO, out=w)
 
 
 # NaN inputs (allowed with check_finite=False) make NaN weights on every backend; NumPy would
@@ -79,12 +82,12 @@ _quiet = np.errstate(invalid="ignore")
 def step(w: np.ndarray, q: np.ndarray, p: Params) -> None:
     """Dense step in place: feedback then decay, for every memory."""
     lr, gate, d = p.float32()
-    qc, t, mask = _scratch()
+    qc, t, _ = _scratch()
     for lo in range(0, w.size, CHUNK):
         hi = min(lo + CHUNK, w.size)
         k = hi - lo
         wc = w[lo:hi]
-        _feedback(wc, q[lo:hi], lr, gate, qc[:k], t[:k], mask[:k])
+        _feedback_clamped(wc, q[lo:hi], lr, gate, qc[:k], t[:k])
         _decay(wc, d)
 
 
@@ -138,10 +141,8 @@ def update(w: np.ndarray, ids: np.ndarray, q: np.ndarray, p: Params) -> None:
         events = by_round[lo:hi]
         idx = ids[events]
         wr = w[idx]
-        k = wr.size
-        _feedback(wr, q[events], lr, gate, np.empty(k, np.float32), np.empty(k, np.float32),
-                  np.empty(k, bool))
-        w[idx] = wr
+        _feedback_clamped(wr, q[events], lr, gate, np.empty_like(wr), np.empty_like(wr))
+        w[idx] = wr + _ZERO  # positive_zero
 
 
 def first_nonfinite(x: np.ndarray) -> int:

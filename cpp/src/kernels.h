@@ -1,0 +1,28 @@
+/// \file kernels.h
+/// \brief The per-instruction-set vector loops of the core and their runtime choice.
+#pragma once
+
+#include <cstddef>  // for std::size_t
+
+#include "nap/law.h"
+
+namespace nap {
+
+/// One instruction set's loops. Each processes whole vectors from the start of its range and
+/// returns how many elements it did (a multiple of the vector width).
+struct Kernels {
+  const char* isa;
+  std::size_t (*step)(float* w, const float* q, std::size_t n, const Params& p);
+  std::size_t (*step_scalar)(float* w, float q, std::size_t n, const Params& p);
+  std::size_t (*decay)(float* w, std::size_t n, float decay);
+  std::size_t (*triad)(float* w, const float* q, float s, std::size_t n);
+};
+
+/// The best loops this CPU runs (NAP_SIMD=sse2|avx2|avx512|generic forces a choice, for tests
+/// and benchmarks; an unsupported or unknown choice is ignored).
+const Kernels& kernels();
+
+/// The instruction sets this build carries, e.g. "SSE2,AVX2,AVX512F".
+const char* built_isas();
+
+}  // namespace nap

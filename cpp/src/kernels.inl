@@ -1,0 +1,52 @@
+/// \file kernels.inl
+/// \brief The core's vector loops, compiled once per instruction set (kernels_<isa>.cpp
+/// defines NAP_ISA and includes this file with that ISA's compiler flags). Each loop runs
+/// the law's templates on whole vectors and returns how many elements it did; the caller
+/// (core.cpp, baseline ISA) finishes the tail with the scalar law.
+#include "kernels.h"
+#include "nap/law.h"
+#include "simd.h"
+
+namespace nap {
+namespace NAP_ISA {
+namespace {
+
+std::size_t step(float* w, const float* q, std::size_t n, const Params& p) {
+  const Vec lr(p.lr), gate(p.gate), decay(p.decay);
+  std::size_t i = 0;
+  for (; i + Vec::width <= n; i += Vec::width)
+    nap::step(Vec::load(w + i), Vec::load(q + i), lr, gate, decay).store(w + i);
+  return i;
+}
+
+std::size_t step_scalar(float* w, float q, std::size_t n, const Params& p) {
+  const Vec quality(q), lr(p.lr), gate(p.gate), decay(p.decay);
+  std::size_t i = 0;
+  for (; i + Vec::width <= n; i += Vec::width)
+    nap::step(Vec::load(w + i), quality, lr, gate, decay).store(w + i);
+  return i;
+}
+
+std::size_t decay(float* w, std::size_t n, float d) {
+  const Vec decay_by(d);
+  std::size_t i = 0;
+  for (; i + Vec::width <= n; i += Vec::width)
+    nap::decay_once(Vec::load(w + i), decay_by).store(w + i);
+  return i;
+}
+
+std::size_t triad(float* w, const float* q, float s, std::size_t n) {
+  const Vec scale(s);
+  std::size_t i = 0;
+  for (; i + Vec::width <= n; i += Vec::width)
+    (Vec::load(w + i) + scale * Vec::load(q + i)).store(w + i);
+  return i;
+}
+
+}  // namespace
+}  // namespace NAP_ISA
+
+extern const Kernels NAP_KERNELS_NAME = {NAP_ISA::kIsaName, NAP_ISA::step, NAP_ISA::step_scalar,
+                                         NAP_ISA::decay, NAP_ISA::triad};
+
+}  // namespace nap
