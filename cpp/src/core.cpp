@@ -243,31 +243,45 @@ void update(float* w, std::size_t n, const std::int64_t* ids, const float* q, st
 
 namespace {
 
-// The first index in [0, n) where bad(i) holds, or -1. Blocks are tested with a branch-free
-// (vectorisable) OR first; only a block with a hit is scanned again for its first index.
-template <class Bad>
-std::int64_t first_where(std::size_t n, Bad bad) {
-  constexpr std::size_t kBlock = 1024;
+// The first index in [0, n) where bad(i) holds, or -1. Blocks are tested with any_bad(lo, hi)
+// first (branch-free, vectorised); only a block with a hit is scanned again for its index.
+template <class Bad, class AnyBad>
+std::int64_t first_where(std::size_t n, Bad bad, AnyBad any_bad) {
+  constexpr std::size_t kBlock = 4096;
   const std::int64_t blocks = static_cast<std::int64_t>((n + kBlock - 1) / kBlock);
   std::int64_t first = blocks;
 #pragma omp parallel for schedule(static) reduction(min : first) \
     num_threads(threads_for(n, kParallelElements))
   for (std::int64_t b = 0; b < blocks; ++b) {
     const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
-    const std::size_t hi = std::min(n, lo + kBlock);
-    unsigned any = 0;
-    for (std::size_t i = lo; i < hi; ++i) any |= bad(i) ? 1u : 0u;
-    if (any && b < first) first = b;
+    if (b < first && any_bad(lo, std::min(n, lo + kBlock))) first = b;
   }
   if (first == blocks) return -1;
   for (std::size_t i = static_cast<std::size_t>(first) * kBlock;; ++i)
     if (bad(i)) return static_cast<std::int64_t>(i);
 }
 
+template <class Bad>
+std::int64_t first_where(std::size_t n, Bad bad) {
+  return first_where(n, bad, [bad](std::size_t lo, std::size_t hi) {
+    unsigned any = 0;
+    for (std::size_t i = lo; i < hi; ++i) any |= bad(i) ? 1u : 0u;
+    return any != 0;
+  });
+}
+
 }  // namespace
 
 std::int64_t first_nonfinite(const float* x, std::size_t n) {
-  return first_where(n, [x](std::size_t i) { return !is_finite(x[i]); });
+  const Kernels& k = kernels();
+  return first_where(n, [x](std::size_t i) { return !is_finite(x[i]); },
+                     [x, &k](std::size_t lo, std::size_t hi) {
+                       std::size_t done = 0;
+                       if (k.any_nonfinite(x + lo, hi - lo, &done)) return true;
+                       for (std::size_t i = lo + done; i < hi; ++i)
+                         if (!is_finite(x[i])) return true;
+                       return false;
+                     });
 }
 
 std::int64_t first_bad_id(const std::int64_t* ids, std::size_t m, std::int64_t n) {

@@ -16,6 +16,9 @@ struct Kernels {
   std::size_t (*step_scalar)(float* w, float q, std::size_t n, const Params& p);
   std::size_t (*decay)(float* w, std::size_t n, float decay);
   std::size_t (*triad)(float* w, const float* q, float s, std::size_t n);
+  /// Whether any of the first `done` elements is NaN or infinite (done is returned through
+  /// the pointer: the whole vectors it looked at).
+  bool (*any_nonfinite)(const float* x, std::size_t n, std::size_t* done);
 };
 
 /// The best loops this CPU runs (NAP_SIMD=sse2|avx2|avx512|generic forces a choice, for tests

@@ -1,9 +1,10 @@
 /// \file law.h
 /// \brief The NAP learning law (DESIGN.md §2): the ONE source of its arithmetic.
 ///
-/// Every function acts on one float32 weight. The C++ loops (cpp/src/core.cpp) and the CUDA
-/// kernels (cuda/) only iterate over these functions; the NumPy backend restates them in array
-/// code and is tested bit for bit against them.
+/// The law acts on one float32 weight at a time: on a float, or lane by lane on a SIMD vector
+/// of floats (the same templates). The C++ loops (cpp/src/) and the CUDA kernels (cuda/) only
+/// iterate over these functions; the NumPy backend restates them in array code and is tested
+/// bit for bit against them.
 ///
 /// Float32 rules that make results bit-identical on every backend:
 ///  - each operation below is one IEEE float32 operation, rounded to nearest-even, in the order
@@ -32,9 +33,9 @@ struct Params {
 // scalar tails, the CUDA kernels), or a SIMD vector type of the C++ core (cpp/src/simd.h) whose
 // primitives are single instructions with exactly these semantics.
 
-/// a > b ? a : b — NaN in either operand gives b (x86 maxps, PTX max.NaN on b = x).
+/// a > b ? a : b — NaN in either operand gives b (the semantics of x86 maxps).
 NAP_HOST_DEVICE float max_of(float a, float b) { return a > b ? a : b; }
-/// a < b ? a : b — NaN in either operand gives b (x86 minps).
+/// a < b ? a : b — NaN in either operand gives b (the semantics of x86 minps).
 NAP_HOST_DEVICE float min_of(float a, float b) { return a < b ? a : b; }
 /// a > b, false when either is NaN.
 NAP_HOST_DEVICE bool greater(float a, float b) { return a > b; }
