@@ -1,0 +1,84 @@
+"""The nap-gpu command: simulate (the main job) and info, run as a user would."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+import nap_gpu as nap
+from nap_gpu.cli import count, main
+
+
+def test_simulate_prints_a_table_and_a_healthy_verdict(capsys):
+    assert main(["simulate", "--memories", "10k", "--iterations", "50", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line[:5].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == list(range(1, 51))
+    separation, inversion = float(rows[-1][1]), float(rows[-1][2])
+    assert separation > 0.2 and inversion > 0.9
+    assert "health: OK" in out
+
+
+def test_simulate_json_matches_an_engine_run(tmp_path):
+    path = tmp_path / "run.json"
+    code = main(["simulate", "--memories", "2000", "--iterations", "12", "--noise", "0.1",
+                 "--seed", "4", "--backend", "numpy", "--json", str(path), "--no-progress"])
+    data = json.loads(path.read_text())
+    assert code == (0 if data["health"]["ok"] else 1)
+    assert data["backend"] == "numpy" and len(data["iterations"]) == 12
+    # The same run through the API gives the same final metrics, exactly.
+    eng = nap.Engine(2000, backend="cpp" if nap.available_backends()["cpp"] is None else "numpy",
+                     seed=4)
+    workload = nap.ReferenceWorkload(2000, sigma=0.1, seed=4)
+    for _ in range(12):
+        eng.step(workload.next_quality())
+    final = eng.metrics(workload.labels)
+    assert data["final"]["separation"] == final.separation
+    assert data["final"]["inversion_ratio"] == final.inversion_ratio
+
+
+def test_simulate_reports_an_unhealthy_run_with_exit_code_1(capsys):
+    # Noise of std 5 drowns the qualities' signal: no separation after the warm-up.
+    code = main(["simulate", "--memories", "2000", "--iterations", "12", "--noise", "5",
+                 "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 1 and "health: FAILED" in out and "separation" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["simulate", "--backend", "cuda"], "not usable here"),
+    (["simulate", "--backend", "bogus"], "unknown backend"),
+    (["simulate", "--iterations", "0"], "--iterations"),
+])
+def test_simulate_bad_arguments_exit_2_with_a_message(capsys, args, message):
+    if args[-1] == "cuda" and nap.available_backends()["cuda"] is None:
+        pytest.skip("cuda is usable here")
+    assert main([*args, "--memories", "100", "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, value", [("10000", 10_000), ("10k", 10_000), ("1M", 10**6),
+                                         ("1e6", 10**6), ("1_000", 1000), ("1G", 10**9)])
+def test_counts(text, value):
+    assert count(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "1.5", "ten", "1.5k5"])
+def test_bad_counts(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        count(text)
+
+
+def test_info_as_json_in_a_subprocess():
+    done = subprocess.run([sys.executable, "-m", "nap_gpu.cli", "info", "--json"],
+                          capture_output=True, text=True, check=True)
+    info = json.loads(done.stdout)
+    assert set(info["backends"]) == {"cuda", "cpp", "numpy"}
+    assert info["backends"]["numpy"] == "usable"
+    assert "--fmad=false" in info["cuda_kernels"]["options"]
+    assert "available" in info["gpu"]
+    assert info["auto"] in ("cuda", "cpp", "numpy")
