@@ -23,11 +23,15 @@ from .engine import Engine
 from .functional import step, update
 from .metrics import Health, Metrics, PopulationStats, health
 from .params import Params
+from .snapshot import SnapshotError
 from .workload import ReferenceWorkload
 from ._config import show_config
 
+load = Engine.load
+
 __all__ = [
     "BackendUnavailableError", "Engine", "Health", "Metrics", "Params", "PopulationStats",
-    "ReferenceWorkload", "available_backends", "health", "show_config", "step", "update",
+    "ReferenceWorkload", "SnapshotError", "available_backends", "health", "load", "show_config",
+    "step", "update",
     "__version__",
 ]

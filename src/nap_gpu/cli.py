@@ -1,9 +1,10 @@
 """The ``nap-gpu`` command: ``simulate`` runs the reference workload, ``info`` explains the
-backends.
+backends, ``snapshot inspect`` reads a snapshot's metadata and checks it.
 
     nap-gpu simulate --memories 1M --iterations 50 [--noise 0.1] [--backend auto] [--seed 0]
                      [--json run.json]
     nap-gpu info [--json]
+    nap-gpu snapshot inspect FILE [--json]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 import sys
 import time
 
-from . import __version__, backends
+from . import __version__, backends, snapshot
 from ._config import config, show_config
 from .engine import Engine
 from .metrics import health
@@ -56,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="list each backend and why it is or is not usable")
     info.add_argument("--json", action="store_true", help="print the same as JSON")
+
+    snap = sub.add_parser("snapshot", help="work with snapshot files")
+    snap_sub = snap.add_subparsers(dest="snapshot_command", required=True)
+    inspect = snap_sub.add_parser("inspect", help="print a snapshot's metadata and checksum verdict")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true", help="print the same as JSON")
     return parser
 
 
@@ -70,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 show_config()
             return 0
+        if args.command == "snapshot":
+            return inspect_snapshot(args)
         return simulate(args)
-    except (ValueError, TypeError, backends.BackendUnavailableError) as exc:
+    except (ValueError, TypeError, OSError, backends.BackendUnavailableError) as exc:
         print(f"nap-gpu: error: {exc}", file=sys.stderr)
         return 2
 
@@ -130,6 +139,20 @@ def simulate(args) -> int:
                        "health": {"ok": verdict.ok, "failures": list(verdict.failures)}},
                       fh, indent=2)
     return 0 if verdict.ok else 1
+
+
+def inspect_snapshot(args) -> int:
+    """Print a snapshot's metadata and whether its checksum holds; exit 1 when it does not."""
+    info = snapshot.inspect(args.file)
+    fields = dataclasses.asdict(info)
+    fields["params"] = dataclasses.asdict(info.params)
+    if args.json:
+        print(json.dumps(fields, indent=2))
+    else:
+        for key, value in {**fields, "params": info.params}.items():
+            print(f"{key:<16} {value}")
+        print("checksum OK" if info.checksum_ok else "checksum MISMATCH: the weights are damaged")
+    return 0 if info.checksum_ok else 1
 
 
 def _finite(obj):

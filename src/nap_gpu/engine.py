@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numbers
+import pathlib
 
 import numpy as np
 
-from . import _inputs, backends, metrics as _metrics
+from . import __version__, _inputs, backends, metrics as _metrics, snapshot
 from .params import Params
 
 __all__ = ["Engine"]
@@ -41,11 +42,33 @@ class Engine:
             raise TypeError(f"n must be an integer, got {type(n).__name__}")
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        self._n = int(n)
+        self._setup(_inputs.initial_weights(init, int(n), seed), backend, params, iteration=0)
+
+    def _setup(self, host_weights: np.ndarray, backend: str, params: Params | None,
+               iteration: int) -> None:
+        """Adopt a fresh, validated host population (no copy on host backends)."""
+        self._n = int(host_weights.size)
         self.params = Params() if params is None else params
         self._backend = backends.resolve(backend)
-        self._w = self._backend.from_host(_inputs.initial_weights(init, self._n, seed))
-        self.iteration = 0  # dense steps applied
+        self._w = self._backend.from_host(host_weights)
+        self.iteration = iteration  # dense steps applied
+
+    @classmethod
+    def load(cls, path, *, backend: str = "auto") -> Engine:
+        """The population a snapshot holds, on any backend, continuing bit for bit: weights,
+        parameters and iteration as saved. Raises ``SnapshotError`` naming the file and the
+        fault for a damaged, truncated, foreign or future-format file."""
+        weights, info = snapshot.read(path)
+        eng = cls.__new__(cls)
+        eng._setup(weights, backend, info.params, iteration=info.iteration)
+        return eng
+
+    def save(self, path) -> pathlib.Path:
+        """Write a snapshot to ``path`` atomically; returns once it is durable on disk.
+        On failure the previous file at ``path`` (if any) is untouched."""
+        host = self._w if self._backend.xp is np else self._backend.to_host(self._w)
+        return snapshot.write(path, host, self._params, iteration=self.iteration,
+                              backend=self.backend, version=__version__)
 
     # -- state ---------------------------------------------------------------------------
     @property

@@ -1,0 +1,195 @@
+"""Snapshots: real files, real processes. Round trips continue bit for bit on every backend;
+every kind of damage is a clear SnapshotError naming the file; a failed save leaves the
+previous file intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import nap_gpu as nap
+from nap_gpu import snapshot
+from nap_gpu.cli import main as cli_main
+from conftest import BACKENDS, assert_same_bits
+
+N = 10_007
+
+
+def trained(backend: str, n: int = N, steps: int = 7) -> tuple[nap.Engine, nap.ReferenceWorkload]:
+    eng = nap.Engine(n, backend=backend, seed=5, params=nap.Params(lr=0.07, gate=0.45, decay=0.01))
+    workload = nap.ReferenceWorkload(n, sigma=0.1, seed=5)
+    for _ in range(steps):
+        eng.step(workload.next_quality())
+    eng.update(np.arange(0, n, 3), 0.9)
+    return eng, workload
+
+
+@pytest.mark.parametrize("saver", BACKENDS)
+@pytest.mark.parametrize("loader", BACKENDS)
+def test_round_trip_continues_bit_for_bit(tmp_path, saver, loader):
+    eng, workload = trained(saver)
+    path = eng.save(tmp_path / "pop.nap")
+    assert path.exists() and not list(tmp_path.glob(".*tmp*"))
+    back = nap.load(path, backend=loader)
+    assert back.backend == loader and back.n == N
+    assert back.params == eng.params and back.iteration == eng.iteration
+    assert_same_bits(back.to_numpy(), eng.to_numpy(), "loaded weights")
+    for _ in range(3):  # both go on with the same inputs: same bits
+        q = workload.next_quality().copy()
+        eng.step(q)
+        back.step(q)
+    eng.decay(2)
+    back.decay(2)
+    assert_same_bits(back.to_numpy(), eng.to_numpy(), f"saved on {saver}, continued on {loader}")
+
+
+def test_file_is_standard_safetensors(tmp_path):
+    safetensors = pytest.importorskip("safetensors.numpy", reason="safetensors not installed")
+    eng, _ = trained("numpy")
+    eng.save(tmp_path / "pop.nap")
+    tensors = safetensors.load_file(str(tmp_path / "pop.nap"))
+    assert set(tensors) == {"weights"}
+    assert_same_bits(tensors["weights"], eng.to_numpy(), "read by the safetensors package")
+
+
+def test_metadata(tmp_path):
+    eng, _ = trained("numpy")
+    info = snapshot.inspect(eng.save(tmp_path / "pop.nap"))
+    assert info.checksum_ok and info.format_version == snapshot.FORMAT_VERSION
+    assert (info.n, info.iteration, info.backend) == (N, 7, "numpy")
+    assert info.params == eng.params and info.nap_gpu_version == nap.__version__
+    assert info.data_offset % 64 == 0 and info.created.endswith("+00:00")
+
+
+def test_saving_over_a_snapshot_replaces_it(tmp_path):
+    eng, workload = trained("numpy")
+    path = eng.save(tmp_path / "pop.nap")
+    eng.step(workload.next_quality())
+    eng.save(path)
+    assert nap.load(path).iteration == eng.iteration
+
+
+def _damaged(tmp_path, change) -> str:
+    eng, _ = trained("numpy", n=1000)
+    path = eng.save(tmp_path / "pop.nap")
+    data = bytearray(path.read_bytes())
+    path.write_bytes(bytes(change(data, snapshot.inspect(path).data_offset)))
+    return str(path)
+
+
+def _flip(offset):
+    def change(data, data_offset):
+        data[offset(data_offset)] ^= 0x01
+        return data
+    return change
+
+
+@pytest.mark.parametrize("where, message", [
+    (lambda off: off, "checksum mismatch"),            # first weight byte
+    (lambda off: off + 2001, "checksum mismatch"),     # a middle weight byte
+    (lambda off: off + 3999, "checksum mismatch"),     # last weight byte
+    (lambda off: 0, "not a nap snapshot|header"),      # header length
+    (lambda off: 20, "header"),                         # inside the JSON
+], ids=["first-weight", "middle-weight", "last-weight", "length-prefix", "json"])
+def test_flipped_bytes_are_reported(tmp_path, where, message):
+    path = _damaged(tmp_path, _flip(where))
+    with pytest.raises(nap.SnapshotError, match=message) as info:
+        nap.load(path)
+    assert path in str(info.value)
+    if "checksum" in message:
+        assert snapshot.inspect(path).checksum_ok is False
+
+
+@pytest.mark.parametrize("keep", [0, 5, 8, 100, -1, -4000])
+def test_truncated_files_are_reported(tmp_path, keep):
+    path = _damaged(tmp_path, lambda data, off: data[:keep] if keep >= 0 else data[:len(data) + keep])
+    with pytest.raises(nap.SnapshotError, match="too short|not a nap snapshot|header|expected"):
+        nap.load(path)
+
+
+def test_extended_file_is_reported(tmp_path):
+    path = _damaged(tmp_path, lambda data, off: data + b"\0" * 4)
+    with pytest.raises(nap.SnapshotError, match="expected"):
+        nap.load(path)
+
+
+def _rewrite_metadata(tmp_path, **changes) -> str:
+    eng, _ = trained("numpy", n=100)
+    path = eng.save(tmp_path / "pop.nap")
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    header["__metadata__"].update(changes)
+    text = json.dumps(header).encode()
+    text += b" " * (length - len(text))
+    assert len(text) == length
+    path.write_bytes(raw[:8] + text + raw[8 + length:])
+    return str(path)
+
+
+def test_future_format_version_is_refused_with_the_version(tmp_path):
+    path = _rewrite_metadata(tmp_path, format_version="2")
+    with pytest.raises(nap.SnapshotError, match=r"format version 2.*up to 1.*upgrade"):
+        nap.load(path)
+
+
+def test_foreign_safetensors_file_is_refused(tmp_path):
+    path = _rewrite_metadata(tmp_path, format="something-else")
+    with pytest.raises(nap.SnapshotError, match="not a nap snapshot"):
+        nap.load(path)
+
+
+def test_failed_save_keeps_the_previous_snapshot(tmp_path):
+    """A file-size limit makes the write fail midway (as a full disk would): the call raises,
+    the old snapshot is untouched, no temporary file is left, and the engine still works."""
+    eng, _ = trained("numpy", n=200_000)
+    path = eng.save(tmp_path / "pop.nap")
+    before = path.read_bytes()
+    script = textwrap.dedent(f"""
+        import resource, signal, numpy as np, nap_gpu as nap
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of a killing signal
+        eng = nap.load({str(path)!r})
+        eng.step(0.9)
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))  # the soft limit only
+        try:
+            eng.save({str(path)!r})
+        except OSError as exc:
+            print("raised", exc.errno)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        eng.step(0.1)                                    # the engine keeps working
+        eng.save({str(tmp_path / "after.nap")!r})      # and saves once space returns
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "raised 27" in done.stdout  # EFBIG
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["after.nap", "pop.nap"]
+    assert nap.load(tmp_path / "after.nap").iteration == eng.iteration + 2
+
+
+def test_missing_directory_is_an_error_and_changes_nothing(tmp_path):
+    eng, _ = trained("numpy", n=100)
+    before = eng.to_numpy()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        eng.save(tmp_path / "missing" / "pop.nap")
+    assert_same_bits(eng.to_numpy(), before, "engine after a failed save")
+
+
+def test_cli_inspect(tmp_path, capsys):
+    eng, _ = trained("numpy", n=100)
+    path = eng.save(tmp_path / "pop.nap")
+    assert cli_main(["snapshot", "inspect", str(path)]) == 0
+    assert "checksum OK" in capsys.readouterr().out
+    damaged = _damaged(tmp_path, _flip(lambda off: off + 7))
+    assert cli_main(["snapshot", "inspect", damaged]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+    assert cli_main(["snapshot", "inspect", str(tmp_path / "none.nap")]) == 2
+    os.remove(damaged)
