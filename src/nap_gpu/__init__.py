@@ -22,6 +22,7 @@ from .backends import BackendUnavailableError, available_backends
 from .engine import Engine
 from .functional import step, update
 from .metrics import Health, Metrics, PopulationStats, health
+from .monitor import Monitor, WritesStoppedError
 from .params import Params
 from .snapshot import SnapshotError
 from .workload import ReferenceWorkload
@@ -31,7 +32,7 @@ load = Engine.load
 
 __all__ = [
     "BackendUnavailableError", "Engine", "Health", "Metrics", "Params", "PopulationStats",
-    "ReferenceWorkload", "SnapshotError", "available_backends", "health", "load", "show_config",
-    "step", "update",
+    "Monitor", "ReferenceWorkload", "SnapshotError", "WritesStoppedError", "available_backends",
+    "health", "load", "show_config", "step", "update",
     "__version__",
 ]

@@ -148,6 +148,12 @@ class Engine:
             raise ValueError(f"k must be >= 0, got {k}")
         self._backend.decay(self._w, self._params.decay, int(k))
 
+    def clamp(self) -> None:
+        """Clamp every weight into [0, 1] (the law never leaves it: this repairs weights
+        corrupted from outside, the incident playbook's answer to out-of-bounds weights).
+        NaN stays NaN."""
+        self._backend.decay(self._w, 0.0, 1)  # decay by 0 is exactly the law's clamp
+
     # -- monitoring ----------------------------------------------------------------------
     def metrics(self, labels, *, eps: float = _metrics.DEFAULT_EPS) -> _metrics.Metrics:
         """Separation, inversion ratio, saturation and per-population stats for labels

@@ -1,0 +1,147 @@
+"""The SLA monitor: the health rules of DESIGN.md §3 evaluated as a population trains, with a
+bounded history, structured events and the incident playbook.
+
+    mon = nap.Monitor(eng, labels, warmup=10, every=1, on_alert=callback,
+                      latency_budget_ms=(5.0, 20.0))
+    for q in qualities:
+        mon.step(q)            # eng.step(q), timed after a device synchronise, then checked
+
+Every evaluation is an event (a dict): it goes to the ``nap_gpu.monitor`` logger as one JSON
+object per line, into ``mon.history`` (bounded), and — when a rule fails — to ``on_alert``.
+
+The playbook (from the deployment guide), run by the monitor itself:
+* a non-finite weight can never come from the law, so it means corruption: writes stop
+  (``mon.step`` refuses) and, when the engine can recover (a durable engine has ``recover()``),
+  it is restored from its last good snapshot and log, and writes resume; the event says which;
+* weights outside [0, 1] are clamped back (``Engine.clamp``) and reported.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import time
+from typing import Callable
+
+from . import metrics as _metrics
+
+__all__ = ["Monitor", "WritesStoppedError"]
+
+log = logging.getLogger("nap_gpu.monitor")
+
+
+class WritesStoppedError(RuntimeError):
+    """The monitor found corruption it could not repair; the engine takes no more writes."""
+
+
+class Monitor:
+    """Health rules over an engine, evaluated every ``every`` iterations.
+
+    Parameters
+    ----------
+    engine : Engine (or a durable engine)
+    labels : array
+        One label per memory (1/True = reinforced R, 0/False = punished P).
+    warmup : int
+        Separation must exceed ``min_separation`` from this iteration on (default 10).
+    settle : int
+        The inversion ratio must exceed ``min_inversion`` from this iteration on (default 50).
+    every : int
+        Evaluate every ``every`` iterations (metrics cost a sort: O(n log n)).
+    latency_budget_ms : (p50, p99), optional
+        Step latency budget; the p50 and p99 over the latency window must stay within it.
+    history : int
+        Events kept (oldest dropped first).
+    on_alert : callable(event), optional
+        Called with every event whose rules failed.
+    """
+
+    def __init__(self, engine, labels, *, warmup: int = 10, settle: int = 50, every: int = 1,
+                 latency_budget_ms: tuple[float, float] | None = None, history: int = 1000,
+                 latency_window: int = 1000, min_separation: float = 0.2,
+                 min_inversion: float = 0.9, on_alert: Callable[[dict], None] | None = None) -> None:
+        if every < 1 or history < 1 or latency_window < 1:
+            raise ValueError("every, history and latency_window must be >= 1")
+        if latency_budget_ms is not None and not (0 < latency_budget_ms[0] <= latency_budget_ms[1]):
+            raise ValueError(f"latency_budget_ms must be (p50, p99) with 0 < p50 <= p99, "
+                             f"got {latency_budget_ms!r}")
+        self.engine, self.labels = engine, labels
+        self.rules = dict(warmup=warmup, settle=settle, min_separation=min_separation,
+                          min_inversion=min_inversion)
+        self.every, self.latency_budget_ms, self.on_alert = every, latency_budget_ms, on_alert
+        self.history: collections.deque[dict] = collections.deque(maxlen=history)
+        self._latencies: collections.deque[float] = collections.deque(maxlen=latency_window)
+        self.writes_stopped = False
+        engine.metrics(labels)  # validates the labels now, not at the first check
+
+    def step(self, quality, **kwargs) -> dict | None:
+        """``engine.step(quality)``, timed; returns the event when this iteration is checked."""
+        if self.writes_stopped:
+            raise WritesStoppedError("the monitor stopped writes after unrepaired corruption; "
+                                     "see the last event in mon.history")
+        start = time.perf_counter()
+        self.engine.step(quality, **kwargs)
+        self.engine.synchronize()
+        self._latencies.append((time.perf_counter() - start) * 1e3)
+        return self.check() if self.engine.iteration % self.every == 0 else None
+
+    def latency_ms(self) -> tuple[float, float] | None:
+        """(p50, p99) of the step latencies in the window, or None before the first step."""
+        if not self._latencies:
+            return None
+        ordered = sorted(self._latencies)
+        pick = lambda f: ordered[min(len(ordered) - 1, math.ceil(f * len(ordered)) - 1)]  # noqa: E731
+        return pick(0.50), pick(0.99)
+
+    def check(self) -> dict:
+        """Evaluate the rules now, run the playbook if needed, and return the event."""
+        iteration = self.engine.iteration
+        m = self.engine.metrics(self.labels)
+        verdict = _metrics.health(m, iteration, warmup=self.rules["warmup"],
+                                  settle=self.rules["settle"],
+                                  min_separation=self.rules["min_separation"],
+                                  min_inversion=self.rules["min_inversion"])
+        failures = list(verdict.failures)
+        latency = self.latency_ms()
+        if self.latency_budget_ms and latency:
+            for name, value, budget in zip(("p50", "p99"), latency, self.latency_budget_ms):
+                if value > budget:
+                    failures.append(f"latency {name} {value:.3f} ms > budget {budget} ms")
+        actions = self._playbook(m)
+        event = {
+            "event": "health", "time": time.time(), "iteration": iteration,
+            "ok": not failures, "failures": failures, "actions": actions,
+            "separation": _number(m.separation), "inversion_ratio": _number(m.inversion_ratio),
+            "saturation": _number(m.saturation), "nonfinite": m.nonfinite,
+            "min": _number(m.min), "max": _number(m.max),
+            "latency_ms": None if latency is None else {"p50": latency[0], "p99": latency[1]},
+            "writes_stopped": self.writes_stopped,
+        }
+        self.history.append(event)
+        log.log(logging.INFO if event["ok"] else logging.WARNING, json.dumps(event))
+        if failures and self.on_alert is not None:
+            self.on_alert(event)
+        return event
+
+    def _playbook(self, m: _metrics.Metrics) -> list[str]:
+        actions = []
+        if m.nonfinite:
+            recover = getattr(self.engine, "recover", None)
+            if recover is None:
+                self.writes_stopped = True
+                actions.append(f"{m.nonfinite} non-finite weights: writes stopped (this engine "
+                               "has no durable state to restore; open it with Engine.open)")
+            else:
+                recover()
+                actions.append(f"{m.nonfinite} non-finite weights: restored from the last good "
+                               "snapshot and the log; writes continue")
+        elif m.n and not (m.min >= 0.0 and m.max <= 1.0):
+            self.engine.clamp()
+            actions.append(f"weights outside [0, 1] (min {m.min}, max {m.max}): clamped")
+        return actions
+
+
+def _number(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # JSON has no NaN

@@ -1,0 +1,83 @@
+"""The SLA monitor: rules, bounded history, JSON events, alerts and the incident playbook."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+import nap_gpu as nap
+
+N = 4000
+
+
+def run(backend="cpp", sigma=0.0, iterations=55, **kwargs):
+    if nap.available_backends()[backend] is not None:
+        pytest.skip(f"{backend} unusable here")
+    eng = nap.Engine(N, backend=backend, seed=1)
+    workload = nap.ReferenceWorkload(N, sigma=sigma, seed=1)
+    mon = nap.Monitor(eng, workload.labels, **kwargs)
+    events = [mon.step(workload.next_quality()) for _ in range(iterations)]
+    return eng, mon, [e for e in events if e is not None]
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+def test_healthy_run_passes_every_rule(backend):
+    eng, mon, events = run(backend, latency_budget_ms=(1e9, 1e9))
+    assert len(events) == 55 and all(e["ok"] for e in events), [e["failures"] for e in events]
+    assert events[-1]["inversion_ratio"] > 0.9 and events[-1]["separation"] > 0.2
+    assert events[-1]["latency_ms"]["p50"] <= events[-1]["latency_ms"]["p99"]
+
+
+def test_unhealthy_run_alerts_after_warm_up():
+    alerts = []
+    _, _, events = run(sigma=5.0, iterations=12, on_alert=alerts.append)
+    assert all(e["ok"] for e in events[:9])  # before warm-up only NaN/bounds rules apply
+    assert alerts and alerts[0]["iteration"] == 10
+    assert any("separation" in f for f in alerts[0]["failures"])
+
+
+def test_events_are_json_log_lines_and_history_is_bounded(caplog):
+    with caplog.at_level(logging.INFO, logger="nap_gpu.monitor"):
+        _, mon, events = run(iterations=20, every=5, history=3)
+    assert [e["iteration"] for e in events] == [5, 10, 15, 20]
+    assert [e["iteration"] for e in mon.history] == [10, 15, 20]
+    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "nap_gpu.monitor"]
+    assert [e["iteration"] for e in logged] == [5, 10, 15, 20]
+
+
+def test_latency_budget_is_a_rule():
+    _, _, events = run(iterations=3, latency_budget_ms=(1e-9, 1e-9))  # no step is that fast
+    assert all(any("latency p50" in f for f in e["failures"]) for e in events)
+
+
+def test_non_finite_weight_stops_writes_on_a_plain_engine():
+    eng, mon, _ = run(iterations=3)
+    eng._w[17] = np.nan  # corruption from outside the law
+    event = mon.check()
+    assert not event["ok"] and event["writes_stopped"] and "writes stopped" in event["actions"][0]
+    with pytest.raises(nap.WritesStoppedError):
+        mon.step(0.9)
+    assert eng.iteration == 3
+
+
+def test_out_of_bounds_weights_are_clamped_and_reported():
+    eng, mon, _ = run(iterations=3)
+    eng._w[5], eng._w[6] = 1.5, -0.25
+    expected = np.clip(eng.to_numpy(), 0, 1)
+    event = mon.check()
+    assert "clamped" in event["actions"][0] and not event["ok"]
+    assert np.array_equal(eng.to_numpy().view(np.uint32), (expected + 0).view(np.uint32))
+    assert mon.check()["actions"] == []
+
+
+def test_bad_arguments():
+    eng = nap.Engine(10, seed=0)
+    with pytest.raises(ValueError, match="labels"):
+        nap.Monitor(eng, [1, 0])
+    with pytest.raises(ValueError, match="every"):
+        nap.Monitor(eng, np.arange(10) % 2, every=0)
+    with pytest.raises(ValueError, match="latency_budget_ms"):
+        nap.Monitor(eng, np.arange(10) % 2, latency_budget_ms=(5.0, 1.0))
