@@ -134,6 +134,15 @@ def _rewrite_metadata(tmp_path, **changes) -> str:
     return str(path)
 
 
+@pytest.mark.parametrize("field, value", [("iteration", "8"), ("lr", "0x3d4ccccc"),
+                                          ("sequence", "1"), ("backend", "cpp")])
+def test_damaged_metadata_fails_the_checksum(tmp_path, field, value):
+    path = _rewrite_metadata(tmp_path, **{field: value})
+    with pytest.raises(nap.SnapshotError, match="checksum mismatch"):
+        nap.load(path)
+    assert snapshot.inspect(path).checksum_ok is False
+
+
 def test_future_format_version_is_refused_with_the_version(tmp_path):
     path = _rewrite_metadata(tmp_path, format_version="2")
     with pytest.raises(nap.SnapshotError, match=r"format version 2.*up to 1.*upgrade"):

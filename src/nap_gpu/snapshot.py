@@ -4,7 +4,7 @@ The file is a standard safetensors file (8-byte little-endian header length, a J
 the raw little-endian float32 weights), so any safetensors reader can open it; nap's metadata
 lives in the header's ``__metadata__``: format name and version, n, the law's parameters (as
 float32 bit patterns), the iteration and log sequence number, the backend and nap_gpu version
-that wrote it, the creation time, and a CRC-32 of the weights' bytes. See docs/snapshots.md
+that wrote it, the creation time, and a CRC-32 over the weights' bytes and the metadata. See docs/snapshots.md
 for the layout and the reasons behind it.
 
 nap reads and writes the format itself rather than through the safetensors package: writing
@@ -61,6 +61,7 @@ class SnapshotInfo:
     checksum: str
     format_version: int
     data_offset: int
+    metadata: dict = dataclasses.field(repr=False, compare=False, default_factory=dict)
     checksum_ok: bool | None = None  # None: not verified
 
 
@@ -79,6 +80,14 @@ def _crc32(data: memoryview) -> int:
     return crc
 
 
+def _seal(weights_crc: int, metadata: dict) -> str:
+    """The checksum: CRC-32 of the weights' bytes, continued over the rest of the metadata
+    (canonical JSON), so a damaged iteration or parameter is caught as surely as a weight."""
+    rest = {k: v for k, v in metadata.items() if k != "checksum"}
+    crc = zlib.crc32(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode(), weights_crc)
+    return f"crc32:{crc:08x}"
+
+
 def write(path, weights: np.ndarray, params: Params, *, iteration: int = 0, sequence: int = 0,
           backend: str = "", version: str = "") -> pathlib.Path:
     """Write host float32 ``weights`` and their metadata to ``path`` atomically and durably."""
@@ -92,8 +101,8 @@ def write(path, weights: np.ndarray, params: Params, *, iteration: int = 0, sequ
         "iteration": str(iteration), "sequence": str(sequence), "backend": backend,
         "nap_gpu_version": version,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "checksum": f"crc32:{_crc32(data):08x}",
     }
+    metadata["checksum"] = _seal(_crc32(data), metadata)
     header = json.dumps({_TENSOR: {"dtype": "F32", "shape": [weights.size],
                                    "data_offsets": [0, len(data)]},
                          "__metadata__": metadata}, separators=(",", ":")).encode()
@@ -136,7 +145,7 @@ def inspect(path, *, verify: bool = True) -> SnapshotInfo:
         crc = 0
         while chunk := fh.read(_IO_CHUNK):
             crc = zlib.crc32(chunk, crc)
-    return _replace(info, checksum_ok=f"crc32:{crc:08x}" == info.checksum)
+    return _replace(info, checksum_ok=_seal(crc, info.metadata) == info.checksum)
 
 
 def read(path) -> tuple[np.ndarray, SnapshotInfo]:
@@ -156,10 +165,11 @@ def read(path) -> tuple[np.ndarray, SnapshotInfo]:
                                     f"expected {info.data_offset + len(buffer)} bytes")
             crc = zlib.crc32(buffer[done:done + got], crc)
             done += got
-    if f"crc32:{crc:08x}" != info.checksum:
-        raise SnapshotError(f"{path}: checksum mismatch in the weights (bytes "
-                            f"{info.data_offset}..{info.data_offset + len(buffer)}): header says "
-                            f"{info.checksum}, data gives crc32:{crc:08x}")
+    if _seal(crc, info.metadata) != info.checksum:
+        raise SnapshotError(f"{path}: checksum mismatch over the weights (bytes "
+                            f"{info.data_offset}..{info.data_offset + len(buffer)}) and the "
+                            f"metadata: header says {info.checksum}, contents give "
+                            f"{_seal(crc, info.metadata)}")
     if not np.dtype("<f4").isnative:
         weights.byteswap(inplace=True)
     outside = ~((weights >= 0) & (weights <= 1))
@@ -201,7 +211,8 @@ def _header(path: pathlib.Path, fh) -> SnapshotInfo:
             path=str(path), n=n, params=params, iteration=int(meta["iteration"]),
             sequence=int(meta["sequence"]), backend=meta["backend"],
             nap_gpu_version=meta["nap_gpu_version"], created=meta["created"],
-            checksum=meta["checksum"], format_version=version, data_offset=8 + length + begin)
+            checksum=meta["checksum"], format_version=version, data_offset=8 + length + begin,
+            metadata=dict(meta))
     except SnapshotError:
         raise
     except (ValueError, KeyError, TypeError) as exc:
