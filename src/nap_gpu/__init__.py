@@ -20,6 +20,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 from .backends import BackendUnavailableError, available_backends
 from .engine import Engine
+from .durable import DurabilityWarning, DurableEngine, EngineFailedError, RecoveryError
 from .functional import step, update
 from .metrics import Health, Metrics, PopulationStats, health
 from .monitor import Monitor, WritesStoppedError
@@ -31,7 +32,8 @@ from ._config import show_config
 load = Engine.load
 
 __all__ = [
-    "BackendUnavailableError", "Engine", "Health", "Metrics", "Params", "PopulationStats",
+    "BackendUnavailableError", "DurabilityWarning", "DurableEngine", "Engine",
+    "EngineFailedError", "Health", "RecoveryError", "Metrics", "Params", "PopulationStats",
     "Monitor", "ReferenceWorkload", "SnapshotError", "WritesStoppedError", "available_backends",
     "health", "load", "show_config", "step", "update",
     "__version__",

@@ -5,6 +5,8 @@ backends, ``snapshot inspect`` reads a snapshot's metadata and checks it.
                      [--json run.json]
     nap-gpu info [--json]
     nap-gpu snapshot inspect FILE [--json]
+    nap-gpu recover DIR [--json]
+    nap-gpu report RESULTS.json... [--output docs/SCALING.md]
 """
 
 from __future__ import annotations
@@ -63,10 +65,23 @@ def _parser() -> argparse.ArgumentParser:
     inspect = snap_sub.add_parser("inspect", help="print a snapshot's metadata and checksum verdict")
     inspect.add_argument("file")
     inspect.add_argument("--json", action="store_true", help="print the same as JSON")
+
+    recover = sub.add_parser("recover", help="dry run: what opening a durable state would do")
+    recover.add_argument("directory")
+    recover.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    report = sub.add_parser("report", help="turn scale-suite JSON into docs/SCALING.md + plots",
+                            add_help=False)
+    report.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:  # its own parser (and --help): nap_gpu.scaling_report
+        from . import scaling_report  # noqa: PLC0415 - matplotlib only when reporting
+
+        return scaling_report.main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(message)s", stream=sys.stderr)
@@ -79,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "snapshot":
             return inspect_snapshot(args)
+        if args.command == "recover":
+            return recover(args)
         return simulate(args)
     except (ValueError, TypeError, OSError, backends.BackendUnavailableError) as exc:
         print(f"nap-gpu: error: {exc}", file=sys.stderr)
@@ -153,6 +170,19 @@ def inspect_snapshot(args) -> int:
             print(f"{key:<16} {value}")
         print("checksum OK" if info.checksum_ok else "checksum MISMATCH: the weights are damaged")
     return 0 if info.checksum_ok else 1
+
+
+def recover(args) -> int:
+    """Print what opening the durable state would do; exit 1 when it would fail."""
+    from . import durable  # noqa: PLC0415
+
+    if args.json:
+        plan = durable.recover_plan(args.directory)
+        print(json.dumps(plan, indent=2, default=str))
+        return 1 if plan["status"] == "error" else 0
+    text = durable.recover_report(args.directory)
+    print(text)
+    return 1 if "\nstatus: error" in text else 0
 
 
 def _finite(obj):

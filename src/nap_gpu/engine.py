@@ -54,6 +54,15 @@ class Engine:
         self.iteration = iteration  # dense steps applied
 
     @classmethod
+    def open(cls, directory, **options):
+        """A durable engine in ``directory``, created on first use, recovered afterwards: every
+        acknowledged call survives a crash (write-ahead log + snapshots). See
+        ``nap_gpu.durable.DurableEngine.open`` for the options and docs/durability.md."""
+        from .durable import DurableEngine  # noqa: PLC0415 - durable imports this module
+
+        return DurableEngine.open(directory, **options)
+
+    @classmethod
     def load(cls, path, *, backend: str = "auto") -> Engine:
         """The population a snapshot holds, on any backend, continuing bit for bit: weights,
         parameters and iteration as saved. Raises ``SnapshotError`` naming the file and the

@@ -1,0 +1,955 @@
+"""Durable engines: a write-ahead log plus periodic snapshots in one directory.
+
+``DurableEngine.open("state/", n=...)`` creates the state on first use and recovers it on every
+later open: the newest valid snapshot, then a replay of the log records after its sequence
+number, through the same Engine operations the live calls used, so the weights are bit for bit
+those the last acknowledged call left. Every mutating call is validated first (a rejected call
+logs nothing and changes nothing), then appended to the log as one checksummed record, then
+applied; a failed append raises and applies nothing. See docs/durability.md.
+
+Directory layout::
+
+    LOCK                          an flock held while an engine has the directory open
+    snap-<sequence:020d>-<meta crc32:08x>.nap
+                                  nap snapshots (nap_gpu.snapshot), named by the log sequence
+                                  they cover and a CRC-32 of the state-relevant metadata
+    wal-<first sequence:020d>.log log segments, named by the sequence of their first record
+
+Segment: a 32-byte header ``b"NAPWAL\\r\\n"``, format version u32, flags u32, first sequence
+u64, reserved u32 (0), CRC-32 of the preceding 28 bytes u32; then records. Record: body length
+u64, CRC-32 of the body u32, CRC-32 of the preceding 12 bytes u32; body = sequence u64, kind u8,
+flags u8 (bit 0: payload data zlib-compressed), reserved u16, payload. All little-endian.
+"""
+
+from __future__ import annotations
+
+import errno
+import numbers
+import os
+import pathlib
+import re
+import struct
+import threading
+import time
+import warnings
+import zlib
+
+import numpy as np
+
+from . import __version__, _inputs, backends, snapshot
+from .engine import Engine
+from .params import Params
+
+try:  # POSIX: one process per state directory
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+__all__ = ["DurabilityWarning", "DurableEngine", "LOG_FORMAT_VERSION", "RecoveryError",
+           "EngineFailedError", "recover_plan", "recover_report"]
+
+LOG_FORMAT_VERSION = 1
+_SEG_MAGIC = b"NAPWAL\r\n"
+_SEG_HEADER = struct.Struct("<8sIIQI")  # magic, version, flags, first sequence, reserved
+_SEG_HEADER_SIZE = _SEG_HEADER.size + 4  # + CRC-32 of the above
+_REC_HEADER = struct.Struct("<QII")  # body length, body CRC-32, CRC-32 of the first 12 bytes
+_BODY_HEAD = struct.Struct("<QBBH")  # sequence, kind, flags, reserved
+_U64 = struct.Struct("<Q")
+
+STEP, STEP_SCALAR, UPDATE, DECAY, PARAMS = 1, 2, 3, 4, 5
+_KIND_NAMES = {STEP: "step", STEP_SCALAR: "step(scalar)", UPDATE: "update", DECAY: "decay",
+               PARAMS: "params"}
+_ZLIB = 0x01
+_COMPRESS_MIN = 4096  # bytes; smaller payloads are never compressed
+_SAMPLE = 1 << 16
+_LOCK_WAIT = 2.0  # seconds open waits for a LOCK held by someone else
+
+_SNAP_RE = re.compile(r"^snap-(\d{20})-([0-9a-f]{8})\.nap$")
+_SEG_RE = re.compile(r"^wal-(\d{20})\.log$")
+_SEG_TMP_RE = re.compile(r"^\.wal-\d{20}\.log\.tmp-\d+$")
+_SNAP_TMP_RE = re.compile(r"^\.snap-\d{20}-[0-9a-f]{8}\.nap\.tmp-\d+$")
+
+
+class DurabilityWarning(UserWarning):
+    """Recovery did something the user should know about (a torn record dropped, a damaged
+    snapshot bypassed) or an automatic snapshot could not be written."""
+
+
+class RecoveryError(ValueError):
+    """The state cannot be recovered without losing acknowledged data (or it is from a newer
+    nap_gpu); the message names the file and the byte offset at fault."""
+
+    def __init__(self, message: str, path=None, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.offset = offset
+        self.fallback = False
+
+    @classmethod
+    def fallback_error(cls, *args) -> RecoveryError:
+        exc = cls(*args)
+        exc.fallback = True  # already says which snapshot is damaged
+        return exc
+
+
+class EngineFailedError(RuntimeError):
+    """The log could not be made consistent after an I/O error (fsync or rollback failed):
+    the engine refuses further calls; close it and open the directory again."""
+
+
+# -- names ----------------------------------------------------------------------------------
+def _meta_crc(n: int, params: Params, iteration: int, sequence: int) -> int:
+    lr, gate, decay = (int(np.float32(v).view(np.uint32)) for v in params.float32())
+    return zlib.crc32(struct.pack("<QIIIQQ", n, lr, gate, decay, iteration, sequence))
+
+
+def _snap_name(sequence: int, n: int, params: Params, iteration: int) -> str:
+    return f"snap-{sequence:020d}-{_meta_crc(n, params, iteration, sequence):08x}.nap"
+
+
+def _seg_name(first: int) -> str:
+    return f"wal-{first:020d}.log"
+
+
+def _list(directory: pathlib.Path):
+    """(snapshots [(sequence, meta crc, path)] newest first, segments [(first, path)] oldest first)."""
+    snaps, segs = [], []
+    for entry in os.scandir(directory):
+        if m := _SNAP_RE.match(entry.name):
+            snaps.append((int(m.group(1)), int(m.group(2), 16), pathlib.Path(entry.path)))
+        elif m := _SEG_RE.match(entry.name):
+            segs.append((int(m.group(1)), pathlib.Path(entry.path)))
+    snaps.sort(key=lambda s: s[0], reverse=True)
+    segs.sort()
+    return snaps, segs
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    snapshot._fsync_directory(directory)
+
+
+def _sync(fd: int) -> None:
+    (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:  # pragma: no cover - a regular file never returns 0 for a non-empty write
+            raise OSError(errno.EIO, "write returned 0")
+        view = view[written:]
+
+
+# -- records --------------------------------------------------------------------------------
+def _maybe_compress(data: bytes | memoryview, enabled: bool):
+    """(payload data, flags): zlib when a sample shows it pays (quantised or repeated values,
+    sorted ids), raw otherwise (random float qualities barely compress)."""
+    if not enabled or len(data) < _COMPRESS_MIN:
+        return data, 0
+    sample = data[:_SAMPLE]
+    if len(zlib.compress(sample, 1)) > 0.8 * len(sample):
+        return data, 0
+    packed = zlib.compress(data, 1)
+    if len(packed) > 0.9 * len(data):
+        return data, 0
+    return packed, _ZLIB
+
+
+def _encode(sequence: int, kind: int, flags: int, parts) -> list:
+    body_len = _BODY_HEAD.size + sum(len(p) for p in parts)
+    head = _BODY_HEAD.pack(sequence, kind, flags, 0)
+    crc = zlib.crc32(head)
+    for p in parts:
+        crc = zlib.crc32(p, crc)
+    first = struct.pack("<QI", body_len, crc)
+    return [first + struct.pack("<I", zlib.crc32(first)) + head, *parts]
+
+
+def _decode(kind: int, flags: int, payload: bytes):
+    """The call a record describes, as Engine arguments; raises ValueError if malformed."""
+    def data(expected: int, offset: int) -> bytes:
+        raw = payload[offset:]
+        if flags & _ZLIB:
+            raw = zlib.decompress(raw)
+        if len(raw) != expected:
+            raise ValueError(f"payload holds {len(raw)} bytes, expected {expected}")
+        return raw
+    if kind == STEP:
+        (n,) = _U64.unpack_from(payload)
+        return np.frombuffer(data(4 * n, 8), "<f4").astype(np.float32)
+    if kind == STEP_SCALAR:
+        return float(np.frombuffer(data(4, 0), "<f4")[0])
+    if kind == UPDATE:
+        (m,) = _U64.unpack_from(payload)
+        raw = data(12 * m, 8)
+        return (np.frombuffer(raw[:8 * m], "<i8").astype(np.int64),
+                np.frombuffer(raw[8 * m:], "<f4").astype(np.float32))
+    if kind == DECAY:
+        (k,) = _U64.unpack_from(data(8, 0))
+        return int(k)
+    if kind == PARAMS:
+        lr, gate, decay = np.frombuffer(data(12, 0), "<f4")
+        return Params(lr=float(lr), gate=float(gate), decay=float(decay))
+    raise ValueError(f"unknown record kind {kind}")
+
+
+def _apply(eng: Engine, kind: int, args) -> None:
+    """Apply one decoded call: the live path and replay both come here."""
+    if kind in (STEP, STEP_SCALAR):
+        eng.step(args, check_finite=False)
+    elif kind == UPDATE:
+        eng.update(args[0], args[1], check_finite=False)
+    elif kind == DECAY:
+        eng.decay(args)
+    elif kind == PARAMS:
+        eng.params = args
+
+
+# -- the log writer -------------------------------------------------------------------------
+def _create_segment(directory: pathlib.Path, first: int) -> pathlib.Path:
+    """A new empty segment, created atomically (temporary file, fsync, rename, fsync dir)."""
+    path = directory / _seg_name(first)
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    head = _SEG_HEADER.pack(_SEG_MAGIC, LOG_FORMAT_VERSION, 0, first, 0)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, head + struct.pack("<I", zlib.crc32(head)))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(directory)
+    return path
+
+
+class _Log:
+    """The active segment: appends, fsync policy, rotation, rollback of a failed append."""
+
+    def __init__(self, directory: pathlib.Path, first: int, *, fsync: str, group_ms: float,
+                 reuse: bool) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self.lock = threading.Lock()
+        self.error: BaseException | None = None  # a background fsync failure
+        self.dirty = False
+        self.fd = -1
+        self._open(first, reuse)
+        self._stop = threading.Event()
+        self._thread = None
+        if fsync == "group":
+            self._thread = threading.Thread(target=self._flusher, args=(group_ms / 1000.0,),
+                                            name="nap-wal-flusher", daemon=True)
+            self._thread.start()
+
+    def _open(self, first: int, reuse: bool) -> None:
+        path = self.directory / _seg_name(first)
+        if not reuse:
+            _create_segment(self.directory, first)
+        fd = os.open(path, os.O_WRONLY)
+        self.offset = os.lseek(fd, 0, os.SEEK_END)
+        old, self.fd, self.path, self.first = self.fd, fd, path, first
+        if old >= 0:
+            os.close(old)
+
+    def _flusher(self, period: float) -> None:
+        while not self._stop.wait(period):
+            self.sync(background=True)
+
+    def sync(self, background: bool = False) -> None:
+        with self.lock:
+            if not self.dirty or self.fd < 0 or self.error is not None:
+                return
+            try:
+                _sync(self.fd)
+                self.dirty = False
+            except OSError as exc:
+                self.error = exc
+                if not background:
+                    raise
+
+    def append(self, parts) -> None:
+        """Write one record; on any failure truncate back to where it started and raise."""
+        with self.lock:
+            if self.error is not None:
+                raise EngineFailedError(f"an earlier fsync of {self.path} failed "
+                                        f"({self.error}); close and reopen the engine")
+            start = self.offset
+            try:
+                if sum(len(p) for p in parts) <= 1 << 20:
+                    _write_all(self.fd, b"".join(parts))
+                else:
+                    for p in parts:
+                        _write_all(self.fd, p)
+                if self.fsync == "always":
+                    _sync(self.fd)
+            except OSError as exc:
+                try:  # nothing of a failed record may stay in the log
+                    os.ftruncate(self.fd, start)
+                    os.lseek(self.fd, start, os.SEEK_SET)
+                    _sync(self.fd)
+                except OSError as again:
+                    self.error = again
+                    raise EngineFailedError(f"appending to {self.path} failed ({exc}) and the "
+                                            f"partial record could not be removed ({again}); "
+                                            "close and reopen the engine") from exc
+                raise
+            self.offset = os.lseek(self.fd, 0, os.SEEK_CUR)
+            self.dirty = self.fsync != "always"
+
+    def rotate(self, first: int) -> None:
+        """Continue in a new segment starting at ``first`` (the old one is synced first)."""
+        with self.lock:
+            if first == self.first:
+                return
+            if self.dirty:
+                _sync(self.fd)
+                self.dirty = False
+            self._open(first, reuse=False)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self.lock:
+            if self.fd >= 0:
+                try:
+                    if self.dirty and self.error is None:
+                        _sync(self.fd)
+                finally:
+                    os.close(self.fd)
+                    self.fd = -1
+
+
+# -- reading the state ----------------------------------------------------------------------
+def _read_segment_header(path: pathlib.Path, fh, size: int) -> int:
+    raw = fh.read(_SEG_HEADER_SIZE)
+    if len(raw) < _SEG_HEADER_SIZE:
+        raise RecoveryError(f"{path}: segment header truncated ({size} bytes, need "
+                            f"{_SEG_HEADER_SIZE}) at offset 0", path, 0)
+    magic, version, _flags, first, _reserved = _SEG_HEADER.unpack_from(raw)
+    if magic != _SEG_MAGIC:
+        raise RecoveryError(f"{path}: not a nap log segment (bad magic at offset 0)", path, 0)
+    (crc,) = struct.unpack_from("<I", raw, _SEG_HEADER.size)
+    if crc != zlib.crc32(raw[:_SEG_HEADER.size]):
+        raise RecoveryError(f"{path}: segment header checksum mismatch (bytes 0..32)", path, 0)
+    if version > LOG_FORMAT_VERSION:
+        raise RecoveryError(f"{path}: written in log format version {version}; this nap_gpu "
+                            f"reads versions up to {LOG_FORMAT_VERSION}: upgrade nap_gpu", path, 0)
+    return first
+
+
+def _zero_tail(fh, offset: int) -> bool:
+    fh.seek(offset)
+    while chunk := fh.read(1 << 20):
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
+
+
+def _records(path: pathlib.Path, fh, size: int):
+    """Yield (offset, sequence, kind, flags, payload) for each valid record, then, if the
+    segment does not end cleanly, ("bad", offset, reason, torn) where ``torn`` says the bad
+    part is an unfinished final write (a short header or body, or a zero-filled tail)."""
+    offset = _SEG_HEADER_SIZE
+    fh.seek(offset)
+    while offset < size:
+        head = fh.read(_REC_HEADER.size)
+        if len(head) < _REC_HEADER.size:
+            yield "bad", offset, f"record header cut short ({len(head)} of 16 bytes)", True
+            return
+        length, body_crc, head_crc = _REC_HEADER.unpack(head)
+        if head_crc != zlib.crc32(head[:12]):
+            yield "bad", offset, "record header checksum mismatch", _zero_tail(fh, offset)
+            return
+        if length < _BODY_HEAD.size:
+            yield "bad", offset, f"record length {length} too small", False
+            return
+        if offset + _REC_HEADER.size + length > size:
+            yield ("bad", offset, f"record body cut short ({size - offset - 16} of {length} "
+                   "bytes)", True)
+            return
+        body = fh.read(length)
+        if zlib.crc32(body) != body_crc:
+            yield "bad", offset, "record checksum mismatch", False
+            return
+        sequence, kind, flags, _ = _BODY_HEAD.unpack_from(body)
+        yield offset, sequence, kind, flags, body[_BODY_HEAD.size:]
+        offset += _REC_HEADER.size + length
+
+
+class _Recovery:
+    """What open would do: the snapshot it starts from and the log it replays. With
+    ``engine_factory`` the snapshot is loaded and the log applied; without it (the dry run)
+    everything is read and verified and nothing is changed."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        self.directory = directory
+        self.snapshots, self.segments = _list(directory)
+        self.report: dict = {
+            "directory": str(directory), "status": None, "snapshots": [], "segments": [],
+            "snapshot": None, "replay": None, "torn_tail": None, "sequence": None,
+            "iteration": None, "n": None, "params": None, "warnings": [], "actions": [],
+            "error": None,
+        }
+        self.torn = None  # (path, offset, size)
+        self.damaged: list[pathlib.Path] = []
+
+    def warn(self, message: str) -> None:
+        self.report["warnings"].append(message)
+
+    def run(self, load: bool, engine_factory=None):
+        snaps, segs = self.snapshots, self.segments
+        if not snaps:
+            if segs:
+                raise RecoveryError(f"{self.directory}: {len(segs)} log segment(s) but no "
+                                    f"snapshot (e.g. {segs[0][1].name}): the state the log "
+                                    "starts from is missing", segs[0][1])
+            self.report["status"] = "empty"
+            return None
+        failures, chosen, weights = [], None, None
+        for sequence, meta, path in snaps:
+            entry = {"file": path.name, "sequence": sequence, "status": "not needed"}
+            self.report["snapshots"].append(entry)
+            if chosen is not None:
+                continue
+            try:
+                if load:
+                    weights, info = snapshot.read(path)
+                else:
+                    info = snapshot.inspect(path, verify=True)
+                    if not info.checksum_ok:
+                        raise snapshot.SnapshotError(f"{path}: checksum mismatch in the weights "
+                                                     f"(bytes {info.data_offset}..)")
+                if meta != _meta_crc(info.n, info.params, info.iteration, info.sequence):
+                    raise snapshot.SnapshotError(
+                        f"{path}: the metadata (n, parameters, iteration, sequence) do not "
+                        f"match the CRC-32 {meta:08x} in the file name (bytes 8..{info.data_offset})")
+            except snapshot.SnapshotError as exc:
+                if "upgrade nap_gpu" in str(exc):
+                    raise RecoveryError(str(exc), path, 0) from None
+                entry["status"] = f"damaged: {exc}"
+                failures.append((sequence, path, str(exc)))
+                continue
+            entry.update(status="ok", iteration=info.iteration)
+            chosen = info
+        if chosen is None:
+            raise RecoveryError(f"{self.directory}: no usable snapshot: "
+                                + "; ".join(msg for _, _, msg in failures), failures[0][1])
+        self.report.update(snapshot=pathlib.Path(chosen.path).name, n=chosen.n)
+        engine = None if engine_factory is None else engine_factory(weights, chosen)
+        weights = None
+        try:
+            return self._replay(chosen, engine, failures)
+        except RecoveryError as exc:
+            if not failures or exc.fallback:
+                raise
+            bad = max(failures)
+            raise RecoveryError(
+                f"{bad[1]}: snapshot is damaged ({bad[2]}); falling back to "
+                f"{pathlib.Path(chosen.path).name} needs the log after it, which cannot be "
+                f"replayed: {exc}", exc.path, exc.offset) from None
+
+    def _replay(self, chosen, engine, failures):
+        segs = self.segments
+        sequence, iteration, params = chosen.sequence, chosen.iteration, chosen.params
+        kinds: dict[str, int] = {}
+        replayed = 0
+        # the segment holding sequence + 1 and every later one, contiguous
+        start = 0
+        for i, (first, _) in enumerate(segs):
+            if first <= sequence + 1:
+                start = i
+        for i in range(start, len(segs)):
+            first, path = segs[i]
+            last_segment = i == len(segs) - 1
+            size = path.stat().st_size
+            seg_entry = {"file": path.name, "first_sequence": first, "bytes": size, "records": 0}
+            self.report["segments"].append(seg_entry)
+            if first > sequence + 1:
+                raise RecoveryError(f"{path}: the log has a gap: records {sequence + 1}.."
+                                    f"{first - 1} are missing before this segment (offset 0)",
+                                    path, 0)
+            if i > start and first != sequence + 1:
+                raise RecoveryError(f"{path}: segment starts at sequence {first}, but the "
+                                    f"previous one ends at {sequence} (offset 0)", path, 0)
+            with open(path, "rb") as fh:
+                if _read_segment_header(path, fh, size) != first:
+                    raise RecoveryError(f"{path}: header says another first sequence than "
+                                        "the file name (offset 16)", path, 16)
+                expected = first
+                for item in _records(path, fh, size):
+                    if item[0] == "bad":
+                        _, offset, reason, torn = item
+                        if torn and last_segment:
+                            self.torn = (path, offset, size)
+                            self.report["torn_tail"] = {"file": path.name, "offset": offset,
+                                                        "bytes": size - offset, "reason": reason}
+                            self.warn(f"{path}: dropped a torn final record at offset {offset} "
+                                      f"({size - offset} bytes: {reason}): a write cut short by "
+                                      "a crash, whose call had not returned")
+                            break
+                        where = "" if last_segment else " (not the last segment)"
+                        raise RecoveryError(f"{path}: corrupt log record at offset {offset}: "
+                                            f"{reason}{where}; records from sequence {expected} "
+                                            "on cannot be replayed", path, offset)
+                    offset, rec_seq, kind, flags, payload = item
+                    if rec_seq != expected:
+                        raise RecoveryError(f"{path}: record at offset {offset} has sequence "
+                                            f"{rec_seq}, expected {expected}", path, offset)
+                    expected += 1
+                    seg_entry["records"] += 1
+                    if rec_seq <= sequence:
+                        continue  # covered by the snapshot
+                    try:
+                        args = _decode(kind, flags, payload)
+                    except (ValueError, struct.error, zlib.error) as exc:
+                        raise RecoveryError(f"{path}: undecodable record at offset {offset} "
+                                            f"(sequence {rec_seq}): {exc}", path, offset) from None
+                    if kind == UPDATE and len(args[0]) and (args[0].min() < 0 or args[0].max() >= chosen.n):
+                        raise RecoveryError(f"{path}: record at offset {offset} names ids "
+                                            f"outside [0, {chosen.n})", path, offset)
+                    if kind == STEP and args.size != chosen.n:
+                        raise RecoveryError(f"{path}: record at offset {offset} holds "
+                                            f"{args.size} qualities for {chosen.n} memories",
+                                            path, offset)
+                    if engine is not None:
+                        _apply(engine, kind, args)
+                    if kind in (STEP, STEP_SCALAR):
+                        iteration += 1
+                    elif kind == PARAMS:
+                        params = args
+                    kinds[_KIND_NAMES[kind]] = kinds.get(_KIND_NAMES[kind], 0) + 1
+                    replayed += 1
+                sequence = max(sequence, expected - 1)
+        needed = max((s for s, _, _ in failures), default=0)
+        if sequence < needed:
+            bad = max(failures)
+            raise RecoveryError.fallback_error(
+                f"{bad[1]}: snapshot is damaged ({bad[2]}) and the log from "
+                f"{pathlib.Path(chosen.path).name} reaches only sequence {sequence}, not "
+                f"{bad[0]}: falling back would lose acknowledged calls; restore the file from "
+                "a backup", bad[1], 0)
+        for s, path, msg in failures:
+            self.damaged.append(path)
+            self.warn(f"{path}: damaged snapshot bypassed ({msg}); recovered from "
+                      f"{pathlib.Path(chosen.path).name} and the log")
+        self.report.update(status="ok", sequence=sequence, iteration=iteration,
+                           params=str(params),
+                           replay={"from": chosen.sequence + 1, "to": sequence,
+                                   "records": replayed, "kinds": kinds})
+        self.sequence, self.iteration, self.params = sequence, iteration, params
+        return engine
+
+
+def recover_plan(directory) -> dict:
+    """What ``DurableEngine.open(directory)`` would do, as a dict; a dry run (reads and
+    verifies everything it would use, changes nothing). ``status`` is ``"ok"``, ``"empty"``
+    (open creates a new state), ``"missing"`` or ``"error"`` (``error`` says why)."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return {"directory": str(directory), "status": "missing", "error": None,
+                "warnings": [], "actions": ["create the directory and a new state (n required)"]}
+    rec = _Recovery(directory)
+    report = rec.report
+    try:
+        rec.run(load=False)
+    except RecoveryError as exc:
+        report.update(status="error", error=str(exc), error_file=exc.path, error_offset=exc.offset)
+        return report
+    actions = report["actions"]
+    if report["status"] == "empty":
+        actions.append("create a new state (n required)")
+        return report
+    if rec.torn:
+        actions.append(f"truncate {rec.torn[0].name} to {rec.torn[1]} bytes (drop the torn record)")
+    for path in rec.damaged:
+        actions.append(f"rename {path.name} to {path.name}.damaged and write a fresh snapshot")
+    actions.append(f"replay {report['replay']['records']} record(s); continue at sequence "
+                   f"{report['sequence'] + 1}")
+    if fcntl is not None:
+        try:
+            with open(directory / "LOCK", "rb") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError:
+                    report["warnings"].append("the directory is open in a running process: "
+                                              "this report may already be out of date")
+        except FileNotFoundError:
+            pass
+    return report
+
+
+def recover_report(directory) -> str:
+    """``recover_plan`` as text (what ``nap-gpu recover DIR`` prints)."""
+    plan = recover_plan(directory)
+    lines = [f"state directory: {plan['directory']}", f"status: {plan['status']}"]
+    for s in plan.get("snapshots", []):
+        lines.append(f"  snapshot {s['file']}: {s['status']}")
+    if plan.get("snapshot"):
+        lines.append(f"start from: {plan['snapshot']} (n = {plan['n']})")
+    for s in plan.get("segments", []):
+        lines.append(f"  log {s['file']}: first sequence {s['first_sequence']}, "
+                     f"{s['records']} record(s) read, {s['bytes']} bytes")
+    if plan.get("replay"):
+        r = plan["replay"]
+        kinds = ", ".join(f"{v} {k}" for k, v in sorted(r["kinds"].items())) or "nothing"
+        lines.append(f"replay: sequences {r['from']}..{r['to']} ({r['records']} record(s): {kinds})")
+        lines.append(f"result: sequence {plan['sequence']}, iteration {plan['iteration']}, "
+                     f"{plan['params']}")
+    for w in plan.get("warnings", []):
+        lines.append(f"warning: {w}")
+    if plan.get("error"):
+        lines.append(f"error: {plan['error']}")
+    for a in plan.get("actions", []):
+        lines.append(f"open would: {a}")
+    return "\n".join(lines)
+
+
+# -- the engine -----------------------------------------------------------------------------
+class DurableEngine:
+    """An Engine whose every acknowledged call survives a crash. Create with ``open``.
+
+    Same methods as ``Engine`` (``step``, ``update``, ``decay``, ``params``, ``to_numpy``,
+    ``metrics``, ``weights``, ``n``, ``backend``, ``iteration``, ``save``) plus ``sequence``
+    (the log sequence of the last acknowledged call), ``checkpoint()`` and ``close()``; a
+    context manager. Calls are serialised by a lock (log order is apply order).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise TypeError("use DurableEngine.open(directory, ...)")
+
+    @classmethod
+    def open(cls, directory, *, n: int | None = None, backend: str = "auto",
+             seed: int | None = None, init="uniform", params: Params | None = None,
+             snapshot_every: int | None = 50, keep: int = 5, wal: bool = True,
+             fsync: str = "always", group_ms: float = 10.0, compress: bool = True,
+             wal_retention: str = "kept") -> DurableEngine:
+        """Open (and recover) or create the durable state in ``directory``.
+
+        First open (no state yet): ``n`` is required; ``seed``, ``init`` and ``params`` make
+        the initial population, which is snapshotted at sequence 0 before ``open`` returns.
+        Later opens recover: newest valid snapshot + log replay; ``n`` and ``params``, if
+        given, must match the recovered state (``seed``/``init`` are ignored); any
+        ``backend`` may be used (replay is bit-identical on every backend).
+
+        snapshot_every: a snapshot every this many logged calls (``None``/0: only on
+        ``checkpoint()``). keep: snapshots kept (>= 1). wal: log every call (False: calls
+        after the newest snapshot are lost on a crash). fsync: ``"always"`` (a call returns
+        once its record is on disk) or ``"group"`` (in the OS page cache when the call
+        returns, on disk within ``group_ms``). compress: zlib payloads where a sample shows
+        it pays. wal_retention: ``"kept"`` keeps the log back to the oldest kept snapshot
+        (any kept snapshot can be recovered from), ``"newest"`` only after the newest one
+        (less disk; a damaged newest snapshot is then an error).
+        """
+        if fsync not in ("always", "group"):
+            raise ValueError(f"fsync must be 'always' or 'group', got {fsync!r}")
+        if wal_retention not in ("kept", "newest"):
+            raise ValueError(f"wal_retention must be 'kept' or 'newest', got {wal_retention!r}")
+        if isinstance(keep, bool) or not isinstance(keep, numbers.Integral) or keep < 1:
+            raise ValueError(f"keep must be an integer >= 1, got {keep!r}")
+        if snapshot_every is not None and (isinstance(snapshot_every, bool)
+                                           or not isinstance(snapshot_every, numbers.Integral)
+                                           or snapshot_every < 0):
+            raise ValueError(f"snapshot_every must be an integer >= 0 or None, got {snapshot_every!r}")
+        if not (isinstance(group_ms, numbers.Real) and 0 < float(group_ms) < 3.6e6):
+            raise ValueError(f"group_ms must be a positive number of milliseconds, got {group_ms!r}")
+        if params is not None and not isinstance(params, Params):
+            raise TypeError(f"params must be a nap.Params, got {type(params).__name__}")
+        # Probe the backends before taking the lock: probing may fork (CuPy's import runs
+        # ldconfig), and a child forked while we hold the lock holds it until it execs.
+        backends.resolve(backend)
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self = cls.__new__(cls)
+        self._directory = directory
+        self._lock = threading.RLock()
+        self._log = None
+        self._lockfile = None
+        self._closed = False
+        self._failed = None
+        self._snapshot_every = int(snapshot_every or 0)
+        self._keep = int(keep)
+        self._wal = bool(wal)
+        self._compress = bool(compress)
+        self._retention = wal_retention
+        self._acquire_lock()
+        try:
+            self._recover(n=n, backend=backend, seed=seed, init=init, params=params,
+                          fsync=fsync, group_ms=float(group_ms))
+        except BaseException:
+            self._release_lock()
+            raise
+        return self
+
+    def _acquire_lock(self) -> None:
+        if fcntl is None:  # pragma: no cover
+            return
+        fh = open(self._directory / "LOCK", "a+b")
+        deadline = time.monotonic() + _LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                # a killed owner's forked child may hold it for a moment (until it execs)
+                if time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                fh.close()
+                raise RuntimeError(f"{self._directory} is open in another DurableEngine (LOCK "
+                                   "is held); close that one first") from None
+        self._lockfile = fh
+
+    def _release_lock(self) -> None:
+        if self._lockfile is not None:
+            self._lockfile.close()  # closing the file releases the flock
+            self._lockfile = None
+
+    def _recover(self, *, n, backend, seed, init, params, fsync, group_ms) -> None:
+        directory = self._directory
+        for entry in os.scandir(directory):  # temporaries of writes a crash interrupted
+            if _SEG_TMP_RE.match(entry.name) or _SNAP_TMP_RE.match(entry.name):
+                os.unlink(entry.path)
+        rec = _Recovery(directory)
+
+        def factory(weights, info):
+            if n is not None and int(n) != info.n:
+                raise ValueError(f"{directory} holds n = {info.n} memories, not n = {n}")
+            eng = Engine(info.n, backend=backend, init=weights, params=info.params)
+            eng.iteration = info.iteration
+            return eng
+
+        eng = rec.run(load=True, engine_factory=factory)
+        fresh = eng is None
+        if fresh:
+            if n is None:
+                raise ValueError(f"{directory} holds no state yet: pass n to create one")
+            eng = Engine(n, backend=backend, seed=seed, init=init, params=params)
+            rec.sequence = 0
+        elif params is not None and params != eng.params:
+            raise ValueError(f"{directory} holds {eng.params}, not {params}: set "
+                             "eng.params after opening to change them (the change is logged)")
+        for message in rec.report["warnings"]:
+            warnings.warn(message, DurabilityWarning, stacklevel=3)
+        if rec.torn is not None:
+            path, offset, _ = rec.torn
+            with open(path, "r+b") as fh:
+                fh.truncate(offset)
+                os.fsync(fh.fileno())
+        for path in rec.damaged:
+            os.replace(path, path.with_name(path.name + ".damaged"))
+        self._eng = eng
+        self._bk = backends.get(eng.backend)
+        self._sequence = rec.sequence
+        self._snap_seq = rec.sequence
+        if fresh or rec.damaged:
+            self._write_snapshot()
+        snaps, segs = _list(directory)
+        self._snap_seq = snaps[0][0] if snaps else 0
+        if self._wal:
+            first = self._sequence + 1
+            reuse = bool(segs) and segs[-1][0] == first
+            self._log = _Log(directory, first, fsync=fsync, group_ms=group_ms, reuse=reuse)
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def directory(self) -> pathlib.Path:
+        return self._directory
+
+    @property
+    def sequence(self) -> int:
+        """Log sequence number of the last acknowledged mutating call (0: none yet)."""
+        return self._sequence
+
+    @property
+    def n(self) -> int:
+        return self._eng.n
+
+    def __len__(self) -> int:
+        return self._eng.n
+
+    @property
+    def backend(self) -> str:
+        return self._eng.backend
+
+    @property
+    def iteration(self) -> int:
+        return self._eng.iteration
+
+    @property
+    def weights(self):
+        return self._eng.weights
+
+    def to_numpy(self) -> np.ndarray:
+        return self._eng.to_numpy()
+
+    def synchronize(self) -> None:
+        self._eng.synchronize()
+
+    def metrics(self, labels, **kwargs):
+        return self._eng.metrics(labels, **kwargs)
+
+    @property
+    def params(self) -> Params:
+        return self._eng.params
+
+    @params.setter
+    def params(self, value: Params) -> None:
+        if not isinstance(value, Params):
+            raise TypeError(f"params must be a nap.Params, got {type(value).__name__}")
+        payload = np.array(value.float32(), "<f4").tobytes()
+        self._call(PARAMS, 0, [payload], value)
+
+    def __repr__(self) -> str:
+        return (f"DurableEngine({str(self._directory)!r}, n={self.n}, backend={self.backend!r}, "
+                f"params={self.params}, iteration={self.iteration}, sequence={self._sequence})")
+
+    # -- the law (validated, logged, applied) -------------------------------------------
+    def step(self, quality, *, check_finite: bool = True) -> None:
+        """Dense step (see ``Engine.step``), durable when it returns."""
+        with self._lock:
+            self._check_open()
+            q = _inputs.quality(quality, self.n, self._bk, check_finite=check_finite)
+            if isinstance(q, float):
+                self._call(STEP_SCALAR, 0, [np.array([q], "<f4").tobytes()], q)
+                return
+            host = np.ascontiguousarray(self._host(q), "<f4")
+            data, flags = _maybe_compress(memoryview(host).cast("B"), self._compress)
+            self._call(STEP, flags, [_U64.pack(host.size), data], q)
+
+    def update(self, ids, quality, *, check_finite: bool = True) -> None:
+        """Sparse ordered batch (see ``Engine.update``), durable when it returns."""
+        with self._lock:
+            self._check_open()
+            ids_, q = _inputs.events(ids, quality, self.n, self._bk, check_finite=check_finite)
+            hi = np.ascontiguousarray(self._host(ids_), "<i8")
+            hq = np.ascontiguousarray(self._host(q), "<f4")
+            raw = hi.tobytes() + hq.tobytes()
+            data, flags = _maybe_compress(raw, self._compress)
+            self._call(UPDATE, flags, [_U64.pack(hi.size), data], (ids_, q))
+
+    def decay(self, k: int = 1) -> None:
+        """Passive decay ``k`` times (see ``Engine.decay``), durable when it returns."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise TypeError(f"k must be an integer, got {type(k).__name__}")
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        self._call(DECAY, 0, [_U64.pack(int(k))], int(k))
+
+    def _host(self, a) -> np.ndarray:
+        return a if self._bk.xp is np else self._bk.to_host(a)
+
+    # -- durability ----------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"DurableEngine on {self._directory} is closed")
+        if self._failed is not None:
+            raise EngineFailedError(self._failed)
+
+    def _call(self, kind: int, flags: int, payload, args) -> None:
+        """Log (the record is durable per the fsync policy), then apply, then maybe snapshot."""
+        with self._lock:
+            self._check_open()
+            sequence = self._sequence + 1
+            if self._log is not None:
+                try:
+                    self._log.append(_encode(sequence, kind, flags, payload))
+                except EngineFailedError as exc:
+                    self._failed = str(exc)
+                    raise
+            try:
+                _apply(self._eng, kind, args)
+            except BaseException as exc:  # validated input cannot fail; a MemoryError can
+                self._failed = (f"a logged call (sequence {sequence}) failed to apply ({exc!r}); "
+                                "close and reopen the engine to replay it")
+                raise
+            self._sequence = sequence
+            if self._snapshot_every and sequence - self._snap_seq >= self._snapshot_every:
+                self._auto_checkpoint()
+
+    def _auto_checkpoint(self) -> None:
+        try:
+            self._checkpoint()
+        except OSError as exc:  # the call itself is already durable in the log
+            self._snap_seq = self._sequence  # try again after snapshot_every more calls
+            warnings.warn(f"{self._directory}: automatic snapshot at sequence {self._sequence} "
+                          f"failed ({exc}); the log still holds every call", DurabilityWarning,
+                          stacklevel=4)
+
+    def _write_snapshot(self) -> pathlib.Path:
+        eng = self._eng
+        host = eng.weights
+        if not isinstance(host, np.ndarray):
+            host = eng.to_numpy()
+        name = _snap_name(self._sequence, eng.n, eng.params, eng.iteration)
+        path = snapshot.write(self._directory / name, host, eng.params, iteration=eng.iteration,
+                              sequence=self._sequence, backend=eng.backend, version=__version__)
+        self._snap_seq = self._sequence
+        return path
+
+    def _checkpoint(self) -> pathlib.Path:
+        if self._log is not None:
+            self._log.sync()  # a snapshot never runs ahead of the log it may fall back on
+        path = self._write_snapshot()
+        if self._log is not None:
+            self._log.rotate(self._sequence + 1)
+        self._retain()
+        return path
+
+    def checkpoint(self) -> pathlib.Path:
+        """Write a snapshot of the current state into the directory now, start a new log
+        segment and apply retention. Returns the snapshot's path."""
+        with self._lock:
+            self._check_open()
+            return self._checkpoint()
+
+    def _retain(self) -> None:
+        snaps, segs = _list(self._directory)
+        for _, _, path in snaps[self._keep:]:
+            path.unlink(missing_ok=True)
+        kept = [s for s, _, _ in snaps[:self._keep]]
+        if not kept:
+            return
+        covered = min(kept) if self._retention == "kept" else max(kept)
+        active = None if self._log is None else self._log.first
+        for i, (first, path) in enumerate(segs[:-1]):
+            if first != active and segs[i + 1][0] - 1 <= covered:
+                path.unlink(missing_ok=True)
+
+    def save(self, path) -> pathlib.Path:
+        """Export a standalone snapshot (readable by ``nap.load``) at ``path``; its metadata
+        records the current log sequence."""
+        with self._lock:
+            eng = self._eng
+            return snapshot.write(path, eng.to_numpy(), eng.params, iteration=eng.iteration,
+                                  sequence=self._sequence, backend=eng.backend, version=__version__)
+
+    def close(self) -> None:
+        """Flush the log to disk, stop the flusher and release the directory."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if self._log is not None:
+                    self._log.close()
+            finally:
+                self._release_lock()
+
+    def __enter__(self) -> DurableEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if not getattr(self, "_closed", True):
+                self.close()
+        except Exception:
+            pass
