@@ -81,3 +81,23 @@ def test_bad_arguments():
         nap.Monitor(eng, np.arange(10) % 2, every=0)
     with pytest.raises(ValueError, match="latency_budget_ms"):
         nap.Monitor(eng, np.arange(10) % 2, latency_budget_ms=(5.0, 1.0))
+
+
+def test_durable_engine_is_restored_from_disk(tmp_path):
+    workload = nap.ReferenceWorkload(N, seed=2)
+    eng = nap.Engine.open(tmp_path / "state", n=N, seed=2, snapshot_every=4)
+    twin = nap.Engine(N, seed=2)  # the same calls, never corrupted
+    mon = nap.Monitor(eng, workload.labels)
+    for _ in range(6):
+        q = workload.next_quality().copy()
+        mon.step(q)
+        twin.step(q)
+    for corrupt in (np.nan, 7.0):
+        eng._eng._w[11] = corrupt  # corruption in memory, after the calls were logged
+        event = mon.check()
+        assert "restored from the last good snapshot and the log" in event["actions"][0]
+        assert np.array_equal(eng.to_numpy().view(np.uint32), twin.to_numpy().view(np.uint32))
+    mon.step(0.9)  # writes go on
+    twin.step(0.9)
+    assert np.array_equal(eng.to_numpy().view(np.uint32), twin.to_numpy().view(np.uint32))
+    eng.close()

@@ -921,6 +921,36 @@ class DurableEngine:
             if first != active and segs[i + 1][0] - 1 <= covered:
                 path.unlink(missing_ok=True)
 
+    def recover(self) -> None:
+        """Rebuild the weights from disk (the newest valid snapshot and the log), discarding
+        the ones in memory: the incident playbook's answer to corruption in memory (the SLA
+        monitor calls it). Every acknowledged call is on disk, so none is lost; without a log
+        (``wal=False``) the calls since the newest snapshot would be, so it refuses."""
+        with self._lock:
+            self._check_open()
+            if self._log is None:
+                raise RuntimeError("recover() needs the write-ahead log (opened with wal=False): "
+                                   "it would lose the calls since the newest snapshot")
+            self._log.sync()
+            backend = self._eng.backend
+
+            def factory(weights, info):
+                eng = Engine(info.n, backend=backend, init=weights, params=info.params)
+                eng.iteration = info.iteration
+                return eng
+
+            rec = _Recovery(self._directory)
+            eng = rec.run(load=True, engine_factory=factory)
+            if eng is None or rec.sequence != self._sequence:
+                raise RecoveryError(f"{self._directory}: the disk holds sequence "
+                                    f"{rec.sequence}, the engine acknowledged {self._sequence}")
+            self._eng = eng
+
+    def clamp(self) -> None:
+        """Weights out of [0, 1] mean corruption in memory: restored from disk (``recover``),
+        since a clamp outside the log would make the log replay to other weights."""
+        self.recover()
+
     def save(self, path) -> pathlib.Path:
         """Export a standalone snapshot (readable by ``nap.load``) at ``path``; its metadata
         records the current log sequence."""

@@ -10,10 +10,11 @@ Every evaluation is an event (a dict): it goes to the ``nap_gpu.monitor`` logger
 object per line, into ``mon.history`` (bounded), and — when a rule fails — to ``on_alert``.
 
 The playbook (from the deployment guide), run by the monitor itself:
-* a non-finite weight can never come from the law, so it means corruption: writes stop
-  (``mon.step`` refuses) and, when the engine can recover (a durable engine has ``recover()``),
-  it is restored from its last good snapshot and log, and writes resume; the event says which;
-* weights outside [0, 1] are clamped back (``Engine.clamp``) and reported.
+* the law never produces a non-finite weight or one outside [0, 1], so either means corruption
+  in memory. A durable engine (``Engine.open``) is restored from its last good snapshot and
+  log (``recover()``: nothing acknowledged is lost) and writes go on. A plain engine has
+  nothing to restore from: out-of-bounds weights are clamped back (``Engine.clamp``);
+  non-finite ones stop writes (``mon.step`` refuses). The event says what was done.
 """
 
 from __future__ import annotations
@@ -126,21 +127,21 @@ class Monitor:
         return event
 
     def _playbook(self, m: _metrics.Metrics) -> list[str]:
-        actions = []
-        if m.nonfinite:
-            recover = getattr(self.engine, "recover", None)
-            if recover is None:
-                self.writes_stopped = True
-                actions.append(f"{m.nonfinite} non-finite weights: writes stopped (this engine "
-                               "has no durable state to restore; open it with Engine.open)")
-            else:
-                recover()
-                actions.append(f"{m.nonfinite} non-finite weights: restored from the last good "
-                               "snapshot and the log; writes continue")
-        elif m.n and not (m.min >= 0.0 and m.max <= 1.0):
+        out_of_bounds = not m.nonfinite and m.n and not (m.min >= 0.0 and m.max <= 1.0)
+        if not (m.nonfinite or out_of_bounds):
+            return []
+        what = (f"{m.nonfinite} non-finite weights" if m.nonfinite
+                else f"weights outside [0, 1] (min {m.min}, max {m.max})")
+        recover = getattr(self.engine, "recover", None)
+        if recover is not None:  # a durable engine: every acknowledged call is on disk
+            recover()
+            return [f"{what}: restored from the last good snapshot and the log; writes continue"]
+        if out_of_bounds:
             self.engine.clamp()
-            actions.append(f"weights outside [0, 1] (min {m.min}, max {m.max}): clamped")
-        return actions
+            return [f"{what}: clamped"]
+        self.writes_stopped = True
+        return [f"{what}: writes stopped (this engine has no durable state to restore from; "
+                "open it with Engine.open)"]
 
 
 def _number(x: float) -> float | None:
