@@ -82,3 +82,23 @@ def test_info_as_json_in_a_subprocess():
     assert "--fmad=false" in info["cuda_kernels"]["options"]
     assert "available" in info["gpu"]
     assert info["auto"] in ("cuda", "cpp", "numpy")
+
+
+def test_simulate_with_state_continues_where_it_stopped(tmp_path, capsys):
+    state = tmp_path / "state"
+    common = ["simulate", "--memories", "3000", "--seed", "9", "--no-progress", "--state", str(state)]
+    assert main([*common, "--iterations", "4"]) == 0
+    assert main([*common, "--iterations", "3", "--json", str(tmp_path / "run.json")]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "state" in out and "(iteration 4)" in out
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert [r["iteration"] for r in data["iterations"]] == [5, 6, 7]
+    eng = nap.Engine.open(state)  # recovered: 7 steps, as an uninterrupted run gives
+    twin = nap.Engine(3000, seed=9)
+    workload = nap.ReferenceWorkload(3000, seed=9)
+    qualities = [workload.next_quality().copy() for _ in range(4)]
+    for q in qualities + qualities[:3]:  # the second run replays the workload from its start
+        twin.step(q)
+    assert eng.iteration == 7
+    assert (eng.to_numpy().view("u4") == twin.to_numpy().view("u4")).all()
+    eng.close()

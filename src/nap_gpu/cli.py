@@ -18,12 +18,11 @@ import logging
 import math
 import re
 import sys
-import time
 
 from . import __version__, backends, snapshot
 from ._config import config, show_config
 from .engine import Engine
-from .metrics import health
+from .monitor import Monitor
 from .workload import ReferenceWorkload
 
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
@@ -55,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--metrics-every", type=int, default=1, metavar="K",
                      help="compute metrics every K iterations (and at the last)")
     sim.add_argument("--json", metavar="FILE", help="also write the run as JSON to FILE")
+    sim.add_argument("--state", metavar="DIR",
+                     help="a durable engine in DIR (write-ahead log + snapshots): created on "
+                          "first use, recovered and continued afterwards")
     sim.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     info = sub.add_parser("info", help="list each backend and why it is or is not usable")
@@ -116,46 +118,64 @@ def simulate(args) -> int:
     if args.metrics_every < 1:
         raise ValueError(f"--metrics-every must be >= 1, got {args.metrics_every}")
     workload = ReferenceWorkload(args.memories, sigma=args.noise, seed=args.seed)
-    eng = Engine(args.memories, backend=args.backend, seed=args.seed)
+    if args.state:  # durable: created on first use, recovered (and continued) afterwards
+        eng = Engine.open(args.state, n=args.memories, backend=args.backend, seed=args.seed)
+    else:
+        eng = Engine(args.memories, backend=args.backend, seed=args.seed)
+    try:
+        return _simulate(args, eng, workload)
+    finally:
+        if args.state:
+            eng.close()
+
+
+def _simulate(args, eng, workload) -> int:
     labels = workload.labels
     print(f"nap-gpu simulate: {args.memories:,} memories, {args.iterations} iterations, "
-          f"noise {args.noise}, seed {args.seed}, backend {eng.backend}, {eng.params}")
-    header = f"{'iter':>5} {'separation':>11} {'inversion':>10} {'saturation':>11} {'ms/iter':>9}"
+          f"noise {args.noise}, seed {args.seed}, backend {eng.backend}, {eng.params}"
+          + (f", state {args.state} (iteration {eng.iteration})" if args.state else ""))
+    monitor = Monitor(eng, labels, every=args.metrics_every)
+    header = (f"{'iter':>5} {'separation':>11} {'inversion':>10} {'saturation':>11} "
+              f"{'ms/iter':>9}  monitor")
     bar = _progress(args.iterations, args.no_progress)
     emit = bar.write if bar is not None else print
     emit(header)
-    rows = []
+    rows, event = [], None
     for it in range(1, args.iterations + 1):
-        q = workload.next_quality()
-        start = time.perf_counter()
-        eng.step(q)
-        eng.synchronize()  # the GPU's queue is drained before the clock is read
-        ms = (time.perf_counter() - start) * 1e3
-        row = {"iteration": it, "ms": ms}
-        if it % args.metrics_every == 0 or it == args.iterations:
-            m = eng.metrics(labels)
-            row.update(separation=m.separation, inversion_ratio=m.inversion_ratio,
-                       saturation=m.saturation)
-            emit(f"{it:>5} {m.separation:>11.4f} {m.inversion_ratio:>10.4f} "
-                 f"{m.saturation:>11.4f} {ms:>9.3f}")
+        checked = monitor.step(workload.next_quality())  # timed after a device synchronise
+        if checked is None and it == args.iterations:
+            checked = monitor.check()
+        row = {"iteration": eng.iteration, "ms": monitor.last_step_ms}
+        if checked is not None:
+            event = checked
+            row.update(separation=event["separation"], inversion_ratio=event["inversion_ratio"],
+                       saturation=event["saturation"], ok=event["ok"])
+            verdict = "ok" if event["ok"] else "ALERT: " + "; ".join(event["failures"])
+            emit(f"{eng.iteration:>5} {_fmt(event['separation'], 11)} "
+                 f"{_fmt(event['inversion_ratio'], 10)} {_fmt(event['saturation'], 11)} "
+                 f"{monitor.last_step_ms:>9.3f}  {verdict}")
         rows.append(row)
         if bar is not None:
             bar.update()
     if bar is not None:
         bar.close()
-    verdict = health(m, args.iterations)
-    times = sorted(r["ms"] for r in rows)
-    p50 = times[len(times) // 2]
-    print(f"latency: p50 {p50:.3f} ms/iter, max {times[-1]:.3f} ms/iter")
-    print("health: OK" if verdict.ok else "health: FAILED — " + "; ".join(verdict.failures))
+    p50, p99 = monitor.latency_ms()
+    print(f"latency: p50 {p50:.3f} ms/iter, p99 {p99:.3f} ms/iter")
+    print("health: OK" if event["ok"] else "health: FAILED — " + "; ".join(event["failures"]))
     if args.json:
+        final = eng.metrics(labels)
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"config": {k: v for k, v in vars(args).items() if k != "command"},
                        "backend": eng.backend, "params": dataclasses.asdict(eng.params),
-                       "machine": config(), "iterations": _finite(rows), "final": _finite(m.as_dict()),
-                       "health": {"ok": verdict.ok, "failures": list(verdict.failures)}},
+                       "machine": config(), "iterations": _finite(rows),
+                       "final": _finite(final.as_dict()),
+                       "health": {"ok": event["ok"], "failures": event["failures"]}},
                       fh, indent=2)
-    return 0 if verdict.ok else 1
+    return 0 if event["ok"] else 1
+
+
+def _fmt(value, width: int) -> str:
+    return f"{value:>{width}.4f}" if value is not None else f"{'nan':>{width}}"
 
 
 def inspect_snapshot(args) -> int:

@@ -75,6 +75,7 @@ class Monitor:
         self.history: collections.deque[dict] = collections.deque(maxlen=history)
         self._latencies: collections.deque[float] = collections.deque(maxlen=latency_window)
         self.writes_stopped = False
+        self.last_step_ms: float | None = None
         engine.metrics(labels)  # validates the labels now, not at the first check
 
     def step(self, quality, **kwargs) -> dict | None:
@@ -85,7 +86,8 @@ class Monitor:
         start = time.perf_counter()
         self.engine.step(quality, **kwargs)
         self.engine.synchronize()
-        self._latencies.append((time.perf_counter() - start) * 1e3)
+        self.last_step_ms = (time.perf_counter() - start) * 1e3
+        self._latencies.append(self.last_step_ms)
         return self.check() if self.engine.iteration % self.every == 0 else None
 
     def latency_ms(self) -> tuple[float, float] | None:
