@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 
 import peers
+import scale_support
 from nap_gpu import backends
 
 # JAX and torch may warn on import or compile on some versions; they are peers, not nap.
@@ -62,5 +63,15 @@ def test_dense_step(benchmark, measure, dense_data, size, size_name, name):
         floor = None if impl.role == "floor" else peers.floor_runner(*dense_data)
     except peers.Unavailable as exc:
         pytest.skip(str(exc))
+    info["op"] = "dense-step"
     info.update(measure(runner.reset, runner.run, size, floor=floor))
+    # Peak memory of the implementation: its working state (built fresh: the runner's own
+    # copy of the weights, device/JIT buffers) and one step, above the resident inputs (the
+    # pristine weights and the qualities, 8 bytes a memory, already allocated).
+    del runner
+    pristine, quality = dense_data
+    mem = scale_support.measure_peak(lambda: impl.make(pristine, quality),
+                                     lambda r: (r.reset(), r.run()))
+    info.update(scale_support.per_memory(mem, size))
+    info["mem_inputs_bytes_per_memory"] = (pristine.nbytes + quality.nbytes) / size
     benchmark.extra_info.update(info)

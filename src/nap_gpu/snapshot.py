@@ -172,11 +172,13 @@ def read(path) -> tuple[np.ndarray, SnapshotInfo]:
                             f"{_seal(crc, info.metadata)}")
     if not np.dtype("<f4").isnative:
         weights.byteswap(inplace=True)
-    outside = ~((weights >= 0) & (weights <= 1))
-    if outside.any():
-        bad = int(np.argmax(outside))
-        raise SnapshotError(f"{path}: weight {bad} = {float(weights[bad])!r} is not in [0, 1]")
-    np.add(weights, np.float32(0), out=weights)  # -0.0 never enters an engine
+    for lo in range(0, weights.size, _IO_CHUNK):  # chunks: no n-sized temporaries
+        chunk = weights[lo:lo + _IO_CHUNK]
+        outside = ~((chunk >= 0) & (chunk <= 1))
+        if outside.any():
+            bad = lo + int(np.argmax(outside))
+            raise SnapshotError(f"{path}: weight {bad} = {float(weights[bad])!r} is not in [0, 1]")
+        np.add(chunk, np.float32(0), out=chunk)  # -0.0 never enters an engine
     return weights, _replace(info, checksum_ok=True)
 
 
