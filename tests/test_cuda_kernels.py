@@ -210,11 +210,14 @@ def test_shim_dense_and_decay_match_the_reference(shim, case, k):
     q[rng.integers(0, n, n // 10 + 1)] = rng.choice(np.array([0.5, 0, 1, -0.0, 1e-45], np.float32))
     p = nap.Params(lr=0.05, gate=0.5, decay=0.02)
     expected, actual = w.copy(), w.copy()
-    reference.step(expected, q, p), shim.step(actual, q, p)
+    reference.step(expected, q, p)
+    shim.step(actual, q, p)
     assert_same_bits(actual, expected, "dense step")
-    reference.step_scalar(expected, 0.7, p), shim.step_scalar(actual, np.float32(0.7), p)
+    reference.step_scalar(expected, 0.7, p)
+    shim.step_scalar(actual, np.float32(0.7), p)
     assert_same_bits(actual, expected, "scalar step")
-    reference.decay(expected, p.decay, k), shim.decay(actual, p.decay, k)
+    reference.decay(expected, p.decay, k)
+    shim.decay(actual, p.decay, k)
     assert_same_bits(actual, expected, f"decay({k})")
 
 
@@ -242,7 +245,8 @@ def test_shim_hot_id_with_many_events(shim):
     ids = np.zeros(100_000, np.int64)
     q = rng.random(ids.size, dtype=np.float32)
     expected, actual = np.full(3, 0.5, np.float32), np.full(3, 0.5, np.float32)
-    reference.update(expected, ids, q, nap.Params()), shim.update(actual, ids, q, nap.Params())
+    reference.update(expected, ids, q, nap.Params())
+    shim.update(actual, ids, q, nap.Params())
     assert_same_bits(actual, expected, "one hot id")
 
 
