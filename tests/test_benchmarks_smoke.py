@@ -39,7 +39,7 @@ def smoke_json(tmp_path_factory):
 def test_every_operation_ran(smoke_json):
     ops = {b["extra_info"].get("op") for b in smoke_json["benchmarks"]}
     for op in ("dense-step", "sparse-batch", "decay", "metrics", "snapshot-save",
-               "snapshot-load", "convergence"):
+               "snapshot-load", "convergence", "wal"):
         assert op in ops
     assert all(b["stats"]["rounds"] == 1 for b in smoke_json["benchmarks"]
                if b["group"] != "machine")
@@ -78,4 +78,6 @@ def test_report_reads_the_json(smoke_json, tmp_path):
     path = tmp_path / "smoke.json"
     path.write_text(json.dumps(smoke_json))
     assert sr.main([str(path), "-o", str(tmp_path / "SCALING.md"), "--no-plots"]) == 0
-    assert "## Dense step" in (tmp_path / "SCALING.md").read_text()
+    text = (tmp_path / "SCALING.md").read_text()
+    for section in ("## Dense step", "## Snapshot load", "## Write-ahead log"):
+        assert section in text

@@ -164,23 +164,30 @@ def test_snapshots_are_plain_nap_snapshots(tmp_path):
         assert_same_bits(nap.load(exported).to_numpy(), ref.eng.to_numpy(), "export")
 
 
-def test_dense_qualities_are_compressed_only_when_it_helps(tmp_path):
-    with DurableEngine.open(tmp_path / "s", n=50_000, seed=1, backend="numpy") as deng:
+def test_payloads_are_compressed_only_when_it_helps(tmp_path):
+    n = 300_000  # a dense step's payload (1.2 MB) is above the compression threshold
+    small_ids = np.random.default_rng(1).integers(0, n, 1000)
+    with DurableEngine.open(tmp_path / "s", n=n, seed=1, backend="numpy") as deng:
         seg = next((tmp_path / "s").glob("wal-*.log"))
         size = seg.stat().st_size
-        deng.step(np.random.default_rng(0).random(50_000, dtype=np.float32))
+        deng.step(np.random.default_rng(0).random(n, dtype=np.float32))
         grown = seg.stat().st_size - size
-        assert 200_000 <= grown <= 200_100  # random float32: stored raw
-        deng.step(np.full(50_000, 0.7, np.float32))
-        assert seg.stat().st_size - size - grown < 2_000  # constant: zlib
-        deng.update(np.arange(20_000), 0.9)  # sorted ids, one quality: zlib
-        assert seg.stat().st_size - size - grown < 60_000  # of 240_000 raw
-        ref = nap.Engine(50_000, seed=1, backend="numpy")
-        ref.step(np.random.default_rng(0).random(50_000, dtype=np.float32))
-        ref.step(np.full(50_000, 0.7, np.float32))
-        ref.update(np.arange(20_000), 0.9)
+        assert 4 * n <= grown <= 4 * n + 100  # random float32: stored raw
+        deng.step(np.full(n, 0.7, np.float32))
+        assert seg.stat().st_size - size - grown < 10_000  # constant: zlib
+        size = seg.stat().st_size
+        deng.update(np.arange(100_000), 0.9)  # sorted ids, one quality: zlib
+        assert seg.stat().st_size - size < 250_000  # of 1_200_000 raw
+        size = seg.stat().st_size
+        deng.update(small_ids, 0.9)  # a small batch: raw (zlib would cost more than it saves)
+        assert 12_000 <= seg.stat().st_size - size <= 12_100
+        ref = nap.Engine(n, seed=1, backend="numpy")
+        ref.step(np.random.default_rng(0).random(n, dtype=np.float32))
+        ref.step(np.full(n, 0.7, np.float32))
+        ref.update(np.arange(100_000), 0.9)
+        ref.update(small_ids, 0.9)
     with DurableEngine.open(tmp_path / "s") as deng:
-        assert_matches(deng, ref, "compressed records replayed")
+        assert_matches(deng, ref, "compressed and raw records replayed")
 
 
 def test_rejected_calls_log_nothing_and_change_nothing(tmp_path):
@@ -559,11 +566,12 @@ def test_future_versions_are_refused_with_the_version(pristine, tmp_path):
     def future(data):
         (length,) = struct.unpack_from("<Q", data)
         header = json.loads(bytes(data[8:8 + length]))
-        header["__metadata__"]["format_version"] = "2"
+        header["__metadata__"]["format_version"] = str(snapshot.FORMAT_VERSION + 1)
         text = json.dumps(header).encode()
         return data[:8] + text + b" " * (length - len(text)) + data[8 + length:]
     directory = damaged_copy(pristine, tmp_path / "snap", newest.name, future)
-    with pytest.raises(RecoveryError, match=r"format version 2.*up to 1.*upgrade"):
+    with pytest.raises(RecoveryError, match=rf"format version {snapshot.FORMAT_VERSION + 1}.*"
+                                            rf"up to {snapshot.FORMAT_VERSION}.*upgrade"):
         DurableEngine.open(directory)
     seg = sorted(pristine[0].glob("wal-*.log"))[-1]
 

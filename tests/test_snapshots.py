@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import struct
 import subprocess
 import sys
@@ -144,8 +145,67 @@ def test_damaged_metadata_fails_the_checksum(tmp_path, field, value):
 
 
 def test_future_format_version_is_refused_with_the_version(tmp_path):
-    path = _rewrite_metadata(tmp_path, format_version="2")
-    with pytest.raises(nap.SnapshotError, match=r"format version 2.*up to 1.*upgrade"):
+    future = snapshot.FORMAT_VERSION + 1
+    path = _rewrite_metadata(tmp_path, format_version=str(future))
+    with pytest.raises(nap.SnapshotError,
+                       match=rf"format version {future}.*up to {snapshot.FORMAT_VERSION}.*upgrade"):
+        nap.load(path)
+
+
+def test_format_version_1_files_are_still_read():
+    """A file written by format version 1 (CRC-32 checksum), committed as written then."""
+    path = pathlib.Path(__file__).parent / "data" / "snapshot-v1.nap"
+    eng = nap.load(path)
+    assert eng.iteration == 12 and eng.params == nap.Params(lr=0.07, gate=0.45, decay=0.01)
+    assert_same_bits(eng.to_numpy(), np.arange(100, dtype=np.float32) / np.float32(99), "v1 weights")
+    info = snapshot.inspect(path)
+    assert info.format_version == 1 and info.checksum.startswith("crc32:") and info.checksum_ok
+    assert info.sequence == 34 and info.backend == "cpp"
+
+
+def test_new_files_carry_crc32c(tmp_path):
+    eng, _ = trained("numpy", n=100)
+    info = snapshot.inspect(eng.save(tmp_path / "pop.nap"))
+    assert info.checksum.startswith("crc32c:") and info.checksum_ok
+    assert info.format_version == snapshot.FORMAT_VERSION == 2
+
+
+# Several read chunks (4 MiB = 1 Mi weights each): the pipelined check must find the first
+# fault wherever it lies, and only after the checksum has held.
+MULTI_CHUNK = 2_500_000
+
+
+@pytest.mark.parametrize("faults, first", [
+    ({2_000_001: 1.5}, 2_000_001),
+    ({2_400_000: np.nan, 2_000_000: -0.25}, 2_000_000),
+    ({5: np.inf, MULTI_CHUNK - 1: 2.0}, 5),
+    ({MULTI_CHUNK - 1: -1e-30}, MULTI_CHUNK - 1),
+])
+def test_weights_outside_the_unit_interval_are_refused(tmp_path, faults, first):
+    w = np.full(MULTI_CHUNK, 0.5, np.float32)
+    for index, value in faults.items():
+        w[index] = value
+    path = snapshot.write(tmp_path / "bad.nap", w, nap.Params())
+    assert snapshot.inspect(path).checksum_ok  # a sound file holding unsound weights
+    with pytest.raises(nap.SnapshotError, match=rf"weight {first} = .* is not in \[0, 1\]"):
+        nap.load(path)
+
+
+def test_negative_zero_is_loaded_as_positive_zero(tmp_path):
+    w = np.full(MULTI_CHUNK, 0.25, np.float32)
+    w[[0, 1_500_000, MULTI_CHUNK - 1]] = -0.0
+    eng = nap.load(snapshot.write(tmp_path / "z.nap", w, nap.Params()))
+    assert_same_bits(eng.to_numpy(), np.where(w == 0, np.float32(0), w), "-0.0 loaded")
+
+
+def test_checksum_fault_is_reported_before_a_range_fault(tmp_path):
+    w = np.full(MULTI_CHUNK, 0.5, np.float32)
+    path = snapshot.write(tmp_path / "pop.nap", w, nap.Params())
+    data = bytearray(path.read_bytes())
+    offset = snapshot.inspect(path).data_offset + 4 * 1_200_000
+    data[offset + 3] = 0x7F  # the weight becomes a huge float: out of range and a bad checksum
+    path.write_bytes(bytes(data))
+    with pytest.raises(nap.SnapshotError, match="checksum mismatch"):
         nap.load(path)
 
 

@@ -60,7 +60,10 @@ STEP, STEP_SCALAR, UPDATE, DECAY, PARAMS = 1, 2, 3, 4, 5
 _KIND_NAMES = {STEP: "step", STEP_SCALAR: "step(scalar)", UPDATE: "update", DECAY: "decay",
                PARAMS: "params"}
 _ZLIB = 0x01
-_COMPRESS_MIN = 4096  # bytes; smaller payloads are never compressed
+#: Payloads below this are never compressed: a small record costs one page-cache copy (or one
+#: disk block) raw, while zlib costs ~0.1 ms per 10 KB. Measured on 1k-event batches: trying
+#: zlib made a group-committed update 18x slower than no log; skipping it, 3x.
+_COMPRESS_MIN = 1 << 20
 _SAMPLE = 1 << 16
 _LOCK_WAIT = 2.0  # seconds open waits for a LOCK held by someone else
 

@@ -4,8 +4,8 @@ The file is a standard safetensors file (8-byte little-endian header length, a J
 the raw little-endian float32 weights), so any safetensors reader can open it; nap's metadata
 lives in the header's ``__metadata__``: format name and version, n, the law's parameters (as
 float32 bit patterns), the iteration and log sequence number, the backend and nap_gpu version
-that wrote it, the creation time, and a CRC-32 over the weights' bytes and the metadata. See docs/snapshots.md
-for the layout and the reasons behind it.
+that wrote it, the creation time, and a CRC-32C over the weights' bytes and the metadata. See
+docs/snapshots.md for the layout and the reasons behind it.
 
 nap reads and writes the format itself rather than through the safetensors package: writing
 streams the caller's weights straight to the file (the package builds the whole payload in
@@ -15,6 +15,11 @@ package reads nap's files.
 
 Writes are atomic: a temporary file in the same directory, fsync, rename over the target, fsync
 of the directory. A crash leaves either the old file or the new one, never a torn one.
+
+Verification costs next to nothing: the checksum is CRC-32C (the ``crc32c`` package: the CPU's
+CRC instructions, ~15 GB/s on one core, against ~4 GB/s for zlib's CRC-32) and runs in a
+worker thread, one chunk behind the reads (or beside the writes), together with the range
+check; both release the GIL.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import os
 import pathlib
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import crc32c
 import numpy as np
 
 from .params import Params
@@ -35,11 +42,11 @@ from .params import Params
 __all__ = ["FORMAT", "FORMAT_VERSION", "SnapshotError", "SnapshotInfo", "inspect", "read", "write"]
 
 FORMAT = "nap-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: CRC-32C ("crc32c:..."); 1 (CRC-32, "crc32:...") is still read
 _TENSOR = "weights"
 _ALIGN = 64  # the weights start on a 64-byte boundary (cache lines; memory-mapping friendly)
 _MAX_HEADER = 1 << 20
-_IO_CHUNK = 1 << 24  # bytes per write/read/checksum step (16 MiB)
+_IO_CHUNK = 1 << 22  # bytes per read/verify step: 4 MiB, still in cache when it is verified
 
 
 class SnapshotError(ValueError):
@@ -73,19 +80,33 @@ def _from_f32_hex(text: str) -> float:
     return float(np.array([int(text, 16)], np.uint32).view(np.float32)[0])
 
 
-def _crc32(data: memoryview) -> int:
-    crc = 0
+#: checksum name -> (incremental function(data, crc) -> crc): the name prefixes the stored value
+_CHECKSUMS = {
+    "crc32c": lambda data, crc: crc32c.crc32c(data, value=crc),
+    "crc32": lambda data, crc: zlib.crc32(data, crc),  # format version 1
+}
+_WRITE_CHECKSUM = "crc32c"
+
+
+def _checksum_of(text: str) -> str:
+    """The algorithm named by a stored checksum ``name:hex`` (unknown names fail the check)."""
+    name = text.partition(":")[0]
+    return name if name in _CHECKSUMS else _WRITE_CHECKSUM
+
+
+def _crc(name: str, data, crc: int = 0) -> int:
+    update = _CHECKSUMS[name]
     for lo in range(0, len(data), _IO_CHUNK):
-        crc = zlib.crc32(data[lo:lo + _IO_CHUNK], crc)
+        crc = update(data[lo:lo + _IO_CHUNK], crc)
     return crc
 
 
-def _seal(weights_crc: int, metadata: dict) -> str:
-    """The checksum: CRC-32 of the weights' bytes, continued over the rest of the metadata
+def _seal(name: str, weights_crc: int, metadata: dict) -> str:
+    """The checksum: the CRC of the weights' bytes, continued over the rest of the metadata
     (canonical JSON), so a damaged iteration or parameter is caught as surely as a weight."""
     rest = {k: v for k, v in metadata.items() if k != "checksum"}
-    crc = zlib.crc32(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode(), weights_crc)
-    return f"crc32:{crc:08x}"
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()
+    return f"{name}:{_CHECKSUMS[name](text, weights_crc):08x}"
 
 
 def write(path, weights: np.ndarray, params: Params, *, iteration: int = 0, sequence: int = 0,
@@ -102,18 +123,21 @@ def write(path, weights: np.ndarray, params: Params, *, iteration: int = 0, sequ
         "nap_gpu_version": version,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    metadata["checksum"] = _seal(_crc32(data), metadata)
-    header = json.dumps({_TENSOR: {"dtype": "F32", "shape": [weights.size],
-                                   "data_offsets": [0, len(data)]},
-                         "__metadata__": metadata}, separators=(",", ":")).encode()
-    header += b" " * (-(8 + len(header)) % _ALIGN)  # safetensors pads its header with spaces
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(struct.pack("<Q", len(header)) + header)
-            for lo in range(0, len(data), _IO_CHUNK):
-                fh.write(data[lo:lo + _IO_CHUNK])
-            fh.flush()
+        with ThreadPoolExecutor(1, thread_name_prefix="nap-snapshot") as pool, \
+                open(tmp, "wb", buffering=0) as fh:
+            # The checksum is computed beside the writes and patched into the header at the end:
+            # it has a fixed width, so the header's length does not change.
+            weights_crc = pool.submit(_crc, _WRITE_CHECKSUM, data)
+            metadata["checksum"] = _seal(_WRITE_CHECKSUM, 0, metadata)
+            prefix = _header_bytes(metadata, len(data))
+            _write_all(fh, prefix)
+            _write_all(fh, data)
+            metadata["checksum"] = _seal(_WRITE_CHECKSUM, weights_crc.result(), metadata)
+            sealed = _header_bytes(metadata, len(data))
+            assert len(sealed) == len(prefix)
+            os.pwrite(fh.fileno(), sealed, 0)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -121,6 +145,45 @@ def write(path, weights: np.ndarray, params: Params, *, iteration: int = 0, sequ
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def _header_bytes(metadata: dict, nbytes: int) -> bytes:
+    """The 8-byte length and the JSON header, padded so the weights start aligned."""
+    header = json.dumps({_TENSOR: {"dtype": "F32", "shape": [nbytes // 4],
+                                   "data_offsets": [0, nbytes]},
+                         "__metadata__": metadata}, separators=(",", ":")).encode()
+    header += b" " * (-(8 + len(header)) % _ALIGN)  # safetensors pads its header with spaces
+    return struct.pack("<Q", len(header)) + header
+
+
+def _write_all(fh, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[fh.write(view[:_IO_CHUNK * 4]):]
+
+
+def _pipelined(chunks, verify) -> None:
+    """Run ``verify(chunk)`` in a worker thread on each chunk that ``chunks`` reads, one chunk
+    behind: reading the next chunk overlaps verifying this one (both release the GIL), and
+    the single worker verifies chunks in order, so a running checksum can be carried."""
+    with ThreadPoolExecutor(1, thread_name_prefix="nap-snapshot") as pool:
+        pending = None
+        for chunk in chunks:
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(verify, chunk)
+        if pending is not None:
+            pending.result()
+
+
+def _read_into(path: pathlib.Path, fh, buffer: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(buffer):
+        got = fh.readinto(buffer[done:])
+        if not got:
+            raise SnapshotError(f"{path}: truncated at byte {offset + done}, "
+                                f"expected {offset + len(buffer)} bytes")
+        done += got
 
 
 def _fsync_directory(directory: pathlib.Path) -> None:
@@ -137,48 +200,62 @@ def _fsync_directory(directory: pathlib.Path) -> None:
 def inspect(path, *, verify: bool = True) -> SnapshotInfo:
     """The snapshot's metadata; with ``verify``, its checksum checked (``checksum_ok``)."""
     path = pathlib.Path(path)
-    with open(path, "rb") as fh:
+    with open(path, "rb", buffering=0) as fh:
         info = _header(path, fh)
         if not verify:
             return info
-        fh.seek(info.data_offset)
+        name = _checksum_of(info.checksum)
         crc = 0
-        while chunk := fh.read(_IO_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-    return _replace(info, checksum_ok=_seal(crc, info.metadata) == info.checksum)
+
+        def chunks():  # two buffers in turn: one is read while the other is checked
+            buffers = [memoryview(bytearray(_IO_CHUNK)) for _ in range(2)]
+            for i, lo in enumerate(range(0, 4 * info.n, _IO_CHUNK)):
+                view = buffers[i % 2][:min(_IO_CHUNK, 4 * info.n - lo)]
+                _read_into(path, fh, view, info.data_offset + lo)
+                yield view
+
+        def verify_chunk(view):
+            nonlocal crc
+            crc = _CHECKSUMS[name](view, crc)
+
+        _pipelined(chunks(), verify_chunk)
+    return _replace(info, checksum_ok=_seal(name, crc, info.metadata) == info.checksum)
 
 
 def read(path) -> tuple[np.ndarray, SnapshotInfo]:
     """The weights (a fresh host float32 array, the only copy made) and the metadata; raises
     ``SnapshotError`` for a damaged, truncated or foreign file, naming what and where."""
     path = pathlib.Path(path)
-    with open(path, "rb") as fh:
+    with open(path, "rb", buffering=0) as fh:
         info = _header(path, fh)
         weights = np.empty(info.n, np.float32)
         buffer = memoryview(weights).cast("B")
-        fh.seek(info.data_offset)
-        crc, done = 0, 0
-        while done < len(buffer):
-            got = fh.readinto(buffer[done:done + _IO_CHUNK])
-            if not got:
-                raise SnapshotError(f"{path}: truncated at byte {info.data_offset + done}, "
-                                    f"expected {info.data_offset + len(buffer)} bytes")
-            crc = zlib.crc32(buffer[done:done + got], crc)
-            done += got
-    if _seal(crc, info.metadata) != info.checksum:
+        name = _checksum_of(info.checksum)
+        crc, outside = 0, -1
+
+        def chunks():
+            for lo in range(0, len(buffer), _IO_CHUNK):
+                _read_into(path, fh, buffer[lo:lo + _IO_CHUNK], info.data_offset + lo)
+                yield lo // 4, weights[lo // 4:(lo + _IO_CHUNK) // 4]
+
+        def verify_chunk(item):
+            nonlocal crc, outside
+            first, chunk = item
+            crc = _CHECKSUMS[name](memoryview(chunk).cast("B"), crc)
+            if not np.dtype("<f4").isnative:
+                chunk.byteswap(inplace=True)
+            if outside < 0 and not (chunk.min() >= 0 and chunk.max() <= 1):  # NaN fails too
+                outside = first + int(np.argmax(~((chunk >= 0) & (chunk <= 1))))
+            np.add(chunk, np.float32(0), out=chunk)  # -0.0 never enters an engine
+
+        _pipelined(chunks(), verify_chunk)
+    sealed = _seal(name, crc, info.metadata)
+    if sealed != info.checksum:  # reported before any range fault: the bytes are not the ones written
         raise SnapshotError(f"{path}: checksum mismatch over the weights (bytes "
                             f"{info.data_offset}..{info.data_offset + len(buffer)}) and the "
-                            f"metadata: header says {info.checksum}, contents give "
-                            f"{_seal(crc, info.metadata)}")
-    if not np.dtype("<f4").isnative:
-        weights.byteswap(inplace=True)
-    for lo in range(0, weights.size, _IO_CHUNK):  # chunks: no n-sized temporaries
-        chunk = weights[lo:lo + _IO_CHUNK]
-        outside = ~((chunk >= 0) & (chunk <= 1))
-        if outside.any():
-            bad = lo + int(np.argmax(outside))
-            raise SnapshotError(f"{path}: weight {bad} = {float(weights[bad])!r} is not in [0, 1]")
-        np.add(chunk, np.float32(0), out=chunk)  # -0.0 never enters an engine
+                            f"metadata: header says {info.checksum}, contents give {sealed}")
+    if outside >= 0:
+        raise SnapshotError(f"{path}: weight {outside} = {float(weights[outside])!r} is not in [0, 1]")
     return weights, _replace(info, checksum_ok=True)
 
 
