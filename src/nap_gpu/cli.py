@@ -7,6 +7,7 @@ backends, ``snapshot inspect`` reads a snapshot's metadata and checks it.
     nap-gpu snapshot inspect FILE [--json]
     nap-gpu recover DIR [--json]
     nap-gpu report RESULTS.json... [--output docs/SCALING.md]
+    nap-gpu serve [--state DIR] [--memories N] [--host H] [--port P] ...   (extra: serve)
 """
 
 from __future__ import annotations
@@ -72,10 +73,60 @@ def _parser() -> argparse.ArgumentParser:
     recover.add_argument("directory")
     recover.add_argument("--json", action="store_true", help="print the plan as JSON")
 
+    serve = sub.add_parser("serve", help="run the HTTP service (extra: serve; docs/serving.md)",
+                           description="Every option also reads NAP_<NAME> from the "
+                                       "environment or a .env file; flags win. The API token "
+                                       "is read from NAP_API_TOKEN or a file, never a flag.")
+    for flag, kind, what in _SERVE_FLAGS:
+        if kind is bool:
+            serve.add_argument(flag, action="store_true", default=None, help=what)
+        else:
+            serve.add_argument(flag, type=kind, default=None, help=what)
+
     report = sub.add_parser("report", help="turn scale-suite JSON into docs/SCALING.md + plots",
                             add_help=False)
     report.add_argument("args", nargs=argparse.REMAINDER)
     return parser
+
+
+#: ``nap-gpu serve`` flags: each sets the Settings field of the same name (dashes: underscores).
+_SERVE_FLAGS = (
+    ("--state-dir", str, "durable state directory [NAP_STATE_DIR, default nap-state]"),
+    ("--memories", count, "population size, used when the state is created [NAP_MEMORIES]"),
+    ("--seed", int, "seed of the initial weights [NAP_SEED, default 0]"),
+    ("--backend", str, "auto, cuda, cpp or numpy [NAP_BACKEND, default auto]"),
+    ("--host", str, "address to bind [NAP_HOST, default 127.0.0.1]"),
+    ("--port", int, "port [NAP_PORT, default 8000]"),
+    ("--api-token-file", str, "file holding the bearer token [NAP_API_TOKEN_FILE]"),
+    ("--public-reads", bool, "GET endpoints need no token [NAP_PUBLIC_READS]"),
+    ("--fsync", str, "always (default) or group [NAP_FSYNC]"),
+    ("--group-ms", float, "group commit period, ms [NAP_GROUP_MS, default 10]"),
+    ("--snapshot-every", int, "snapshot every K log records [NAP_SNAPSHOT_EVERY, default 1000]"),
+    ("--keep", int, "snapshots kept [NAP_KEEP, default 3]"),
+    ("--max-body-bytes", int, "largest request body [NAP_MAX_BODY_BYTES, default 16 MiB]"),
+    ("--labels", str, ".npy of R/P labels per memory, for the metrics [NAP_LABELS]"),
+    ("--stats-interval", float, "seconds between health checks [NAP_STATS_INTERVAL, default 15]"),
+    ("--log-level", str, "debug, info, warning or error [NAP_LOG_LEVEL, default info]"),
+)
+
+
+def serve(args) -> int:
+    try:
+        from pydantic import ValidationError  # noqa: PLC0415 - the serve extra
+
+        from .serve import Settings, run  # noqa: PLC0415
+    except ImportError as exc:
+        raise ValueError(f"nap-gpu serve needs the serve extra (pip install 'nap_gpu[serve]'): "
+                         f"{exc}") from None
+    given = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+             for flag, _, _ in _SERVE_FLAGS}
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                             for e in exc.errors())
+        raise ValueError(f"bad configuration: {problems}") from None
+    return run(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             return inspect_snapshot(args)
         if args.command == "recover":
             return recover(args)
+        if args.command == "serve":
+            return serve(args)
         return simulate(args)
     except (ValueError, TypeError, OSError, backends.BackendUnavailableError) as exc:
         print(f"nap-gpu: error: {exc}", file=sys.stderr)

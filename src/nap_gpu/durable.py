@@ -241,6 +241,7 @@ class _Log:
         self.error: BaseException | None = None  # a background fsync failure
         self.dirty = False
         self.fd = -1
+        self.on_sync = None  # callable(seconds) told of every fsync of the log (monitoring)
         self._open(first, reuse)
         self._stop = threading.Event()
         self._thread = None
@@ -259,6 +260,12 @@ class _Log:
         if old >= 0:
             os.close(old)
 
+    def _sync(self) -> None:
+        start = time.perf_counter()
+        _sync(self.fd)
+        if self.on_sync is not None:
+            self.on_sync(time.perf_counter() - start)
+
     def _flusher(self, period: float) -> None:
         while not self._stop.wait(period):
             self.sync(background=True)
@@ -268,7 +275,7 @@ class _Log:
             if not self.dirty or self.fd < 0 or self.error is not None:
                 return
             try:
-                _sync(self.fd)
+                self._sync()
                 self.dirty = False
             except OSError as exc:
                 self.error = exc
@@ -289,12 +296,12 @@ class _Log:
                     for p in parts:
                         _write_all(self.fd, p)
                 if self.fsync == "always":
-                    _sync(self.fd)
+                    self._sync()
             except OSError as exc:
                 try:  # nothing of a failed record may stay in the log
                     os.ftruncate(self.fd, start)
                     os.lseek(self.fd, start, os.SEEK_SET)
-                    _sync(self.fd)
+                    self._sync()
                 except OSError as again:
                     self.error = again
                     raise EngineFailedError(f"appending to {self.path} failed ({exc}) and the "
@@ -310,7 +317,7 @@ class _Log:
             if first == self.first:
                 return
             if self.dirty:
-                _sync(self.fd)
+                self._sync()
                 self.dirty = False
             self._open(first, reuse=False)
 
@@ -322,7 +329,7 @@ class _Log:
             if self.fd >= 0:
                 try:
                     if self.dirty and self.error is None:
-                        _sync(self.fd)
+                        self._sync()
                 finally:
                     os.close(self.fd)
                     self.fd = -1
@@ -754,6 +761,7 @@ class DurableEngine:
             self._write_snapshot()
         snaps, segs = _list(directory)
         self._snap_seq = snaps[0][0] if snaps else 0
+        self._snap_time = snaps[0][2].stat().st_mtime if snaps else None
         if self._wal:
             first = self._sequence + 1
             reuse = bool(segs) and segs[-1][0] == first
@@ -768,6 +776,27 @@ class DurableEngine:
     def sequence(self) -> int:
         """Log sequence number of the last acknowledged mutating call (0: none yet)."""
         return self._sequence
+
+    @property
+    def snapshot_sequence(self) -> int:
+        """Log sequence covered by the newest snapshot (``sequence`` minus this: the records
+        a recovery would replay)."""
+        return self._snap_seq
+
+    @property
+    def snapshot_time(self) -> float | None:
+        """When the newest snapshot was written (``time.time()`` seconds), if known."""
+        return self._snap_time
+
+    @property
+    def fsync_observer(self):
+        """``callable(seconds)`` told of every fsync of the log (e.g. a latency histogram)."""
+        return None if self._log is None else self._log.on_sync
+
+    @fsync_observer.setter
+    def fsync_observer(self, callback) -> None:
+        if self._log is not None:
+            self._log.on_sync = callback
 
     @property
     def n(self) -> int:
@@ -893,6 +922,7 @@ class DurableEngine:
         path = snapshot.write(self._directory / name, host, eng.params, iteration=eng.iteration,
                               sequence=self._sequence, backend=eng.backend, version=__version__)
         self._snap_seq = self._sequence
+        self._snap_time = time.time()
         return path
 
     def _checkpoint(self) -> pathlib.Path:

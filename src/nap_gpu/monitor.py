@@ -26,7 +26,7 @@ import math
 import time
 from typing import Callable
 
-from . import metrics as _metrics
+from . import _inputs, metrics as _metrics
 
 __all__ = ["Monitor", "WritesStoppedError"]
 
@@ -68,7 +68,8 @@ class Monitor:
         if latency_budget_ms is not None and not (0 < latency_budget_ms[0] <= latency_budget_ms[1]):
             raise ValueError(f"latency_budget_ms must be (p50, p99) with 0 < p50 <= p99, "
                              f"got {latency_budget_ms!r}")
-        self.engine, self.labels = engine, labels
+        self.engine = engine
+        self.labels = _inputs.labels(labels, engine.n)  # validated now, not at the first check
         self.rules = dict(warmup=warmup, settle=settle, min_separation=min_separation,
                           min_inversion=min_inversion)
         self.every, self.latency_budget_ms, self.on_alert = every, latency_budget_ms, on_alert
@@ -76,7 +77,6 @@ class Monitor:
         self._latencies: collections.deque[float] = collections.deque(maxlen=latency_window)
         self.writes_stopped = False
         self.last_step_ms: float | None = None
-        engine.metrics(labels)  # validates the labels now, not at the first check
 
     def step(self, quality, **kwargs) -> dict | None:
         """``engine.step(quality)``, timed; returns the event when this iteration is checked."""
@@ -86,9 +86,13 @@ class Monitor:
         start = time.perf_counter()
         self.engine.step(quality, **kwargs)
         self.engine.synchronize()
-        self.last_step_ms = (time.perf_counter() - start) * 1e3
-        self._latencies.append(self.last_step_ms)
+        self.observe_latency((time.perf_counter() - start) * 1e3)
         return self.check() if self.engine.iteration % self.every == 0 else None
+
+    def observe_latency(self, ms: float) -> None:
+        """Record one call's latency (``step`` does this itself; a service records its writes)."""
+        self.last_step_ms = ms
+        self._latencies.append(ms)
 
     def latency_ms(self) -> tuple[float, float] | None:
         """(p50, p99) of the step latencies in the window, or None before the first step."""
@@ -98,10 +102,13 @@ class Monitor:
         pick = lambda f: ordered[min(len(ordered) - 1, math.ceil(f * len(ordered)) - 1)]  # noqa: E731
         return pick(0.50), pick(0.99)
 
-    def check(self) -> dict:
-        """Evaluate the rules now, run the playbook if needed, and return the event."""
+    def check(self, metrics: _metrics.Metrics | None = None) -> dict:
+        """Evaluate the rules now, run the playbook if needed, and return the event.
+
+        ``metrics``: the engine's metrics if already computed (a service computes them from a
+        copy of the weights, so that writes need not wait for the sort)."""
         iteration = self.engine.iteration
-        m = self.engine.metrics(self.labels)
+        m = self.engine.metrics(self.labels) if metrics is None else metrics
         verdict = _metrics.health(m, iteration, warmup=self.rules["warmup"],
                                   settle=self.rules["settle"],
                                   min_separation=self.rules["min_separation"],

@@ -1,0 +1,403 @@
+"""The HTTP API (FastAPI): feedback in, weights and rankings out, health and metrics.
+
+Every request is parsed and validated here, completely, before anything is queued: a
+rejected request gets a 4xx with a JSON body naming the problem, and changes nothing. Writes
+then go through the single writer (``writer.py``) and are answered once they are in the log.
+Bodies are read by hand (not by FastAPI's models) so that the binary form, the size limit and
+the error messages are ours; the OpenAPI schema documents both body forms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import secrets
+import time
+import uuid
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__, _inputs
+from .observability import request_id
+from .writer import Op, QueueFullError, WriterStoppedError
+
+__all__ = ["Rejected", "create_app"]
+
+log = logging.getLogger("nap_gpu.serve")
+
+BINARY = "application/octet-stream"
+_RID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+class Rejected(Exception):
+    """A request refused with ``status``; ``reason`` labels the rejection counter."""
+
+    def __init__(self, status: int, reason: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.reason, self.message, self.headers = status, reason, message, headers
+
+
+# -- request parsing ---------------------------------------------------------------------------
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it exceeds ``limit`` (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Rejected(413, "too_large", f"body of {int(declared):,} bytes exceeds the limit "
+                                         f"of {limit:,} bytes (NAP_MAX_BODY_BYTES)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Rejected(413, "too_large", f"body exceeds the limit of {limit:,} bytes "
+                                             "(NAP_MAX_BODY_BYTES)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_json(body: bytes, fields: dict[str, bool]) -> dict:
+    """A JSON object with only the given fields (name -> required); 400/422 otherwise."""
+    try:
+        obj = json.loads(body or b"{}", parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Rejected(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise Rejected(422, "wrong_type", f"the body must be a JSON object, got "
+                                          f"{type(obj).__name__}")
+    unknown = sorted(set(obj) - set(fields))
+    if unknown:
+        raise Rejected(422, "unknown_field", f"unknown field(s) {unknown}; expected "
+                                             f"{sorted(fields)}")
+    missing = [name for name, required in fields.items() if required and name not in obj]
+    if missing:
+        raise Rejected(422, "missing_field", f"missing field(s) {missing}")
+    return obj
+
+
+def _numbers(values, name: str):
+    """A JSON list (or one number) as given, refusing booleans, which NumPy would take as 0/1."""
+    if isinstance(values, bool) or (isinstance(values, list)
+                                    and any(isinstance(v, bool) for v in values)):
+        raise Rejected(422, "wrong_type", f"{name} must be numbers, not booleans")
+    if not isinstance(values, (list, int, float)):
+        raise Rejected(422, "wrong_type", f"{name} must be a list of numbers, got "
+                                          f"{type(values).__name__}")
+    return values
+
+
+def validated_events(ids, quality, n: int, host_backend):
+    """(int64 ids, float32 qualities) checked by the engine's own rules, as 422s."""
+    try:
+        ids_, q = _inputs.events(ids, quality, n, host_backend, check_finite=True)
+    except IndexError as exc:
+        raise Rejected(422, "unknown_id", str(exc)) from None
+    except TypeError as exc:
+        raise Rejected(422, "wrong_type", str(exc)) from None
+    except ValueError as exc:
+        reason = "nonfinite" if "finite" in str(exc) else "invalid_value"
+        raise Rejected(422, reason, str(exc)) from None
+    return np.ascontiguousarray(ids_), np.ascontiguousarray(q, dtype=np.float32)
+
+
+def feedback_events(body: bytes, content_type: str, n: int, host_backend):
+    """The events of a feedback body: JSON ``{"ids": [...], "quality": [...] | q}`` or binary
+    (m little-endian int64 ids, then m little-endian float32 qualities)."""
+    if content_type == BINARY:
+        if len(body) % 12:
+            raise Rejected(400, "malformed_binary",
+                           f"a binary body holds m int64 ids then m float32 qualities (12 bytes "
+                           f"per event); {len(body)} bytes is not a multiple of 12")
+        m = len(body) // 12
+        ids = np.frombuffer(body, "<i8", m)
+        quality = np.frombuffer(body, "<f4", m, offset=8 * m)
+    elif content_type == "application/json":
+        obj = parse_json(body, {"ids": True, "quality": True})
+        ids, quality = _numbers(obj["ids"], "ids"), _numbers(obj["quality"], "quality")
+        if not isinstance(ids, list):
+            raise Rejected(422, "wrong_type", "ids must be a list of integers")
+    else:
+        raise Rejected(415, "unsupported_media_type",
+                       f"Content-Type must be application/json or {BINARY}, got "
+                       f"{content_type or 'none'!r}")
+    return validated_events(ids, quality, n, host_backend)
+
+
+def _ids_query(text: str | None, n: int, limit: int, host_backend) -> np.ndarray:
+    if not text:
+        raise Rejected(422, "missing_field", "give ids as ?ids=3,17,42")
+    parts = text.split(",")
+    if len(parts) > limit:
+        raise Rejected(422, "too_many_ids", f"{len(parts):,} ids; at most {limit:,} a request "
+                                            "(NAP_MAX_READ_IDS)")
+    try:
+        values = [int(p, 10) for p in parts]
+    except ValueError:
+        raise Rejected(422, "wrong_type", f"ids must be comma-separated integers, got "
+                                          f"{text[:80]!r}") from None
+    return validated_events(values, 0.0, n, host_backend)[0]
+
+
+# -- the app -----------------------------------------------------------------------------------
+def create_app(state) -> FastAPI:
+    """The API over a ``ServiceState`` (engine, writer, metrics, health, settings)."""
+    settings = state.settings
+    token = settings.token()
+    app = FastAPI(title="nap_gpu", version=__version__,
+                  description="Feedback-weighted memories: post feedback events, read weights, "
+                              "rank candidates by similarity × weight. Writes need a bearer "
+                              "token; reads too unless NAP_PUBLIC_READS is set.")
+    app.state.nap = state
+
+    def authorize(request: Request, kind: str) -> None:
+        if token is None or (kind == "read" and settings.public_reads):
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise Rejected(401, "unauthorized", "a bearer token is required (Authorization: "
+                                                "Bearer <token>)", {"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise Rejected(401, "unauthorized", "the bearer token is wrong",
+                           {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    async def write(op: Op) -> object:
+        try:
+            future = state.writer.submit(op)
+        except QueueFullError as exc:
+            raise Rejected(503, "queue_full", str(exc), {"Retry-After": "1"}) from None
+        except WriterStoppedError as exc:
+            raise Rejected(503, "unavailable", str(exc)) from None
+        try:
+            return await asyncio.wrap_future(future)
+        except (ValueError, TypeError, IndexError) as exc:  # validated: should not happen
+            raise Rejected(422, "invalid_value", str(exc)) from None
+        except Exception as exc:  # the log or the disk: nothing of this request was applied
+            raise Rejected(503, "write_failed", f"the write was not applied: {exc}") from None
+
+    # -- middleware and errors ----------------------------------------------------------------
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        given = request.headers.get("x-request-id", "")
+        rid = given if 0 < len(given) <= 64 and set(given) <= _RID_OK else uuid.uuid4().hex
+        token_ = request_id.set(rid)
+        start = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            request_id.reset(token_)
+        elapsed = time.perf_counter() - start
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        state.metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        state.metrics.request_seconds.labels(route).observe(elapsed)
+        response.headers["X-Request-ID"] = rid
+        request_id.set(rid)
+        log.info("request", extra={"method": request.method, "route": route,
+                                   "status": response.status_code,
+                                   "duration_ms": round(elapsed * 1e3, 3)})
+        request_id.set(None)
+        return response
+
+    def error(status: int, reason: str, message: str, headers=None) -> JSONResponse:
+        state.metrics.rejected.labels(reason).inc()
+        return JSONResponse({"error": reason, "detail": message, "request_id": request_id.get()},
+                            status_code=status, headers=headers)
+
+    @app.exception_handler(Rejected)
+    async def rejected(request: Request, exc: Rejected):
+        return error(exc.status, exc.reason, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error(422, "invalid_value", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error(exc.status_code, reason, str(exc.detail), getattr(exc, "headers", None))
+
+    # -- probes and metrics -------------------------------------------------------------------
+    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    def healthz():
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["operations"],
+             summary="Ready: state loaded, writer running, state directory writable",
+             responses={503: {"description": "not ready; the body says which check failed"}})
+    def readyz():
+        checks = {"state_loaded": state.engine is not None, "writer_running": state.writer.alive,
+                  "disk_writable": state.disk_writable()}
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text format)",
+             response_class=Response)
+    def metrics(request: Request):
+        authorize(request, "read")
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # -- writes -------------------------------------------------------------------------------
+    @app.post("/v1/feedback", tags=["writes"], summary="Apply a batch of feedback events, in order",
+              openapi_extra=_FEEDBACK_BODY, responses=_ERRORS)
+    async def feedback(request: Request):
+        authorize(request, "write")
+        body = await read_body(request, settings.max_body_bytes)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        ids, q = feedback_events(body, content_type, state.engine.n, state.host_backend)
+        if ids.size == 0:
+            return {"accepted": 0, "sequence": state.engine.sequence}
+        sequence = await write(Op("feedback", ids=ids, quality=q))
+        state.metrics.events.inc(ids.size)
+        return {"accepted": int(ids.size), "sequence": sequence}
+
+    @app.post("/v1/decay", tags=["writes"], summary="Passive decay, k times, of every memory",
+              openapi_extra=_json_body({"k": {"type": "integer", "minimum": 0,
+                                              "maximum": 1_000_000, "default": 1}}),
+              responses=_ERRORS)
+    async def decay(request: Request):
+        authorize(request, "write")
+        obj = parse_json(await read_body(request, settings.max_body_bytes), {"k": False})
+        k = obj.get("k", 1)
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 1_000_000:
+            raise Rejected(422, "invalid_value", f"k must be an integer in [0, 1000000], got {k!r}")
+        return {"sequence": await write(Op("decay", k=k))}
+
+    @app.post("/v1/snapshot", tags=["writes"], summary="Write a snapshot of the state now",
+              responses=_ERRORS)
+    async def snapshot_now(request: Request):
+        authorize(request, "write")
+        path = await write(Op("snapshot"))
+        return {"snapshot": path.name, "sequence": state.engine.snapshot_sequence}
+
+    # -- reads --------------------------------------------------------------------------------
+    @app.get("/v1/weights", tags=["reads"], summary="Weights of the given ids",
+             responses=_ERRORS)
+    def weights(request: Request, ids: str | None = None):
+        authorize(request, "read")
+        chosen = _ids_query(ids, state.engine.n, settings.max_read_ids, state.host_backend)
+        with state.writer.lock:
+            values = _gather(state.engine, chosen)
+            sequence = state.engine.sequence
+        return {"ids": chosen.tolist(), "weights": values.tolist(), "sequence": sequence}
+
+    @app.post("/v1/rank", tags=["reads"],
+              summary="Top-k candidates by similarity × weight (float32 product)",
+              openapi_extra=_json_body({
+                  "ids": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                  "similarities": {"type": "array", "items": {"type": "number"}},
+                  "k": {"type": "integer", "minimum": 1, "default": 10}},
+                  required=["ids", "similarities"]),
+              responses=_ERRORS)
+    async def rank(request: Request):
+        authorize(request, "read")
+        obj = parse_json(await read_body(request, settings.max_body_bytes),
+                         {"ids": True, "similarities": True, "k": False})
+        k = obj.get("k", 10)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise Rejected(422, "invalid_value", f"k must be an integer >= 1, got {k!r}")
+        ids = _numbers(obj["ids"], "ids")
+        sims = _numbers(obj["similarities"], "similarities")
+        if not isinstance(ids, list) or not isinstance(sims, list):
+            raise Rejected(422, "wrong_type", "ids and similarities must be lists")
+        if len(ids) > settings.max_read_ids:
+            raise Rejected(422, "too_many_ids", f"{len(ids):,} candidates; at most "
+                                                f"{settings.max_read_ids:,} (NAP_MAX_READ_IDS)")
+        chosen, sim = validated_events(ids, sims, state.engine.n, state.host_backend)
+        return await asyncio.to_thread(_rank, state, chosen, sim, k)
+
+    @app.get("/v1/stats", tags=["reads"], summary="Metrics and health verdict of the last check",
+             responses=_ERRORS)
+    def stats(request: Request):
+        authorize(request, "read")
+        eng = state.engine
+        return {"n": eng.n, "backend": eng.backend, "sequence": eng.sequence,
+                "snapshot_sequence": eng.snapshot_sequence,
+                "snapshot_age_s": None if eng.snapshot_time is None
+                else round(time.time() - eng.snapshot_time, 3),
+                "queued_events": state.writer.queued_events, "labels": state.has_labels,
+                "health": state.last_health}
+
+    return app
+
+
+def _gather(engine, ids: np.ndarray) -> np.ndarray:
+    """Host float32 weights of ``ids`` (a device gather, then a small copy, on cuda)."""
+    w = engine.weights
+    if isinstance(w, np.ndarray):
+        return w[ids]
+    import cupy  # noqa: PLC0415 - the cuda backend's array type
+
+    return cupy.asnumpy(w[cupy.asarray(ids)])
+
+
+def _rank(state, ids: np.ndarray, sim: np.ndarray, k: int) -> dict:
+    with state.writer.lock:
+        w = _gather(state.engine, ids)
+        sequence = state.engine.sequence
+    scores = sim * w  # float32 × float32, rounded once
+    order = np.argsort(-scores, kind="stable")[:k]  # ties: the earlier candidate first
+    return {"ids": ids[order].tolist(), "scores": scores[order].tolist(), "sequence": sequence}
+
+
+# -- OpenAPI documentation of the hand-read bodies ---------------------------------------------
+def _json_body(properties: dict, required: list[str] | None = None) -> dict:
+    schema = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return {"requestBody": {"required": bool(required),
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+_FEEDBACK_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {
+        "type": "object", "additionalProperties": False, "required": ["ids", "quality"],
+        "properties": {
+            "ids": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                    "description": "memory ids; an id may repeat: its events apply in order"},
+            "quality": {"description": "one quality per id, or one for all (finite; the "
+                                       "law clamps values outside [0, 1])",
+                        "oneOf": [{"type": "array", "items": {"type": "number"}},
+                                  {"type": "number"}]}}}},
+    BINARY: {"schema": {"type": "string", "format": "binary",
+                        "description": "m little-endian int64 ids, then m little-endian "
+                                       "float32 qualities (12·m bytes)"}},
+}}}
+
+_ERRORS = {code: {"description": text, "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"error": {"type": "string"}, "detail": {"type": "string"},
+                                     "request_id": {"type": "string"}}}}}}
+           for code, text in ((400, "malformed body"), (401, "missing or wrong bearer token"),
+                              (413, "body too large"), (415, "unsupported Content-Type"),
+                              (422, "invalid input (the detail names it)"),
+                              (503, "not applied: shutting down, queue full or disk failure"))}
+
+
+def disk_writable_probe(directory, period: float = 1.0):
+    """``probe() -> bool``: can a file be created in ``directory``? (cached for ``period`` s)"""
+    cache = {"at": -math.inf, "ok": False}
+
+    def probe() -> bool:
+        now = time.monotonic()
+        if now - cache["at"] >= period:
+            path = os.path.join(directory, f".readyz-{os.getpid()}")
+            try:
+                with open(path, "wb") as fh:
+                    fh.write(b"ok")
+                os.unlink(path)
+                cache["ok"] = True
+            except OSError:
+                cache["ok"] = False
+            cache["at"] = now
+        return cache["ok"]
+    return probe
