@@ -62,8 +62,7 @@ class ServiceState:
 
     def start(self) -> None:
         self.writer.start()
-        self.check_health()
-        self._health_thread.start()
+        self._health_thread.start()  # the first check runs at once, beside start-up
 
     def _applied(self, kind: str, events: int, seconds: float) -> None:
         self.metrics.apply_seconds.observe(seconds)
@@ -89,11 +88,12 @@ class ServiceState:
         return event
 
     def _health_loop(self) -> None:
-        while not self._stop.wait(self.settings.stats_interval):
+        while not self._stop.is_set():
             try:
                 self.check_health()
             except Exception:  # noqa: BLE001 - the service goes on; the error is logged
                 log.exception("health check failed")
+            self._stop.wait(self.settings.stats_interval)
 
     def shutdown(self) -> None:
         """Drain the writes, write a final snapshot, close the state."""

@@ -1,0 +1,176 @@
+"""The HTTP service under load: events per second through ``POST /v1/feedback`` and request
+latency, beside the engine's own in-process throughput for the same batches; and the time
+from process start to ready.
+
+Groups (tiers from 1M up; the service runs as a real ``nap-gpu serve`` child process on
+loopback, clients are threads with one ``httpx.Client`` each):
+
+* ``serve-feedback-<tier>``: ``ROUNDS_EVENTS`` events in 1k-event batches, from ``CLIENTS``
+  concurrent clients, JSON and binary bodies, ``fsync=always`` and ``fsync=group``; beside
+  ``in-process``: the same batches through ``DurableEngine.update`` (fsync=always) and
+  ``Engine.update`` (no log), one after another. ``extra_info``: events/s, request p50/p99.
+* ``serve-startup-<tier>``: process start to ``/readyz`` = 200, on existing state (the
+  snapshot loaded and verified, the log replayed), then SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import nap_gpu as nap
+from scale_support import size_label
+
+httpx = pytest.importorskip("httpx", reason="httpx is not installed")
+pytest.importorskip("fastapi", reason="the serve extra is not installed")
+
+BATCH = 1_000
+CLIENTS = 8
+TOKEN = "bench-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Service:
+    def __init__(self, state, n: int, **env) -> None:
+        self.port = _port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "NAP_STATE_DIR": str(state), "NAP_MEMORIES": str(n),
+                    "NAP_PORT": str(self.port), "NAP_API_TOKEN": TOKEN, "NAP_LOG_LEVEL": "warning",
+                    "NAP_SNAPSHOT_EVERY": "0", **env}
+
+    def start(self) -> float:
+        """Start; seconds until /readyz answered 200."""
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "nap_gpu.cli", "serve"], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while self.proc.poll() is None:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return time.perf_counter() - t0
+            except httpx.TransportError:
+                pass
+            time.sleep(0.01)
+        raise RuntimeError(f"nap-gpu serve exited with {self.proc.returncode}")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(600)
+
+
+def _batches(n: int, events: int) -> list:
+    rng = np.random.default_rng([n, 11])
+    return [(rng.integers(0, n, BATCH), rng.random(BATCH, dtype=np.float32))
+            for _ in range(events // BATCH)]
+
+
+def _post_all(url: str, batches, body: str) -> list[float]:
+    """Post the batches from CLIENTS threads (each its own share, in order); latencies (s)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(share) -> None:
+        mine = []
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as http:
+            for ids, q in share:
+                t0 = time.perf_counter()
+                if body == "json":
+                    r = http.post("/v1/feedback", json={"ids": ids.tolist(), "quality": q.tolist()})
+                else:
+                    r = http.post("/v1/feedback", content=ids.astype("<i8").tobytes()
+                                  + q.astype("<f4").tobytes(),
+                                  headers={"Content-Type": "application/octet-stream"})
+                mine.append(time.perf_counter() - t0)
+                r.raise_for_status()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(batches[i::CLIENTS],))
+               for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies
+
+
+CASES = [("json", "always"), ("binary", "always"), ("json", "group"), ("binary", "group"),
+         ("in-process", "always"), ("in-process", "none")]
+
+
+@pytest.mark.parametrize("body, fsync", CASES, ids=[f"{b}-{f}" for b, f in CASES])
+def test_serve_feedback(benchmark, smoke, tier, tmp_path, body, fsync):
+    if tier < 1_000_000 and not smoke:
+        pytest.skip("the service benchmark runs from the 1M tier up")
+    benchmark.group = f"serve-feedback-{size_label(tier)}"
+    benchmark.name = f"{body}-{fsync}[{size_label(tier)}]"
+    events = 20_000 if smoke else 400_000
+    batches = _batches(tier, events)
+    info = {"impl": f"{body}-{fsync}", "op": "serve-feedback", "n": tier,
+            "size": size_label(tier), "events": events, "batch": BATCH, "clients": CLIENTS,
+            "role": "baseline" if body == "in-process" else "nap"}
+    latencies: list[float] = []
+    if body == "in-process":
+        eng = (nap.Engine(tier, seed=0) if fsync == "none" else
+               nap.Engine.open(tmp_path / "state", n=tier, seed=0, snapshot_every=None,
+                               wal_retention="newest"))
+
+        def run():
+            for ids, q in batches:
+                t0 = time.perf_counter()
+                eng.update(ids, q)
+                latencies.append(time.perf_counter() - t0)
+        benchmark.pedantic(run, rounds=1, iterations=1)
+        if fsync != "none":
+            eng.close()
+    else:
+        service = _Service(tmp_path / "state", tier, NAP_FSYNC=fsync)
+        service.start()
+        try:
+            benchmark.pedantic(lambda: latencies.extend(_post_all(service.url, batches, body)),
+                               rounds=1, iterations=1)
+        finally:
+            service.stop()
+    p50, p99 = np.percentile(np.asarray(latencies) * 1e3, [50, 99])
+    info.update(events_per_s=events / benchmark.stats.stats.median,
+                latency_ms_p50=float(p50), latency_ms_p99=float(p99))
+    benchmark.extra_info.update(info)
+
+
+def test_serve_startup(benchmark, smoke, tier, tmp_path):
+    if tier < 1_000_000 and not smoke:
+        pytest.skip("start-up is measured from the 1M tier up")
+    benchmark.group = f"serve-startup-{size_label(tier)}"
+    benchmark.name = f"startup[{size_label(tier)}]"
+    service = _Service(tmp_path / "state", tier)
+    created = service.start()  # first start creates the state (weights + first snapshot)
+    with httpx.Client(base_url=service.url, headers=AUTH) as http:
+        for ids, q in _batches(tier, 10 * BATCH):  # a log to replay on the next start
+            http.post("/v1/feedback", content=ids.astype("<i8").tobytes()
+                      + q.astype("<f4").tobytes(),
+                      headers={"Content-Type": "application/octet-stream"}).raise_for_status()
+    service.proc.kill()  # no final snapshot: the next start replays the log
+    service.proc.wait()
+    seconds = []
+
+    def start_and_stop():
+        seconds.append(service.start())
+        service.proc.kill()
+        service.proc.wait()
+    benchmark.pedantic(start_and_stop, rounds=1 if smoke else 3, iterations=1)
+    benchmark.extra_info.update({"impl": "nap-gpu serve", "op": "serve-startup", "n": tier,
+                                 "size": size_label(tier), "role": "nap",
+                                 "first_start_s": created, "ready_s": seconds})
