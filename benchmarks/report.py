@@ -19,23 +19,13 @@ import json
 import sys
 from collections import defaultdict
 
+from nap_gpu.scaling_report import fmt_ratio, fmt_time  # one formatting for both reports
+
 #: (size, what, limit) targets: see benchmarks/README.md.
 FLOOR_LIMIT_CPP = 1.3        # cpp-raw / floor at 100M
 FLOOR_LIMIT_NUMPY = 8.0      # numpy-raw / floor at 100M
 NAIVE_SPEEDUP = 3.0          # numpy-naive / numpy-raw at 100M
 SKLEARN_SPEEDUP = 3.0        # sklearn / nap inversion ratio at 10M
-
-
-def _time(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.3f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.3f} ms"
-    return f"{seconds * 1e6:.1f} µs"
-
-
-def _ratio(x: float | None) -> str:
-    return "" if x is None else f"{x:.2f}×"
 
 
 def _load(paths: list[str]) -> tuple[list[dict], list[dict]]:
@@ -72,7 +62,7 @@ def dense_table(name: str, rows: list[dict], out: list[str], summary: dict) -> N
     out.append("")
     if floor is not None and len(floors) == 2:
         drift = max(floors) / min(floors)
-        out.append(f"floor {_time(floor)} (floor and its repeat differ by {drift:.2f}×)"
+        out.append(f"floor {fmt_time(floor)} (floor and its repeat differ by {drift:.2f}×)"
                    + (f"; fastest bit-exact peer: {best_peer['extra_info']['impl']}"
                       if best_peer else ""))
         out.append("")
@@ -86,8 +76,8 @@ def dense_table(name: str, rows: list[dict], out: list[str], summary: dict) -> N
         gbs = info["bytes"] / m / 1e9 if info.get("bytes") else None
         foreign = info.get("foreign_cpu")
         paired = 1.0 if info.get("role") == "floor" else info.get("paired_floor_ratio")
-        out.append(f"| {info['impl']} | {_time(m)} | {_ratio(m / floor if floor else None)} | "
-                   f"{_ratio(paired)} | {_ratio(m / best if best else None)} | {'' if gbs is None else f'{gbs:.1f}'} | "
+        out.append(f"| {info['impl']} | {fmt_time(m)} | {fmt_ratio(m / floor if floor else None)} | "
+                   f"{fmt_ratio(paired)} | {fmt_ratio(m / best if best else None)} | {'' if gbs is None else f'{gbs:.1f}'} | "
                    f"{r['stats']['rounds']} | {exact} | "
                    f"{'' if foreign is None else f'{foreign:.0%}'} |")
     out.append("")
@@ -112,7 +102,7 @@ def metrics_table(name: str, rows: list[dict], out: list[str], summary: dict) ->
         info = r["extra_info"]
         value = info.get("value", info.get("inversion_ratio"))
         foreign = info.get("foreign_cpu")
-        out.append(f"| {r['name'].split('[')[0]} | {_time(r['stats']['median'])} | "
+        out.append(f"| {r['name'].split('[')[0]} | {fmt_time(r['stats']['median'])} | "
                    f"{'' if value is None else f'{value:.6f}'} | {r['stats']['rounds']} | "
                    f"{'' if foreign is None else f'{foreign:.0%}'} |")
     out.append("")
@@ -149,7 +139,7 @@ def targets(summary: dict, out: list[str]) -> None:
                 return m, p
 
             def show(m, p):
-                return f"{_ratio(m)} (paired {_ratio(p)})" if p is not None else _ratio(m)
+                return f"{fmt_ratio(m)} (paired {fmt_ratio(p)})" if p is not None else fmt_ratio(m)
 
             if s["best_peer"] and med.get("cpp-raw"):
                 m, _ = both("cpp-raw", None, med_b=s["best_peer"])
@@ -182,7 +172,7 @@ def plain_table(name: str, rows: list[dict], out: list[str]) -> None:
     for r in sorted(rows, key=lambda r: r["stats"]["median"]):
         m, events = r["stats"]["median"], r["extra_info"].get("events")
         rate = f"{events / m:.3g}" if events else ""
-        out.append(f"| {r['name']} | {_time(m)} | {rate} | {r['stats']['rounds']} |")
+        out.append(f"| {r['name']} | {fmt_time(m)} | {rate} | {r['stats']['rounds']} |")
     out.append("")
 
 

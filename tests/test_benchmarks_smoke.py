@@ -81,3 +81,12 @@ def test_report_reads_the_json(smoke_json, tmp_path):
     text = (tmp_path / "SCALING.md").read_text()
     for section in ("## Dense step", "## Snapshot load", "## Write-ahead log"):
         assert section in text
+
+
+def test_dense_step_targets_report_reads_the_json(smoke_json, tmp_path):
+    path = tmp_path / "smoke.json"
+    path.write_text(json.dumps(smoke_json))
+    done = subprocess.run([sys.executable, "benchmarks/report.py", str(path)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "### dense-step-" in done.stdout and "### Targets" in done.stdout
