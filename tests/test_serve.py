@@ -234,7 +234,7 @@ def test_stats_and_metrics(server, client):
                  "nap_apply_duration_seconds_bucket", "nap_fsync_duration_seconds_bucket",
                  "nap_weight_min", "nap_weight_max", "nap_saturation", "nap_healthy 1.0",
                  "nap_snapshot_age_seconds", "nap_wal_records_since_snapshot", "nap_memories 1000.0",
-                 "nap_writer_up 1.0", "nap_queue_depth"):
+                 "nap_writer_up 1.0", "nap_ready 1.0", "nap_queue_depth"):
         assert name in text, name
     promtool = shutil.which("promtool")
     if promtool is None:

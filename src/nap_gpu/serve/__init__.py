@@ -64,6 +64,11 @@ class ServiceState:
         self.writer.start()
         self._health_thread.start()  # the first check runs at once, beside start-up
 
+    def readiness(self) -> dict[str, bool]:
+        """What /readyz checks: state loaded, writer running, state directory writable."""
+        return {"state_loaded": self.engine is not None, "writer_running": self.writer.alive,
+                "disk_writable": self.disk_writable()}
+
     def _applied(self, kind: str, events: int, seconds: float) -> None:
         self.metrics.apply_seconds.observe(seconds)
         self.monitor.observe_latency(seconds * 1e3)

@@ -187,25 +187,25 @@ def create_app(state) -> FastAPI:
     # -- middleware and errors ----------------------------------------------------------------
     @app.middleware("http")
     async def observe(request: Request, call_next):
+        """Request id (the client's if sane, else a fresh one), metrics, one log line."""
         given = request.headers.get("x-request-id", "")
         rid = given if 0 < len(given) <= 64 and set(given) <= _RID_OK else uuid.uuid4().hex
-        token_ = request_id.set(rid)
+        context = request_id.set(rid)
+        request.state.request_id = rid
         start = time.perf_counter()
         try:
             response = await call_next(request)
+            elapsed = time.perf_counter() - start
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            state.metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+            state.metrics.request_seconds.labels(route).observe(elapsed)
+            response.headers["X-Request-ID"] = rid
+            log.info("request", extra={"method": request.method, "route": route,
+                                       "status": response.status_code,
+                                       "duration_ms": round(elapsed * 1e3, 3)})
+            return response
         finally:
-            request_id.reset(token_)
-        elapsed = time.perf_counter() - start
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        state.metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        state.metrics.request_seconds.labels(route).observe(elapsed)
-        response.headers["X-Request-ID"] = rid
-        request_id.set(rid)
-        log.info("request", extra={"method": request.method, "route": route,
-                                   "status": response.status_code,
-                                   "duration_ms": round(elapsed * 1e3, 3)})
-        request_id.set(None)
-        return response
+            request_id.reset(context)
 
     def error(status: int, reason: str, message: str, headers=None) -> JSONResponse:
         state.metrics.rejected.labels(reason).inc()
@@ -227,6 +227,14 @@ def create_app(state) -> FastAPI:
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error(exc.status_code, reason, str(exc.detail), getattr(exc, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception):  # a bug: say so, in JSON, and log it
+        rid = getattr(request.state, "request_id", None)
+        log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
+        state.metrics.rejected.labels("internal").inc()
+        return JSONResponse({"error": "internal", "detail": "internal error; see the server log",
+                             "request_id": rid}, status_code=500)
+
     # -- probes and metrics -------------------------------------------------------------------
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     def healthz():
@@ -236,8 +244,7 @@ def create_app(state) -> FastAPI:
              summary="Ready: state loaded, writer running, state directory writable",
              responses={503: {"description": "not ready; the body says which check failed"}})
     def readyz():
-        checks = {"state_loaded": state.engine is not None, "writer_running": state.writer.alive,
-                  "disk_writable": state.disk_writable()}
+        checks = state.readiness()
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 

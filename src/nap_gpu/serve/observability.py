@@ -73,6 +73,8 @@ class _StateCollector:
         yield GaugeMetricFamily("nap_memories", "memories in the population", value=eng.n)
         yield GaugeMetricFamily("nap_writer_up", "1 while the writer takes writes",
                                 value=1.0 if writer.alive else 0.0)
+        yield GaugeMetricFamily("nap_ready", "1 when /readyz would answer 200",
+                                value=1.0 if all(s.readiness().values()) else 0.0)
         yield GaugeMetricFamily("nap_queue_depth", "events waiting for the writer",
                                 value=writer.queued_events)
         yield GaugeMetricFamily("nap_wal_records_since_snapshot",
