@@ -25,6 +25,7 @@ from .functional import step, update
 from .metrics import Health, Metrics, PopulationStats, health
 from .monitor import Monitor, WritesStoppedError
 from .params import Params
+from .sharded import ShardedEngine, ShardsLostError
 from .snapshot import SnapshotError
 from .workload import ReferenceWorkload
 from ._config import show_config
@@ -34,7 +35,8 @@ load = Engine.load
 __all__ = [
     "BackendUnavailableError", "DurabilityWarning", "DurableEngine", "Engine",
     "EngineFailedError", "Health", "RecoveryError", "Metrics", "Params", "PopulationStats",
-    "Monitor", "ReferenceWorkload", "SnapshotError", "WritesStoppedError", "available_backends",
+    "Monitor", "ReferenceWorkload", "ShardedEngine", "ShardsLostError", "SnapshotError",
+    "WritesStoppedError", "available_backends",
     "health", "load", "show_config", "step", "update",
     "__version__",
 ]

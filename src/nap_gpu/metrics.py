@@ -10,18 +10,26 @@ not depend on summation order or thread count:
   for R vs P, ties counted one half), counted exactly in integers from sorted populations:
   O(n log n), and cheap with heavy ties since each distinct P value is searched once;
 * saturation counts weights within ``eps`` of 0 or 1 (float32 comparisons).
+
+``compute`` is ``combine(summarize(...))``: ``summarize`` reduces weights where they live to a
+``Summary`` (the integer bins, each label's distinct weights with counts, saturation and
+extremes) and ``merge`` adds summaries exactly, so a sharded population
+(``nap_gpu.sharded``) gets its metrics from the same ``combine``, equal to the last bit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["DEFAULT_EPS", "Metrics", "PopulationStats", "Health", "compute", "health",
-           "inversion_ratio"]
+from .backends import _xp
+
+__all__ = ["DEFAULT_EPS", "Metrics", "PopulationStats", "Health", "Summary", "combine",
+           "compute", "health", "inversion_ratio", "merge", "summarize"]
 
 #: Saturation tolerance: with the default decay 0.02, a reinforced memory plateaus at
 #: 1 - 0.02, which therefore counts as saturated (float32 comparison, inclusive).
@@ -74,46 +82,154 @@ class Health:
 
 def compute(w, labels: np.ndarray, backend, *, eps: float = DEFAULT_EPS) -> Metrics:
     """Metrics of weights ``w`` (an array of ``backend``) for uint8 ``labels`` (1 = R, 0 = P)."""
-    if not 0.0 <= eps < 0.5:  # NaN fails too; from 0.5 on, a weight would count twice
-        raise ValueError(f"eps must lie in [0, 0.5), got {eps!r}")
+    return combine(summarize(w, labels, backend, eps=eps), eps=eps, xp=backend.xp)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What one part of a population contributes to its metrics, in a form that merges
+    exactly (``merge``): so a population split into parts, anywhere, gives the same numbers.
+
+    ``sums`` are ``exact_sums``' integer bins (2, 512, 4); ``reinforced`` and ``punished``
+    each label's sorted distinct weights and how often each occurs (empty when a weight is
+    not finite: the inversion ratio is then NaN); ``saturated`` counts weights within eps of
+    0 or 1; ``min``/``max`` are NaN when a weight is NaN (or the part is empty).
+    """
+
+    n: int
+    sums: np.ndarray
+    reinforced: tuple
+    punished: tuple
+    saturated: int
+    min: float
+    max: float
+
+    def on_host(self) -> Summary:
+        """The same summary in NumPy arrays, to send elsewhere: the counts in the narrowest
+        unsigned type that holds them (one byte each when there are no ties)."""
+        def host(pair):
+            values, counts = (np.asarray(_xp._to_host(a)) for a in pair)
+            return values, counts.astype(np.min_scalar_type(int(counts.max(initial=0))))
+        return dataclasses.replace(self, reinforced=host(self.reinforced),
+                                   punished=host(self.punished))
+
+
+def summarize(w, labels: np.ndarray, backend, *, eps: float = DEFAULT_EPS) -> Summary:
+    """The mergeable summary of weights ``w`` for uint8 ``labels``, computed where they live."""
+    _check_eps(eps)
     xp = backend.xp
     sums = np.asarray(backend.exact_sums(w, labels))
-    reinforced, nonfinite_r = _population(sums[1])
-    punished, nonfinite_p = _population(sums[0])
+    lab = xp.asarray(labels).astype(bool)
+    if _nonfinite(sums):  # the ratio is NaN: skip the sorts
+        reinforced = punished = (xp.zeros(0, dtype=w.dtype), xp.zeros(0, dtype=xp.int64))
+    else:
+        reinforced = _distinct(xp.sort(w[lab]), xp)
+        punished = _distinct(xp.sort(w[~lab]), xp)
+    lo = np.float32(eps)
+    hi = np.float32(1) - lo
+    saturated = int(xp.count_nonzero(w <= lo)) + int(xp.count_nonzero(w >= hi))
+    n = int(w.size)
+    return Summary(n=n, sums=sums, reinforced=reinforced, punished=punished,
+                   saturated=saturated, min=float(xp.min(w)) if n else math.nan,
+                   max=float(xp.max(w)) if n else math.nan)
+
+
+def merge(parts) -> Summary:
+    """One host summary of a population from the summaries of its parts: integer bins and
+    counts add, distinct values merge, extremes take the extreme (NaN if any part has NaN)."""
+    parts = [p.on_host() for p in parts]
+    n = sum(p.n for p in parts)
+    present = [p for p in parts if p.n]
+
+    def extreme(pick, field):
+        return float(pick([getattr(p, field) for p in present])) if present else math.nan
+    return Summary(
+        n=n, sums=sum((p.sums for p in parts), np.zeros((2, 512, 4), np.uint64)),
+        reinforced=_merge_distinct([p.reinforced for p in parts]),
+        punished=_merge_distinct([p.punished for p in parts]),
+        saturated=sum(p.saturated for p in parts),
+        min=extreme(np.min, "min"), max=extreme(np.max, "max"))  # np.min/max propagate NaN
+
+
+def combine(summary: Summary, *, eps: float = DEFAULT_EPS, xp=np) -> Metrics:
+    """The metrics of the population ``summary`` describes (its arrays in namespace ``xp``)."""
+    _check_eps(eps)
+    reinforced, nonfinite_r = _population(summary.sums[1])
+    punished, nonfinite_p = _population(summary.sums[0])
     nonfinite = nonfinite_r + nonfinite_p
     if nonfinite or not reinforced.count or not punished.count:
         separation = math.nan
     else:
         separation = float(reinforced.exact_mean - punished.exact_mean)
-    lab = xp.asarray(labels).astype(bool)
-    ratio = math.nan if nonfinite else inversion_ratio(w[lab], w[~lab], xp)
-    lo = np.float32(eps)
-    hi = np.float32(1) - lo
-    saturated = int(xp.count_nonzero(w <= lo)) + int(xp.count_nonzero(w >= hi))
-    n = int(w.size)
+    ratio = math.nan if nonfinite else _ratio(summary.reinforced, summary.punished, xp)
+    n = summary.n
     return Metrics(
         n=n, separation=separation, inversion_ratio=ratio,
-        saturation=saturated / n if n else math.nan,
+        saturation=summary.saturated / n if n else math.nan,
         reinforced=reinforced.public(), punished=punished.public(),
-        min=float(xp.min(w)) if n else math.nan, max=float(xp.max(w)) if n else math.nan,
-        nonfinite=nonfinite, eps=float(eps))
+        min=summary.min, max=summary.max, nonfinite=nonfinite, eps=float(eps))
 
 
 def inversion_ratio(reinforced, punished, xp=np) -> float:
     """Exact P(r > p) + P(r == p)/2 for r from ``reinforced`` and p from ``punished``."""
     r = xp.sort(xp.asarray(reinforced).reshape(-1))
     p = xp.sort(xp.asarray(punished).reshape(-1))
-    nr, np_ = int(r.size), int(p.size)
-    if nr == 0 or np_ == 0:
+    return _ratio(_distinct(r, xp), _distinct(p, xp), xp)
+
+
+def _check_eps(eps: float) -> None:
+    if not 0.0 <= eps < 0.5:  # NaN fails too; from 0.5 on, a weight would count twice
+        raise ValueError(f"eps must lie in [0, 0.5), got {eps!r}")
+
+
+def _run_starts(sorted_values, xp=np):
+    """Where each run of equal values begins in a non-empty sorted array."""
+    new_value = xp.concatenate((xp.ones(1, dtype=bool), sorted_values[1:] != sorted_values[:-1]))
+    return xp.nonzero(new_value)[0]
+
+
+def _distinct(sorted_values, xp=np) -> tuple:
+    """(distinct values, int64 counts) of a sorted array: heavy ties make it small."""
+    size = int(sorted_values.size)
+    if size == 0:
+        return sorted_values, xp.zeros(0, dtype=xp.int64)
+    starts = _run_starts(sorted_values, xp)
+    counts = xp.diff(xp.concatenate((starts, xp.asarray([size], dtype=starts.dtype))))
+    return sorted_values[starts], counts.astype(xp.int64)
+
+
+def _merge_distinct(pairs) -> tuple:
+    """The (distinct values, counts) of the union of host (distinct values, counts) pairs."""
+    values = np.concatenate([v for v, _ in pairs])
+    counts = np.concatenate([c for _, c in pairs]).astype(np.int64)
+    if len(pairs) == 1 or values.size == 0:
+        return values, counts
+    order = np.argsort(values, kind="stable")
+    values, counts = values[order], counts[order]
+    starts = _run_starts(values)
+    return values[starts], np.add.reduceat(counts, starts)
+
+
+def _ratio(reinforced: tuple, punished: tuple, xp=np) -> float:
+    """The inversion ratio from each population's (distinct values, counts)."""
+    r_values, r_counts = reinforced
+    p_values, p_counts = punished
+    if r_values.size == 0 or p_values.size == 0:
         return math.nan
-    new_value = xp.concatenate((xp.ones(1, dtype=bool), p[1:] != p[:-1]))
-    values = p[new_value]
-    counts = xp.diff(xp.concatenate((xp.nonzero(new_value)[0], xp.asarray([np_]))))
-    below_or_equal = xp.searchsorted(r, values, side="right")
-    below = xp.searchsorted(r, values, side="left")
+    # cumulative[i]: R weights among the first i distinct values, so indexing it with
+    # searchsorted right/left gives #(r <= p) and #(r < p) for each distinct p.
+    cumulative = xp.concatenate((xp.zeros(1, dtype=xp.int64), xp.cumsum(r_counts)))
+    nr, np_ = int(cumulative[-1]), int(xp.sum(p_counts))
+    below_or_equal = cumulative[xp.searchsorted(r_values, p_values, side="right")]
+    below = cumulative[xp.searchsorted(r_values, p_values, side="left")]
     # 2U = sum over p of 2 * #(r > p) + #(r == p): an integer, at most 2 |R| |P| < 2^63.
-    twice_u = int(xp.sum(counts.astype(xp.int64) * (2 * (nr - below_or_equal) + (below_or_equal - below))))
+    twice_u = int(xp.sum(p_counts * (2 * (nr - below_or_equal) + (below_or_equal - below))))
     return twice_u / (2 * nr * np_)  # int / int: correctly rounded
+
+
+def _nonfinite(sums: np.ndarray) -> int:
+    """NaN and infinite weights counted in ``exact_sums`` bins (biased exponent 0xFF)."""
+    return int(sums[:, 0x0FF, 0].sum() + sums[:, 0x1FF, 0].sum())
 
 
 def health(m: Metrics, iteration: int, *, warmup: int = 10, settle: int = 50,

@@ -1,0 +1,823 @@
+"""ShardedEngine: one population split into contiguous id ranges on Dask workers.
+
+Each shard is an ``Engine`` (or, with ``state=``, a ``DurableEngine``) held by a Dask actor on
+a worker, resident between calls. The client validates every call with the Engine's own
+rules before anything is sent, routes each shard its part, and returns when every shard has
+acknowledged: the weights are, bit for bit, those a single ``Engine(n, seed=seed)`` would
+hold after the same calls, and ``metrics`` equals ``Engine.metrics`` exactly. The design,
+its costs and the fault model are in docs/sharding.md.
+
+Importing this module imports neither Dask nor any GPU library; ``ShardedEngine`` imports
+``dask.distributed`` when it is first used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import functools
+import json
+import numbers
+import os
+import pathlib
+import re
+import threading
+import time
+import uuid
+from typing import NoReturn
+
+import numpy as np
+
+from . import __version__, _inputs, backends, metrics as _metrics, snapshot
+from .durable import DurableEngine, RecoveryError
+from .engine import Engine
+from .params import Params
+
+__all__ = ["MANIFEST", "ShardActor", "ShardedEngine", "ShardsLostError", "shard_bounds"]
+
+#: The manifest of a sharded snapshot, written last: a save without it never happened.
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "nap-sharded-snapshot"
+MANIFEST_VERSION = 1
+#: A durable sharded state's layout file (n and the shard boundaries).
+LAYOUT = "sharding.json"
+LAYOUT_FORMAT = "nap-sharded-state"
+
+_SHARD_FILE = re.compile(r"^shard-\d{4}-[0-9a-f]{12}\.nap$")
+_PING_TIMEOUT = 10.0  # seconds a live worker has to answer "are you there?" after a failure
+_WORKER_TIMEOUT = 60.0  # seconds to wait for a worker to place a shard on
+
+
+class ShardsLostError(RuntimeError):
+    """Shards were lost (their worker died, or a call failed on them) and could not be
+    recovered: without ``state=`` nothing else holds their weights. ``shards`` maps each lost
+    shard to its id range, ``causes`` to what happened. The engine refuses every later call
+    (and metrics) rather than answer from part of the population."""
+
+    def __init__(self, shards: dict[int, range], causes: dict[int, str]) -> None:
+        self.shards = dict(shards)
+        self.causes = dict(causes)
+        listed = "; ".join(f"shard {i} (ids {r.start}..{r.stop - 1}): {causes.get(i, 'lost')}"
+                           for i, r in sorted(shards.items()))
+        super().__init__(f"{len(shards)} shard(s) lost, the population is incomplete: {listed}")
+
+
+class _Unrecoverable(Exception):
+    """A lost shard could not be brought back with nothing acknowledged lost (the reason)."""
+
+
+def shard_bounds(n: int, shards: int) -> tuple[int, ...]:
+    """Boundaries of ``shards`` contiguous id ranges over ``n`` ids, as ``numpy.array_split``
+    cuts them (the first ``n % shards`` ranges hold one id more): shard i is
+    ``range(bounds[i], bounds[i + 1])``."""
+    size, extra = divmod(n, shards)
+    bounds = [0]
+    for i in range(shards):
+        bounds.append(bounds[-1] + size + (i < extra))
+    return tuple(bounds)
+
+
+# -- the shard, on a worker -----------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _UniformSlice:
+    """Weights [start, stop) of ``np.random.default_rng(seed).random(n, dtype=float32)``,
+    made without the ones before ``start``: each float32 takes 32 bits of one of PCG64's
+    64-bit outputs, low half first, so weight i comes from output i // 2, and PCG64 jumps
+    to any output in O(log n) (``advance``). ``state`` is the fresh generator's state."""
+
+    state: dict
+    start: int
+    stop: int
+
+    def make(self) -> np.ndarray:
+        bits = np.random.PCG64()
+        bits.state = self.state
+        bits.advance(self.start // 2)
+        rng = np.random.Generator(bits)
+        if self.start % 2:  # the low half of output start // 2 is weight start - 1
+            rng.random(1, dtype=np.float32)
+        return rng.random(self.stop - self.start, dtype=np.float32)
+
+
+def _shard_weights(init, size: int) -> np.ndarray:
+    """A shard's initial host weights from what the client sent for it."""
+    if isinstance(init, _UniformSlice):
+        return init.make()
+    return _inputs.initial_weights(init, size, None)  # a constant, or the shard's slice
+
+
+class ShardActor:
+    """One shard on a Dask worker: an Engine (or a DurableEngine) over ids [start, stop).
+
+    Created empty, then filled by ``create``/``open``/``load``: the population travels as a
+    method argument, never inside the task graph. Mutating methods return the shard's log
+    sequence (durable shards; ``None`` otherwise), which is what recovery compares.
+    """
+
+    def __init__(self) -> None:
+        self._eng = None
+
+    def _report(self) -> dict:
+        eng = self._eng
+        return {"backend": eng.backend, "iteration": eng.iteration, "params": eng.params,
+                "sequence": self._sequence()}
+
+    def _sequence(self) -> int | None:
+        return getattr(self._eng, "sequence", None)
+
+    # -- population
+    def create(self, init, size: int, backend: str, params: Params) -> dict:
+        self._eng = Engine(size, backend=backend, init=_shard_weights(init, size), params=params)
+        return self._report()
+
+    def open(self, directory: str, init, size: int, backend: str, params: Params | None,
+             options: dict) -> dict:
+        """Open (recover) or create a durable shard; ``init=None`` means "recover only": a
+        directory without state is then an error (no ``n``), never a fresh population."""
+        if init is None:
+            self._eng = DurableEngine.open(directory, backend=backend, params=params, **options)
+        else:
+            self._eng = DurableEngine.open(directory, n=size, backend=backend, params=params,
+                                           init=_shard_weights(init, size), **options)
+        if self._eng.n != size:
+            n = self._eng.n
+            self.close()
+            raise RecoveryError(f"{directory} holds {n} memories, the shard has {size}")
+        return self._report()
+
+    def load(self, pieces, backend: str, params: Params, iteration: int) -> dict:
+        """Adopt ids from old shard snapshots: ``pieces`` are (path, checksum, first, stop)
+        ranges of those files, in id order; each file is read whole and verified
+        (``snapshot.read``), and must carry the checksum the manifest recorded for it."""
+        parts = []
+        for path, checksum, first, stop in pieces:
+            weights, info = snapshot.read(path)
+            if info.checksum != checksum:
+                raise snapshot.SnapshotError(f"{path}: checksum {info.checksum} is not the "
+                                             f"{checksum} the manifest recorded for it: the "
+                                             "file belongs to another save")
+            parts.append(weights[first:stop])
+        weights = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        self._eng = Engine(weights.size, backend=backend, init=weights, params=params)
+        self._eng.iteration = iteration
+        return self._report()
+
+    # -- the law (inputs validated by the client)
+    def step(self, quality, check_finite: bool = False) -> int | None:
+        self._eng.step(quality, check_finite=check_finite)
+        return self._sequence()
+
+    def update(self, ids: np.ndarray, quality: np.ndarray) -> int | None:
+        self._eng.update(ids, quality, check_finite=False)
+        return self._sequence()
+
+    def decay(self, k: int) -> int | None:
+        self._eng.decay(k)
+        return self._sequence()
+
+    def set_params(self, params: Params) -> int | None:
+        self._eng.params = params
+        return self._sequence()
+
+    # -- reading
+    def summary(self, packed_labels: np.ndarray, eps: float) -> _metrics.Summary:
+        """The shard's mergeable metrics summary, for its labels packed 8 to a byte."""
+        backend = backends.get(self._eng.backend)
+        labels = np.unpackbits(packed_labels, count=self._eng.n)
+        return _metrics.summarize(self._eng.weights, backend.asarray(labels), backend,
+                                  eps=eps).on_host()
+
+    def save(self, path: str) -> str:
+        self._eng.save(path)
+        return snapshot.inspect(path, verify=False).checksum
+
+    def to_numpy(self) -> np.ndarray:
+        return self._eng.to_numpy()
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        if isinstance(self._eng, DurableEngine):
+            self._eng.close()
+
+
+def _first_nonfinite(block) -> tuple[int, float] | None:
+    """Dask task, where a block of a dask array of qualities lives: (index, value) of its
+    first non-finite quality, after the Engine's float32 conversion; None if all finite."""
+    host = _host_backend()
+    q = _inputs.quality(block, int(block.size), host, check_finite=False)
+    bad = host.first_nonfinite(q)
+    return None if bad < 0 else (int(bad), float(q[bad]))
+
+
+def _step_with_block(actor, block) -> int | None:
+    """Dask task on a shard's worker: step the shard with its block of a dask array."""
+    return actor.step(block, False).result()
+
+
+# -- the client side ------------------------------------------------------------------------
+@functools.cache
+def _host_backend():
+    """The backend that validates inputs on the client: the fastest host one."""
+    usable = backends.available_backends()
+    return backends.get("cpp" if usable["cpp"] is None else "numpy")
+
+
+def _is_dask_array(x) -> bool:
+    return type(x).__module__.startswith("dask.array")
+
+
+def _distributed():
+    try:
+        import distributed  # noqa: PLC0415 - only ShardedEngine needs Dask
+    except ImportError as exc:
+        raise ImportError("ShardedEngine needs dask.distributed: "
+                          "pip install 'nap_gpu[dask]'") from exc
+    return distributed
+
+
+@dataclasses.dataclass
+class _Shard:
+    index: int
+    ids: range
+    worker: str
+    actor: object
+    future: object  # holds the actor alive
+    backend: str = ""
+    sequence: int | None = None  # the last acknowledged log sequence (durable shards)
+
+
+def _call(method: str, *args):
+    """A part of a call: invoke ``method`` on a shard's actor (returns a future)."""
+    return lambda shard: getattr(shard.actor, method)(*args)
+
+
+def _serialized(method):
+    """One call at a time: routing, acknowledgements and recovery assume it."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            if self._closed:
+                raise ValueError("the ShardedEngine is closed")
+            if self._lost is not None:
+                raise ShardsLostError(*self._lost)
+            return method(self, *args, **kwargs)
+    return locked
+
+
+class ShardedEngine:
+    """A population of ``n`` weights split into ``shards`` contiguous id ranges, each an
+    Engine resident on a Dask worker: the same methods and results as ``Engine``.
+
+    Parameters
+    ----------
+    n, backend, seed, init, params
+        As for ``Engine``; the same ``seed`` gives the same initial weights as
+        ``Engine(n, seed=seed)`` (each shard makes its own slice). ``backend`` is resolved on
+        each worker (``"auto"``: that worker's best). ``seed`` may be None, an int, a
+        sequence of ints or a SeedSequence (not a Generator: its state cannot be split).
+    shards : int
+        Number of shards, 1 <= shards <= n; boundaries as ``numpy.array_split`` cuts them.
+    client : distributed.Client, optional
+        The cluster (default: the current client). Shards are placed round-robin over its
+        workers.
+    state : path, optional
+        Make every shard durable: ``DurableEngine.open(state/shard-XXXX, ...)`` (write-ahead
+        log + snapshots) on a filesystem every worker reaches. A shard lost with its worker
+        is then recovered on a surviving worker with nothing acknowledged lost; opening an
+        existing state recovers it. ``state_options`` go to ``DurableEngine.open``.
+
+    Every call validates all of its input on the client first (a rejected call reaches no
+    shard), runs on the shards concurrently and returns when all have acknowledged. A
+    shard lost without ``state`` raises ``ShardsLostError``, and so does every later call.
+    """
+
+    _actor = ShardActor  # what holds a shard on its worker
+
+    def __init__(self, n: int, *, shards: int, client=None, backend: str = "auto",
+                 seed=None, init="uniform", params: Params | None = None, state=None,
+                 state_options: dict | None = None) -> None:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            raise TypeError(f"n must be an integer, got {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        if params is not None and not isinstance(params, Params):
+            raise TypeError(f"params must be a nap.Params, got {type(params).__name__}")
+        self._prepare(int(n), shards, client, backend, params or Params(), iteration=0,
+                      state=state, state_options=state_options)
+        inits = self._initial(init, seed)
+        if self._state is None:
+            self._start({i: _call("create", inits(r), len(r), backend, self._params)
+                         for i, r in enumerate(self._ranges)})
+        else:  # the state's own parameters unless given (as DurableEngine.open)
+            self._open_state(inits, params)
+
+    def _prepare(self, n: int, shards: int, client, backend: str, params: Params | None,
+                 iteration: int, state=None, state_options=None) -> None:
+        if isinstance(shards, bool) or not isinstance(shards, numbers.Integral):
+            raise TypeError(f"shards must be an integer, got {type(shards).__name__}")
+        if not 1 <= shards <= n:
+            raise ValueError(f"shards must lie in [1, n = {n}], got {shards}")
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a name or 'auto', got {type(backend).__name__}")
+        self._client = _distributed().get_client() if client is None else client
+        self._n = n
+        self._bounds = shard_bounds(n, int(shards))
+        self._ranges = [range(a, b) for a, b in zip(self._bounds[:-1], self._bounds[1:])]
+        self._backend = backend
+        self._params = params
+        self.iteration = iteration
+        self._state = None if state is None else pathlib.Path(state).resolve()
+        self._state_options = dict(state_options or {})
+        self._lock = threading.RLock()
+        self._lost: tuple[dict, dict] | None = None
+        self._closed = False
+        self._shards: list[_Shard] = []
+
+    def _initial(self, init, seed):
+        """A function of a shard's id range giving what that shard needs to make its part
+        of ``Engine(n, seed=seed, init=init)``'s weights, after the Engine's own checks."""
+        if isinstance(init, str) and init == "uniform":
+            if isinstance(seed, (np.random.Generator, np.random.BitGenerator)):
+                raise TypeError("seed must be None, an int, a sequence of ints or a "
+                                "SeedSequence: a Generator's state cannot be split into shards")
+            state = np.random.default_rng(seed).bit_generator.state  # fixes seed=None's entropy
+            return lambda ids: _UniformSlice(state, ids.start, ids.stop)
+        if isinstance(init, (str, numbers.Real)):
+            _inputs.initial_weights(init, 1, seed)  # the Engine's checks on a constant
+            return lambda ids: init
+        weights = _inputs.initial_weights(init, self._n, seed)  # validated, on the client anyway
+        return lambda ids: weights[ids.start:ids.stop]
+
+    # -- shards: start, call, recover ----------------------------------------------------
+    def _workers(self, avoid: frozenset = frozenset()) -> list[str]:
+        """The cluster's workers but ``avoid``, waiting (up to a minute) for one to exist:
+        after a loss the scheduler may still list the dead worker, and a restarted one may
+        not be registered yet."""
+        deadline = time.monotonic() + _WORKER_TIMEOUT
+        while not (workers := sorted(set(self._client.scheduler_info()["workers"]) - avoid)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no worker to place shards on within {_WORKER_TIMEOUT:.0f} s")
+            time.sleep(0.1)
+        return workers
+
+    def _spawn(self, placement: dict[int, str]) -> dict[int, _Shard]:
+        """Empty shard actors, created concurrently: shard index -> worker."""
+        futures = {i: self._client.submit(self._actor, actor=True, workers=[worker], pure=False,
+                                          key=f"nap-shard-{i:04d}-{uuid.uuid4().hex[:8]}")
+                   for i, worker in placement.items()}
+        return {i: _Shard(i, self._ranges[i], placement[i],
+                          future.result(timeout=_WORKER_TIMEOUT), future)
+                for i, future in futures.items()}
+
+    def _start(self, fills: dict) -> dict[int, dict]:
+        """Create one actor per shard, round-robin over the workers, and fill each with its
+        part (``fills``), concurrently; on any failure, release what was made and raise."""
+        workers = self._workers()
+        try:
+            spawned = self._spawn({i: workers[i % len(workers)] for i in range(self.shards)})
+            self._shards = [spawned[i] for i in range(self.shards)]
+            pending = {i: fill(self._shards[i]) for i, fill in fills.items()}
+            reports = {i: future.result() for i, future in pending.items()}
+        except BaseException:
+            self._release()
+            raise
+        for i, report in reports.items():
+            self._adopt(self._shards[i], report)
+        return reports
+
+    def _adopt(self, shard: _Shard, report: dict) -> None:
+        shard.backend = report["backend"]
+        shard.sequence = report["sequence"]
+
+    def _run(self, parts: dict, *, mutating: bool) -> dict:
+        """Run each shard's part of one call concurrently; return their results once all
+        acknowledged. Failures are recovered from (durable shards) or fail the engine."""
+        launched, failures, results = {}, {}, {}
+        for i, part in parts.items():
+            try:
+                launched[i] = part(self._shards[i])
+            except Exception as exc:  # e.g. the actor's worker is already known to be lost
+                failures[i] = exc
+        for i, future in launched.items():
+            try:
+                results[i] = future.result()
+            except Exception as exc:
+                failures[i] = exc
+        if failures:
+            results.update(self._recover(failures, parts, mutating))
+        if mutating and self._state is not None:
+            for i, sequence in results.items():
+                self._shards[i].sequence = sequence
+        return results
+
+    def _recover(self, failures: dict, parts: dict, mutating: bool) -> dict:
+        """Find every shard lost (a failed call, or a worker gone), then reopen each from
+        its durable state and finish its part of the call exactly once, or fail the engine."""
+        lost, unreachable = self._find_lost(failures)
+        if self._state is None:
+            self._fail(lost)
+        results = {}
+        for i in sorted(lost):
+            try:
+                result = self._recover_shard(i, parts.get(i), mutating, unreachable)
+            except _Unrecoverable as exc:
+                lost[i] = f"{lost[i]}; {exc}"
+                self._fail(lost)
+            if i in parts:
+                results[i] = result
+        return results
+
+    def _recover_shard(self, i: int, part, mutating: bool, unreachable: set):
+        """Reopen shard i from its state, then finish its part: a mutating call whose record
+        reached the shard's log was applied by the replay; one that did not is run again."""
+        acknowledged = self._shards[i].sequence
+        try:
+            shard = self._reopen(i, unreachable)
+        except Exception as exc:
+            raise _Unrecoverable(f"recovery from {self._shard_state(i)} failed: {exc!r}") from exc
+        if mutating and part is not None and shard.sequence == acknowledged + 1:
+            return shard.sequence
+        if shard.sequence != acknowledged:
+            raise _Unrecoverable(f"recovered at log sequence {shard.sequence}, but "
+                                 f"{acknowledged} calls were acknowledged")
+        if part is None:
+            return None
+        try:
+            return part(shard).result()
+        except Exception as exc:
+            raise _Unrecoverable(f"the call failed again after recovery: {exc!r}") from exc
+
+    def _find_lost(self, failures: dict) -> tuple[dict[int, str], set[str]]:
+        """({shard: cause} for shards whose call failed or whose worker does not answer,
+        the workers that do not answer): all shards of a dead worker are lost, not only
+        those this call reached."""
+        probes = {}
+        for shard in self._shards:
+            try:
+                probes[shard.index] = shard.actor.ping()
+            except Exception as exc:  # the actor is already known to be lost
+                probes[shard.index] = exc
+        lost, unreachable = {}, set()
+        for i, probe in probes.items():
+            try:
+                if isinstance(probe, Exception):
+                    raise probe
+                probe.result(timeout=_PING_TIMEOUT)
+            except Exception as exc:
+                lost[i] = f"worker {self._shards[i].worker} lost ({failures.get(i, exc)!r})"
+                unreachable.add(self._shards[i].worker)
+        for i, exc in failures.items():
+            lost.setdefault(i, f"failed on worker {self._shards[i].worker}: {exc!r}")
+        return lost, unreachable
+
+    def _fail(self, lost: dict[int, str]) -> NoReturn:
+        """Refuse this call and every later one: the population is incomplete."""
+        self._lost = ({i: self._ranges[i] for i in lost}, dict(lost))
+        raise ShardsLostError(*self._lost)
+
+    def _shard_state(self, i: int) -> pathlib.Path:
+        return self._state / f"shard-{i:04d}"
+
+    def _reopen(self, i: int, avoid: set) -> _Shard:
+        """Shard i again, from its state, on the answering worker holding fewest shards."""
+        old = self._shards[i]
+        self._retire(old)
+        live = self._workers(frozenset(avoid))
+        held = {w: sum(s.worker == w for s in self._shards if s is not old) for w in live}
+        shard = self._spawn({i: min(live, key=lambda w: (held[w], w))})[i]
+        self._shards[i] = shard
+        report = shard.actor.open(str(self._shard_state(i)), None, len(old.ids),
+                                  self._backend, None, self._state_options).result()
+        self._adopt(shard, report)
+        return shard
+
+    def _retire(self, shard: _Shard) -> None:
+        """Let go of a shard's actor: close it if its worker still answers (a durable shard
+        releases its directory), then release it."""
+        try:
+            shard.actor.close().result(timeout=_PING_TIMEOUT)
+        except Exception:  # its worker is gone: nothing to close
+            pass
+        shard.future.release()
+
+    def _release(self) -> None:
+        for shard in self._shards:
+            self._retire(shard)
+        self._shards = []
+
+    # -- durable state ------------------------------------------------------------------
+    def _open_state(self, inits, params: Params | None) -> None:
+        """Open every shard's durable state (creating it on first use); the shards must
+        agree on where they are, or a call was cut short across them."""
+        self._state.mkdir(parents=True, exist_ok=True)
+        self._check_layout()
+        reports = self._start({i: _call("open", str(self._shard_state(i)), inits(r), len(r),
+                                        self._backend, params, self._state_options)
+                               for i, r in enumerate(self._ranges)})
+        held = {(r["sequence"], r["iteration"], r["params"]) for r in reports.values()}
+        if len(held) > 1:
+            self._release()
+            where = {i: (r["sequence"], r["iteration"]) for i, r in reports.items()}
+            raise RecoveryError(f"{self._state}: the shards recovered at different points "
+                                f"(shard: (log sequence, iteration)) {where}: a call was cut "
+                                "short across shards (the client stopped mid-call), so the "
+                                "shards do not hold one population")
+        _, self.iteration, self._params = held.pop()
+
+    def _check_layout(self) -> None:
+        """The state's n and boundaries are fixed when it is created; reopening with others
+        would pair shard directories with the wrong ids."""
+        path = self._state / LAYOUT
+        layout = {"format": LAYOUT_FORMAT, "format_version": MANIFEST_VERSION, "n": self._n,
+                  "bounds": list(self._bounds)}
+        if not path.exists():
+            _write_json(path, layout)
+            return
+        held = json.loads(path.read_text())
+        if held.get("n") != self._n or held.get("bounds") != layout["bounds"]:
+            raise ValueError(f"{self._state} holds n = {held.get('n')} memories in "
+                             f"{len(held.get('bounds', [])) - 1} shard(s), not n = {self._n} "
+                             f"in {len(self._ranges)}: re-shard with save() and "
+                             "ShardedEngine.load()")
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return self._n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def shards(self) -> int:
+        return len(self._ranges)
+
+    @property
+    def bounds(self) -> tuple[int, ...]:
+        """Shard i holds ids ``range(bounds[i], bounds[i + 1])``."""
+        return self._bounds
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """Each shard's backend, as its worker resolved it."""
+        return tuple(s.backend for s in self._shards)
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        """Each shard's worker address."""
+        return tuple(s.worker for s in self._shards)
+
+    @property
+    def params(self) -> Params:
+        return self._params
+
+    @params.setter
+    def params(self, value: Params) -> None:
+        if not isinstance(value, Params):
+            raise TypeError(f"params must be a nap.Params, got {type(value).__name__}")
+        self._set_params(value)
+
+    @_serialized
+    def _set_params(self, value: Params) -> None:
+        self._run(self._everywhere("set_params", value), mutating=True)
+        self._params = value
+
+    def __repr__(self) -> str:
+        state = "" if self._state is None else f", state={str(self._state)!r}"
+        return (f"ShardedEngine(n={self._n}, shards={self.shards}, params={self._params}, "
+                f"iteration={self.iteration}{state})")
+
+    @_serialized
+    def to_numpy(self) -> np.ndarray:
+        """All n weights gathered on the client (n * 4 bytes moved): for checks and exports."""
+        parts = self._run(self._everywhere("to_numpy"), mutating=False)
+        return np.concatenate([parts[i] for i in range(self.shards)])
+
+    def _everywhere(self, method: str, *args) -> dict:
+        return {i: _call(method, *args) for i in range(self.shards)}
+
+    # -- the law -------------------------------------------------------------------------
+    @_serialized
+    def step(self, quality, *, check_finite: bool = True) -> None:
+        """Dense step (see ``Engine.step``): a scalar is broadcast; an array sends each shard
+        only its slice; a dask array is rechunked to the shards and each block stepped on
+        the shard's own worker, never passing through the client."""
+        if _is_dask_array(quality) and quality.ndim == 0:
+            quality = quality.compute()  # one number for every memory
+        if _is_dask_array(quality):
+            self._step_dask(quality, check_finite)
+        else:
+            q = _inputs.quality(quality, self._n, _host_backend(), check_finite=check_finite)
+            if isinstance(q, float):
+                self._run(self._everywhere("step", q), mutating=True)
+            else:
+                self._run({i: _call("step", q[r.start:r.stop]) for i, r in enumerate(self._ranges)},
+                          mutating=True)
+        self.iteration += 1
+
+    def _step_dask(self, quality, check_finite: bool) -> None:
+        blocks = self._blocks(self._dask_quality(quality))
+        if check_finite:  # pure tasks, not shard calls: Dask reruns them if a worker dies
+            found = self._client.gather([
+                self._client.submit(_first_nonfinite, block, pure=False, workers=[s.worker],
+                                    allow_other_workers=True)
+                for s, block in zip(self._shards, blocks)])
+            hits = [(i, hit) for i, hit in enumerate(found) if hit is not None]
+            if hits:  # the Engine's message (_inputs._require_finite), with the global index
+                i, (at, value) = hits[0]
+                raise ValueError(f"quality[{self._ranges[i].start + at}] = {value!r} is not finite")
+        # allow_other_workers: if the shard's worker is gone, the task runs elsewhere and its
+        # call to the lost actor fails, which starts recovery (instead of waiting forever)
+        self._run({i: (lambda s, b=block: self._client.submit(
+                        _step_with_block, s.actor, b, pure=False, workers=[s.worker],
+                        allow_other_workers=True))
+                   for i, block in enumerate(blocks)}, mutating=True)
+
+    def _dask_quality(self, q):
+        """A dask array of qualities as a 1-D float array of length n, by the Engine's
+        shape and dtype rules, checked on its metadata (nothing is computed)."""
+        if q.dtype.kind != "f" or q.size != self._n:
+            # Engine's own checks on a zero-byte stand-in of the same shape: they raise what
+            # the array would (a float32 stand-in for float dtypes: nothing to convert)
+            dtype = np.float32 if q.dtype.kind == "f" else q.dtype
+            _inputs.quality(np.broadcast_to(np.zeros((), dtype), q.shape), self._n,
+                            _host_backend(), check_finite=False)
+        return q.reshape(-1)
+
+    def _blocks(self, x) -> list:
+        """Futures of a dask array's blocks, one per shard (rechunked to the boundaries),
+        computed: an error of the array's own graph is raised here, before any shard call."""
+        sizes = tuple(len(r) for r in self._ranges)
+        blocks = self._client.compute(list(x.rechunk((sizes,)).to_delayed().ravel()))
+        _distributed().wait(blocks)
+        for block in blocks:
+            if block.status == "error":
+                block.result()  # raises the graph's error
+        return blocks
+
+    @_serialized
+    def update(self, ids, quality, *, check_finite: bool = True) -> None:
+        """Sparse ordered batch (see ``Engine.update``): each shard gets its own events, in
+        their original order, ids made shard-local."""
+        ids_, q = _inputs.events(ids, quality, self._n, _host_backend(), check_finite=check_finite)
+        batches = self._partition(ids_, q)
+        # Durable shards take every call, empty ones too: their log sequences then stay
+        # equal, so a reopen can tell a call cut short across shards.
+        self._run({i: _call("update", *batch) for i, batch in batches.items()
+                   if batch[0].size or self._state is not None}, mutating=True)
+
+    def _partition(self, ids: np.ndarray, q: np.ndarray) -> dict[int, tuple]:
+        """Each shard's (local ids, qualities): a stable partition by owner, so every id's
+        events keep their order (ids of different shards never interact). Local ids travel
+        as uint32 where a shard allows: 8 bytes an event, not 12."""
+        starts = np.asarray(self._bounds[:-1], np.int64)
+        owner = np.searchsorted(starts[1:], ids, side="right")
+        local = ids - starts[owner]
+        if max(len(r) for r in self._ranges) <= 1 << 32:
+            local = local.astype(np.uint32)
+        if self.shards == 1:
+            return {0: (local, q)}
+        # NumPy's stable sort is a radix sort for 16-bit keys: O(m)
+        key = owner.astype(np.uint16) if self.shards <= 1 << 16 else owner
+        order = np.argsort(key, kind="stable")
+        ends = np.cumsum(np.bincount(owner, minlength=self.shards)).tolist()
+        local, q = local[order], q[order]
+        return {i: (local[a:b], q[a:b]) for i, (a, b) in enumerate(zip([0, *ends], ends))}
+
+    @_serialized
+    def decay(self, k: int = 1) -> None:
+        """Passive decay only, ``k`` times, for every memory."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise TypeError(f"k must be an integer, got {type(k).__name__}")
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        self._run(self._everywhere("decay", int(k)), mutating=True)
+
+    # -- monitoring ----------------------------------------------------------------------
+    @_serialized
+    def metrics(self, labels, *, eps: float = _metrics.DEFAULT_EPS) -> _metrics.Metrics:
+        """``Engine.metrics``, exactly: each shard summarises its part where it lives
+        (integer sums, distinct weights with counts) and the client merges the summaries;
+        the weights themselves never leave the shards."""
+        _metrics._check_eps(eps)
+        host_labels = _inputs.labels(labels, self._n)
+        parts = self._run({i: _call("summary", np.packbits(host_labels[r.start:r.stop]), eps)
+                           for i, r in enumerate(self._ranges)}, mutating=False)
+        return _metrics.combine(_metrics.merge([parts[i] for i in range(self.shards)]), eps=eps)
+
+    # -- snapshots -----------------------------------------------------------------------
+    @_serialized
+    def save(self, directory) -> pathlib.Path:
+        """Write one snapshot per shard (each worker its own file, in ``directory`` on a
+        filesystem every worker reaches), then the manifest, atomically and last: a save cut
+        short leaves the previous one loadable. Returns the manifest's path."""
+        directory = pathlib.Path(directory).resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        token = uuid.uuid4().hex[:12]
+        names = [f"shard-{i:04d}-{token}.nap" for i in range(self.shards)]
+        checksums = self._run({i: _call("save", str(directory / name))
+                               for i, name in enumerate(names)}, mutating=False)
+        lr, gate, decay = (snapshot._f32_hex(v) for v in self._params.float32())
+        manifest = {
+            "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "n": self._n,
+            "bounds": list(self._bounds),
+            "shards": [{"file": name, "checksum": checksums[i]} for i, name in enumerate(names)],
+            "params": {"lr": lr, "gate": gate, "decay": decay}, "iteration": self.iteration,
+            "nap_gpu_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        path = _write_json(directory / MANIFEST, manifest)
+        for entry in os.scandir(directory):  # the files of earlier saves
+            if _SHARD_FILE.match(entry.name) and entry.name not in names:
+                os.unlink(entry.path)
+        return path
+
+    @classmethod
+    def load(cls, directory, *, shards: int | None = None, client=None,
+             backend: str = "auto") -> ShardedEngine:
+        """The population a sharded save holds, in ``shards`` shards (default: as saved),
+        continuing bit for bit. Each new shard reads the old shard files its ids fall in,
+        whole, verified against their checksums and the manifest's."""
+        directory = pathlib.Path(directory).resolve()
+        manifest = _read_manifest(directory / MANIFEST)
+        old = manifest["bounds"]
+        self = cls.__new__(cls)
+        self._prepare(manifest["n"], len(old) - 1 if shards is None else shards, client,
+                      backend, manifest["params"], iteration=manifest["iteration"])
+        files = [(str(directory / s["file"]), s["checksum"]) for s in manifest["shards"]]
+        self._start({i: _call("load", _pieces(old, files, r), backend, self._params,
+                              self.iteration) for i, r in enumerate(self._ranges)})
+        return self
+
+    # -- lifetime ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the shards (durable ones flush their logs and release their directories)
+        and release their actors."""
+        with self._lock:
+            self._closed = True
+            self._release()
+
+    def __enter__(self) -> ShardedEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _pieces(old_bounds, files, ids: range) -> list[tuple]:
+    """(file, checksum, first, stop) ranges of the old shard files holding ``ids``."""
+    pieces = []
+    for (lo, hi), (path, checksum) in zip(zip(old_bounds[:-1], old_bounds[1:]), files):
+        first, stop = max(lo, ids.start), min(hi, ids.stop)
+        if first < stop:
+            pieces.append((path, checksum, first - lo, stop - lo))
+    return pieces
+
+
+def _write_json(path: pathlib.Path, document: dict) -> pathlib.Path:
+    """Write ``document`` to ``path`` atomically and durably (temporary file, fsync, rename,
+    fsync of the directory), as ``snapshot.write`` writes a snapshot."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(document, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    snapshot._fsync_directory(path.parent)
+    return path
+
+
+def _read_manifest(path: pathlib.Path) -> dict:
+    """The manifest, checked for consistency; ``SnapshotError`` names the file and fault."""
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise snapshot.SnapshotError(f"{path}: no manifest: not a sharded save, or a save "
+                                     "that never finished") from None
+    except ValueError as exc:
+        raise snapshot.SnapshotError(f"{path}: unreadable manifest: {exc}") from None
+    try:
+        if manifest["format"] != MANIFEST_FORMAT:
+            raise ValueError(f"format {manifest['format']!r}, expected {MANIFEST_FORMAT!r}")
+        if manifest["format_version"] > MANIFEST_VERSION:
+            raise ValueError(f"format version {manifest['format_version']}; this nap_gpu reads "
+                             f"versions up to {MANIFEST_VERSION}: upgrade nap_gpu")
+        bounds = [int(b) for b in manifest["bounds"]]
+        n = int(manifest["n"])
+        if bounds[0] != 0 or bounds[-1] != n or any(a >= b for a, b in zip(bounds, bounds[1:])):
+            raise ValueError(f"shard boundaries {bounds} do not cut [0, {n}) into ranges")
+        if len(manifest["shards"]) != len(bounds) - 1:
+            raise ValueError(f"{len(manifest['shards'])} shard files for {len(bounds) - 1} ranges")
+        p = manifest["params"]
+        params = Params(lr=snapshot._from_f32_hex(p["lr"]), gate=snapshot._from_f32_hex(p["gate"]),
+                        decay=snapshot._from_f32_hex(p["decay"]))
+        return {**manifest, "n": n, "bounds": bounds, "params": params,
+                "iteration": int(manifest["iteration"])}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise snapshot.SnapshotError(f"{path}: bad manifest: {exc}") from None

@@ -1,0 +1,449 @@
+"""ShardedEngine on a real Dask LocalCluster, against a single Engine, bit for bit.
+
+Every test drives a ShardedEngine and an in-memory Engine with the same calls and compares
+the weights as float32 bit patterns and the metrics with ``==``. Worker loss is real: a
+worker process is SIGKILLed (by the test, or by a shard that kills its own worker at a chosen
+point of a call), and the documented outcome is checked in both modes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import nap_gpu as nap
+from nap_gpu import sharded, snapshot
+from nap_gpu.durable import RecoveryError
+from conftest import assert_same_bits
+
+distributed = pytest.importorskip(
+    "distributed", reason="dask.distributed is not installed (pip install 'nap_gpu[dask]')")
+dask = pytest.importorskip("dask", reason="dask is not installed")
+da = pytest.importorskip("dask.array", reason="dask.array is not installed")
+
+with warnings.catch_warnings():  # as in test_metrics.py: hypothesis' failure printer
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import hypothesis.extra._patching  # noqa: F401
+    except ImportError:
+        pass
+
+N = 1001  # uneven shards for 2, 3 and 7
+SHARD_COUNTS = [1, 2, 3, 7]
+FEW = settings(max_examples=12, deadline=None,
+               suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    # dashboard on a free port: another cluster (a test's own) may hold the default 8787
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0")
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture
+def client(cluster_client):
+    """The cluster with both workers up (a killed worker's nanny restarts it)."""
+    cluster_client.wait_for_workers(2, timeout=60)
+    return cluster_client
+
+
+def same(eng, ref, context=""):
+    assert_same_bits(eng.to_numpy(), ref.to_numpy(), context)
+    assert eng.iteration == ref.iteration, context
+
+
+def labels_for(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 2, n).astype(bool)
+
+
+def kill_worker(client, address):
+    os.kill(client.run(os.getpid)[address], signal.SIGKILL)
+
+
+def on_worker(eng, address):
+    return {i: range(eng.bounds[i], eng.bounds[i + 1])
+            for i, w in enumerate(eng.workers) if w == address}
+
+
+# -- without a cluster ----------------------------------------------------------------------
+@FEW
+@given(n=st.integers(1, 5000), shards=st.integers(1, 40), seed=st.integers(0, 2**64 - 1))
+def test_each_shard_makes_its_slice_of_the_seeded_weights(n, shards, seed):
+    shards = min(shards, n)
+    bounds = sharded.shard_bounds(n, shards)
+    assert list(bounds) == [0, *np.cumsum([len(a) for a in np.array_split(np.arange(n), shards)])]
+    state = np.random.default_rng(seed).bit_generator.state
+    made = [sharded._UniformSlice(state, a, b).make() for a, b in zip(bounds[:-1], bounds[1:])]
+    assert_same_bits(np.concatenate(made), nap.Engine(n, seed=seed, backend="numpy").to_numpy())
+
+
+@FEW
+@given(w=st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.98, 1.0]) | st.floats(0, 1, width=32),
+                  min_size=1, max_size=300),
+       cuts=st.lists(st.integers(0, 300), max_size=6), data=st.data())
+def test_merged_summaries_give_the_metrics_of_the_whole(w, cuts, data):
+    w = np.asarray(w, np.float32) + np.float32(0)  # weights are never -0.0
+    labels = np.asarray(data.draw(st.lists(st.booleans(), min_size=w.size, max_size=w.size)),
+                        np.uint8)
+    bk = nap.backends.get("numpy")
+    edges = sorted({0, w.size, *(c for c in cuts if c < w.size)})
+    parts = [nap.metrics.summarize(w[a:b], labels[a:b], bk) for a, b in zip(edges[:-1], edges[1:])]
+    whole = nap.metrics.compute(w, labels, bk)
+    merged = nap.metrics.combine(nap.metrics.merge(parts))
+    assert json.dumps(merged.as_dict()) == json.dumps(whole.as_dict())  # NaN == NaN here
+
+
+# -- bit-identical to one Engine ------------------------------------------------------------
+def drive(eng, ref, rng, iterations):
+    """Dense steps (arrays of two dtypes, scalars), sparse batches with duplicate ids on
+    every shard boundary, decay(k) and a parameter change, the same on both engines."""
+    n = ref.n
+    boundaries = np.asarray(eng.bounds[1:-1] or [n // 2])
+    for it in range(iterations):
+        q = rng.random(n) if it % 2 else rng.random(n, dtype=np.float32)
+        eng.step(q)
+        ref.step(q)
+        near = np.clip(boundaries[:, None] + np.arange(-2, 2), 0, n - 1).ravel()
+        ids = np.concatenate([rng.choice(near, 40), rng.integers(0, n, 40)])
+        rng.shuffle(ids)
+        qs = rng.random(ids.size)
+        eng.update(ids, qs)
+        ref.update(ids, qs)
+        eng.update(ids[:7], 0.9)
+        ref.update(ids[:7], 0.9)
+        k = int(rng.integers(0, 4))
+        eng.decay(k)
+        ref.decay(k)
+        eng.step(0.3)
+        ref.step(0.3)
+        if it == iterations // 2:
+            eng.params = ref.params = nap.Params(lr=0.07, gate=0.45, decay=0.01)
+
+
+@pytest.mark.parametrize("shards", SHARD_COUNTS)
+def test_bit_identical_to_one_engine(client, shards):
+    with nap.ShardedEngine(N, shards=shards, client=client, seed=11) as eng:
+        ref = nap.Engine(N, seed=11, backend="numpy")
+        same(eng, ref, "initial weights")
+        labels = labels_for(N)
+        rng = np.random.default_rng(shards)
+        for block in range(3):
+            drive(eng, ref, rng, iterations=8)
+            same(eng, ref, f"after block {block}")
+            assert eng.metrics(labels) == ref.metrics(labels)
+            assert eng.metrics(labels, eps=0.1) == ref.metrics(labels, eps=0.1)
+
+
+@FEW
+@given(batches=st.lists(st.tuples(st.lists(st.integers(0, 59), max_size=40),
+                                  st.floats(0, 1) | st.none()), min_size=1, max_size=5),
+       shards=st.sampled_from([2, 3, 7]))
+def test_random_sparse_batches(client, batches, shards):
+    with nap.ShardedEngine(60, shards=shards, client=client, seed=3) as eng:
+        ref = nap.Engine(60, seed=3, backend="numpy")
+        rng = np.random.default_rng(len(batches))
+        for ids, scalar in batches:
+            q = rng.random(len(ids)) if scalar is None else scalar
+            eng.update(np.asarray(ids, np.int64), q)
+            ref.update(np.asarray(ids, np.int64), q)
+        same(eng, ref)
+
+
+def test_initial_populations_other_than_seeded(client):
+    w = np.random.default_rng(1).random(N).astype(np.float64)
+    for init in (w, 0.25):
+        with nap.ShardedEngine(N, shards=3, client=client, init=init) as eng:
+            same(eng, nap.Engine(N, init=init))
+    with nap.ShardedEngine(N, shards=3, client=client) as a:  # seed=None: one draw, split
+        assert np.unique(a.to_numpy()).size > N - 5
+
+
+def test_nonfinite_weights_give_the_engines_metrics(client):
+    q = np.random.default_rng(2).random(N)
+    q[[5, 800]] = np.nan
+    with nap.ShardedEngine(N, shards=3, client=client, seed=4) as eng:
+        ref = nap.Engine(N, seed=4)
+        eng.step(q, check_finite=False)
+        ref.step(q, check_finite=False)
+        assert_same_bits(eng.to_numpy(), ref.to_numpy(), nan_payloads=False)
+        labels = labels_for(N)
+        got, expected = eng.metrics(labels), ref.metrics(labels)
+        assert json.dumps(got.as_dict()) == json.dumps(expected.as_dict())  # NaN == NaN here
+
+
+# -- dask arrays ----------------------------------------------------------------------------
+@pytest.mark.parametrize("chunks", [(334, 334, 333), 100, N], ids=["like-shards", "100", "one"])
+def test_dask_quality_is_stepped_shard_by_shard(client, chunks):
+    rng = np.random.default_rng(5)
+    with nap.ShardedEngine(N, shards=3, client=client, seed=6) as eng:
+        ref = nap.Engine(N, seed=6)
+        for dtype in (np.float64, np.float32):
+            q = rng.random(N).astype(dtype)
+            eng.step(da.from_array(q, chunks=chunks))
+            ref.step(q)
+        eng.step(da.from_array(q.reshape(N, 1), chunks=(100, 1)), check_finite=False)
+        ref.step(q.reshape(N, 1))
+        eng.step(da.from_array(np.float64(0.8)))
+        ref.step(0.8)
+        same(eng, ref)
+
+
+# -- rejected calls change nothing ----------------------------------------------------------
+def bad_calls(n):
+    q = np.random.default_rng(0).random(n)
+    nan_late = q.copy()
+    nan_late[n - 3] = np.nan
+    inf_q = q.copy()
+    inf_q[1] = np.inf
+    ids = np.arange(10)
+    return [
+        ("step", (nan_late,), {}), ("step", (inf_q,), {}), ("step", (q[:-1],), {}),
+        ("step", (q.reshape(7, -1)[:, :-1],), {}), ("step", (np.arange(n),), {}),
+        ("step", (float("nan"),), {}), ("step", ("0.5",), {}),
+        ("update", (np.append(ids, -1), 0.5), {}), ("update", (np.append(ids, n), 0.5), {}),
+        ("update", ([1, 2, 2**70], 0.5), {}), ("update", (ids.astype(float), 0.5), {}),
+        ("update", (ids, q[:9]), {}), ("update", (ids, np.append(q[:9], np.nan)), {}),
+        ("update", (ids.reshape(2, 5), 0.5), {}), ("update", (ids > 3, 0.5), {}),
+        ("decay", (-1,), {}), ("decay", (1.5,), {}), ("decay", (True,), {}),
+        ("metrics", (np.zeros(n - 1),), {}), ("metrics", (np.full(n, 2),), {}),
+        ("metrics", (np.array(["R", "X"] * (n // 2) + ["P"]),), {}),
+        ("metrics", (np.zeros(n, bool),), {"eps": 0.5}),
+    ]
+
+
+@pytest.mark.parametrize("call", bad_calls(N), ids=lambda c: c[0])
+def test_rejected_call_changes_no_shard(client, call):
+    method, args, kwargs = call
+    with nap.ShardedEngine(N, shards=3, client=client, seed=8) as eng:
+        ref = nap.Engine(N, seed=8)
+        with pytest.raises(Exception) as expected:
+            getattr(ref, method)(*args, **kwargs)
+        with pytest.raises(type(expected.value)) as got:
+            getattr(eng, method)(*args, **kwargs)
+        assert str(got.value) == str(expected.value)
+        same(eng, nap.Engine(N, seed=8), "after the rejected call")
+
+
+@pytest.mark.parametrize("bad", ["nan", "length", "dtype"])
+def test_rejected_dask_quality_changes_no_shard(client, bad):
+    q = np.random.default_rng(0).random(N)
+    if bad == "nan":
+        q[700] = np.nan
+    elif bad == "length":
+        q = q[:-2]
+    else:
+        q = (q * 10).astype(np.int64)
+    with nap.ShardedEngine(N, shards=3, client=client, seed=8) as eng:
+        ref = nap.Engine(N, seed=8)
+        with pytest.raises(Exception) as expected:
+            ref.step(q)
+        with pytest.raises(type(expected.value)) as got:
+            eng.step(da.from_array(q, chunks=100))
+        assert str(got.value) == str(expected.value)
+        same(eng, ref)
+
+
+def _explodes():
+    raise ZeroDivisionError("the qualities' own graph failed")
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_failing_dask_graph_raises_its_error_and_changes_nothing(client, check_finite):
+    q = da.from_delayed(dask.delayed(_explodes)(), shape=(N,), dtype=np.float64)
+    with nap.ShardedEngine(N, shards=3, client=client, seed=8) as eng:
+        with pytest.raises(ZeroDivisionError, match="own graph failed"):
+            eng.step(q, check_finite=check_finite)
+        same(eng, nap.Engine(N, seed=8))
+        eng.step(0.9)  # still usable: no shard was called, none was lost
+
+
+def test_bad_arguments_are_refused_before_any_shard_exists(client):
+    with pytest.raises(ValueError, match="shards must lie in"):
+        nap.ShardedEngine(5, shards=6, client=client)
+    with pytest.raises(TypeError, match="a Generator's state cannot be split"):
+        nap.ShardedEngine(5, shards=2, client=client, seed=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="init must lie in"):
+        nap.ShardedEngine(5, shards=2, client=client, init=1.5)
+    with pytest.raises(TypeError, match="params must be a nap.Params"):
+        nap.ShardedEngine(5, shards=2, client=client, params={"lr": 0.1})
+
+
+# -- snapshots ------------------------------------------------------------------------------
+def test_save_4_load_3_continue(client, tmp_path):
+    rng = np.random.default_rng(9)
+    with nap.ShardedEngine(N, shards=4, client=client, seed=12) as eng:
+        ref = nap.Engine(N, seed=12)
+        drive(eng, ref, rng, iterations=4)
+        manifest_path = eng.save(tmp_path / "pop")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["n"] == N and manifest["bounds"] == list(sharded.shard_bounds(N, 4))
+    assert manifest["iteration"] == ref.iteration
+    for i, entry in enumerate(manifest["shards"]):  # each shard file is a plain snapshot
+        part = nap.load(tmp_path / "pop" / entry["file"])
+        assert snapshot.inspect(tmp_path / "pop" / entry["file"]).checksum == entry["checksum"]
+        start, stop = manifest["bounds"][i:i + 2]
+        assert_same_bits(part.to_numpy(), ref.to_numpy()[start:stop])
+    with nap.ShardedEngine.load(tmp_path / "pop", shards=3, client=client) as eng:
+        assert eng.shards == 3 and eng.params == ref.params
+        same(eng, ref, "loaded")
+        drive(eng, ref, rng, iterations=4)
+        same(eng, ref, "continued")
+        assert eng.metrics(labels_for(N)) == ref.metrics(labels_for(N))
+
+
+def test_a_new_save_replaces_the_old_files(client, tmp_path):
+    with nap.ShardedEngine(N, shards=3, client=client, seed=1) as eng:
+        eng.save(tmp_path)
+        eng.step(0.9)
+        eng.save(tmp_path)
+        files = sorted(p.name for p in tmp_path.glob("shard-*.nap"))
+        manifest = json.loads((tmp_path / sharded.MANIFEST).read_text())
+        listed = sorted(entry["file"] for entry in manifest["shards"])
+        assert files == listed and len(files) == 3
+        with nap.ShardedEngine.load(tmp_path, client=client) as back:
+            assert back.shards == 3
+            same(back, eng)
+
+
+def test_damaged_or_foreign_shard_files_are_refused(client, tmp_path):
+    with nap.ShardedEngine(N, shards=2, client=client, seed=1) as eng:
+        eng.save(tmp_path / "a")
+        eng.step(0.9)
+        eng.save(tmp_path / "b")
+    a, b = (json.loads((tmp_path / d / sharded.MANIFEST).read_text())["shards"] for d in "ab")
+    # a file of another save, under this save's name: valid on its own, not this save's
+    os.replace(tmp_path / "b" / b[1]["file"], tmp_path / "a" / a[1]["file"])
+    with pytest.raises(snapshot.SnapshotError, match="belongs to another save"):
+        nap.ShardedEngine.load(tmp_path / "a", shards=3, client=client)
+    with open(tmp_path / "b" / b[0]["file"], "r+b") as fh:  # one flipped weight byte
+        fh.seek(-5, os.SEEK_END)
+        byte = fh.read(1)
+        fh.seek(-5, os.SEEK_END)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(snapshot.SnapshotError, match="checksum"):
+        nap.ShardedEngine.load(tmp_path / "b", client=client)
+    with pytest.raises(snapshot.SnapshotError, match="no manifest"):
+        nap.ShardedEngine.load(tmp_path / "nothing", client=client)
+
+
+# -- durable shards -------------------------------------------------------------------------
+def test_durable_state_reopens_where_it_stopped(client, tmp_path):
+    rng = np.random.default_rng(13)
+    ref = nap.Engine(N, seed=14)
+    with nap.ShardedEngine(N, shards=3, client=client, seed=14, state=tmp_path) as eng:
+        drive(eng, ref, rng, iterations=3)
+    with nap.ShardedEngine(N, shards=3, client=client, state=tmp_path) as eng:
+        same(eng, ref, "reopened")
+        assert eng.params == ref.params
+        drive(eng, ref, rng, iterations=2)
+        same(eng, ref, "continued")
+    with pytest.raises(ValueError, match="re-shard with save"):
+        nap.ShardedEngine(N, shards=4, client=client, state=tmp_path)
+
+
+def test_a_call_cut_short_across_shards_is_reported_on_reopen(client, tmp_path):
+    with nap.ShardedEngine(N, shards=3, client=client, seed=14, state=tmp_path) as eng:
+        eng.step(0.9)
+    # as if the client had stopped after shard 1 alone applied a call
+    with nap.DurableEngine.open(tmp_path / "shard-0001") as one:
+        one.step(0.2)
+    with pytest.raises(RecoveryError, match="cut short across shards"):
+        nap.ShardedEngine(N, shards=3, client=client, state=tmp_path)
+
+
+def test_lost_worker_is_recovered_from_state(client, tmp_path):
+    """A worker killed between calls: its shards reopen on the survivor from snapshot +
+    log, the next call is applied once, nothing acknowledged is lost."""
+    rng = np.random.default_rng(15)
+    ref = nap.Engine(N, seed=16)
+    with nap.ShardedEngine(N, shards=4, client=client, seed=16, state=tmp_path,
+                           state_options={"snapshot_every": 3}) as eng:
+        drive(eng, ref, rng, iterations=3)
+        victim = eng.workers[0]
+        kill_worker(client, victim)
+        drive(eng, ref, rng, iterations=2)
+        assert victim not in eng.workers
+        same(eng, ref, "after recovery")
+        assert eng.metrics(labels_for(N)) == ref.metrics(labels_for(N))
+
+
+def test_every_worker_lost_recovers_once_one_is_back(tmp_path):
+    """The only worker dies: its shards wait for a worker (the nanny restarts it) and reopen."""
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        ref = nap.Engine(N, seed=20)
+        with nap.ShardedEngine(N, shards=3, client=client, seed=20, state=tmp_path) as eng:
+            eng.step(0.8)
+            ref.step(0.8)
+            victim = eng.workers[0]
+            kill_worker(client, victim)
+            eng.update([0, 500, 1000, 500], 0.9)
+            ref.update([0, 500, 1000, 500], 0.9)
+            assert victim not in eng.workers
+            same(eng, ref)
+
+
+class DyingShard(sharded.ShardActor):
+    """A real shard whose worker process dies inside ``step`` when a marker file beside its
+    state directory says so: before the call reaches its log, or after it was applied."""
+
+    def step(self, quality, check_finite=False):
+        self._die_if("before")
+        sequence = super().step(quality, check_finite)
+        self._die_if("after")
+        return sequence
+
+    def _die_if(self, when):
+        marker = self._eng.directory.with_name(f"{self._eng.directory.name}.die-{when}")
+        if marker.exists():
+            marker.unlink()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DyingShardedEngine(nap.ShardedEngine):
+    _actor = DyingShard
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_call_cut_by_worker_death_is_applied_exactly_once(client, tmp_path, when):
+    q = np.random.default_rng(17).random(N)
+    ref = nap.Engine(N, seed=18)
+    with DyingShardedEngine(N, shards=4, client=client, seed=18, state=tmp_path) as eng:
+        eng.step(0.9)
+        ref.step(0.9)
+        (tmp_path / f"shard-0001.die-{when}").touch()
+        eng.step(q)  # shard 1's worker dies in it; its shards are recovered, none stepped twice
+        ref.step(q)
+        assert not (tmp_path / f"shard-0001.die-{when}").exists()
+        same(eng, ref)
+
+
+def test_lost_worker_without_state_fails_the_engine(client):
+    eng = nap.ShardedEngine(N, shards=3, client=client, seed=19)
+    victim = eng.workers[1]
+    expected = on_worker(eng, victim)
+    kill_worker(client, victim)
+    with pytest.raises(nap.ShardsLostError) as lost:
+        eng.step(0.9)
+    assert lost.value.shards == expected
+    for i, ids in expected.items():
+        assert f"shard {i} (ids {ids.start}..{ids.stop - 1})" in str(lost.value)
+    for method, args in [("step", (0.5,)), ("update", ([1], 0.5)), ("decay", ()),
+                         ("metrics", (labels_for(N),)), ("save", ("unused",)), ("to_numpy", ())]:
+        with pytest.raises(nap.ShardsLostError) as again:
+            getattr(eng, method)(*args)
+        assert again.value.shards == expected
+    eng.close()
