@@ -30,6 +30,7 @@ NEED_PER_MEMORY = {
     "snapshot": 12,        # the engine's weights, the loaded copy, page cache slack
     "convergence": 28,     # engine, qualities, noise, metrics' sorted copies
     "wal": 12,             # the engine's weights, the snapshot written at open (page cache)
+    "serve": 24,           # the server's weights, the health check's copy and its sort
 }
 FIXED_BYTES = {"sparse-batch": 10_000_000 * 40}  # ids, qualities, Zipf draws of 10M events
 HEADROOM = 1.5 * 2**30  # left to the OS and the other processes

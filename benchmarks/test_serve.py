@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 import nap_gpu as nap
+import scale_support
 from scale_support import size_label
 
 httpx = pytest.importorskip("httpx", reason="httpx is not installed")
@@ -71,6 +72,14 @@ class _Service:
         self.proc.wait(600)
 
 
+def _need(tier: int, smoke: bool) -> None:
+    if tier < 1_000_000 and not smoke:
+        pytest.skip("the service benchmarks run from the 1M tier up")
+    fits, why = scale_support.op_fits("serve", tier)
+    if not fits:
+        pytest.skip(why)
+
+
 def _batches(n: int, events: int) -> list:
     rng = np.random.default_rng([n, 11])
     return [(rng.integers(0, n, BATCH), rng.random(BATCH, dtype=np.float32))
@@ -113,8 +122,7 @@ CASES = [("json", "always"), ("binary", "always"), ("json", "group"), ("binary",
 
 @pytest.mark.parametrize("body, fsync", CASES, ids=[f"{b}-{f}" for b, f in CASES])
 def test_serve_feedback(benchmark, smoke, tier, tmp_path, body, fsync):
-    if tier < 1_000_000 and not smoke:
-        pytest.skip("the service benchmark runs from the 1M tier up")
+    _need(tier, smoke)
     benchmark.group = f"serve-feedback-{size_label(tier)}"
     benchmark.name = f"{body}-{fsync}[{size_label(tier)}]"
     events = 20_000 if smoke else 400_000
@@ -151,8 +159,7 @@ def test_serve_feedback(benchmark, smoke, tier, tmp_path, body, fsync):
 
 
 def test_serve_startup(benchmark, smoke, tier, tmp_path):
-    if tier < 1_000_000 and not smoke:
-        pytest.skip("start-up is measured from the 1M tier up")
+    _need(tier, smoke)
     benchmark.group = f"serve-startup-{size_label(tier)}"
     benchmark.name = f"startup[{size_label(tier)}]"
     service = _Service(tmp_path / "state", tier)

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import pathlib
+import statistics
 import sys
 from collections import defaultdict
 
@@ -579,6 +580,69 @@ class Report:
                           + [f"{_label(n)}: × no-log" for n in ns], rows)
         self.out.append("")
 
+    def service(self) -> None:
+        feedback = self.by_op.get("serve-feedback", [])
+        startup = self.by_op.get("serve-startup", [])
+        if not (feedback or startup):
+            return
+        o = self.out
+        o += ["## The HTTP service", "",
+              "`nap-gpu serve` as a child process on loopback (docs/serving.md). Feedback: "
+              "1k-event batches from concurrent client threads (in the benchmark's process, "
+              "sharing the cores), JSON or binary bodies, `fsync` per batch (`always`) or "
+              "group commit; beside the same batches in process (`in-process-always`: the "
+              "durable engine, one caller; `in-process-none`: `Engine.update`, no log). "
+              "`× in process`: time over `in-process-none`'s.", ""]
+        ns = sorted({r["extra_info"]["n"] for r in feedback})
+        impls = list(dict.fromkeys(r["extra_info"]["impl"] for r in feedback))
+        base = {r["extra_info"]["n"]: r for r in feedback
+                if r["extra_info"]["impl"] == "in-process-none"}
+        rows = []
+        for impl in impls:
+            mine = {r["extra_info"]["n"]: r for r in feedback if r["extra_info"]["impl"] == impl}
+            for n in ns:
+                if n not in mine:
+                    continue
+                e = mine[n]["extra_info"]
+                rows.append([f"`{impl}`", _label(n), fmt_rate(e.get("events_per_s")),
+                             f"{e['latency_ms_p50']:.3g} ms", f"{e['latency_ms_p99']:.3g} ms",
+                             fmt_ratio(_median(mine[n]) / _median(base[n]) if n in base
+                                       else None)])
+        if rows:
+            o += table(["path", "memories", "events/s", "request p50", "request p99",
+                        "× in process"], rows)
+        if startup:
+            o += ["Start-up: process start to `/readyz` = 200 on existing state (the newest "
+                  "snapshot verified and loaded, the log after it replayed), and the first "
+                  "start, which creates the state.", ""]
+            o += table(["memories", "ready (median of runs)", "runs", "first start (creates)"],
+                       [[_label(e["n"]), fmt_time(statistics.median(e["ready_s"])),
+                         ", ".join(f"{x:.2f} s" for x in e["ready_s"]),
+                         fmt_time(e.get("first_start_s"))]
+                        for e in sorted((b["extra_info"] for b in startup),
+                                        key=lambda e: e["n"])])
+
+    def sharded(self) -> None:
+        rows_all = [b for op, rs in self.by_op.items() if op.startswith("sharded")
+                    for b in rs]
+        if not rows_all:
+            return
+        self.out += ["## Sharding on Dask", "",
+                     "A `ShardedEngine` of 2 shards on a 2-worker `LocalCluster` beside a single "
+                     "Engine on the same machine (docs/sharding.md). `× single (paired)`: its "
+                     "time over the single Engine's doing the same work, timed in alternation: "
+                     "the cost of distribution on one machine.", ""]
+        rows = []
+        for g, rs in sorted(self.by_group(rows_all).items()):
+            for r in sorted(rs, key=_median):
+                e = r["extra_info"]
+                rows.append([g, f"`{e['impl']}`", fmt_exact(r), fmt_time(_median(r)),
+                             fmt_ratio(e.get("single_ratio")), fmt_rate(e.get("events_per_s")),
+                             "–" if e.get("bytes_moved") is None
+                             else f"{e['bytes_moved'] / 2**20:.1f} MiB"])
+        self.out += table(["group", "impl", "bit-exact", "median", "× single (paired)",
+                           "events/s", "client ↔ workers"], rows)
+
     def metrics(self) -> None:
         rows_all = self.by_op.get("metrics", [])
         if not rows_all:
@@ -749,8 +813,8 @@ class Report:
         series = defaultdict(list)  # (op, variant, impl) -> [(n, time, mem)]
         fcpu: dict = {}
         for op, rs in self.by_op.items():
-            if op in ("machine", "metrics-sklearn"):
-                continue
+            if op in ("machine", "metrics-sklearn", "wal", "serve-feedback"):
+                continue  # a fixed number of events at every tier: no growth to fit
             for b in rs:
                 e = b["extra_info"]
                 if "n" not in e or e.get("impl") is None:
@@ -876,6 +940,8 @@ class Report:
                        "timed in alternation (paired); peer: `np.load` (no checksum). The "
                        "file is in the page cache.")
         self.wal()
+        self.service()
+        self.sharded()
         self.memory()
         self.convergence()
         self.cost_growth()
