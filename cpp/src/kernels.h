@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>  // for std::size_t
+#include <cstdint>  // for std::int64_t
 
 #include "nap/law.h"
 
@@ -16,6 +17,9 @@ struct Kernels {
   std::size_t (*step_scalar)(float* w, float q, std::size_t n, const Params& p);
   std::size_t (*decay)(float* w, std::size_t n, float decay);
   std::size_t (*triad)(float* w, const float* q, float s, std::size_t n);
+  /// Feedback for events in order, one at a time (all of them: no tail).
+  void (*update)(float* w, const std::int64_t* ids, const float* q, std::size_t m,
+                 const Params& p);
   /// Whether any of the first `done` elements is NaN or infinite (done is returned through
   /// the pointer: the whole vectors it looked at).
   bool (*any_nonfinite)(const float* x, std::size_t n, std::size_t* done);

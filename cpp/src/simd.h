@@ -32,6 +32,7 @@ struct Vec {
   explicit Vec(float x) : v(_mm512_set1_ps(x)) {}
   static Vec load(const float* p) { return _mm512_loadu_ps(p); }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
+  void store_first(float* p) const { _mm_store_ss(p, _mm512_castps512_ps128(v)); }
 };
 inline Vec operator+(Vec a, Vec b) { return _mm512_add_ps(a.v, b.v); }
 inline Vec operator-(Vec a, Vec b) { return _mm512_sub_ps(a.v, b.v); }
@@ -50,6 +51,7 @@ struct Vec {
   explicit Vec(float x) : v(_mm256_set1_ps(x)) {}
   static Vec load(const float* p) { return _mm256_loadu_ps(p); }
   void store(float* p) const { _mm256_storeu_ps(p, v); }
+  void store_first(float* p) const { _mm_store_ss(p, _mm256_castps256_ps128(v)); }
 };
 inline Vec operator+(Vec a, Vec b) { return _mm256_add_ps(a.v, b.v); }
 inline Vec operator-(Vec a, Vec b) { return _mm256_sub_ps(a.v, b.v); }
@@ -68,6 +70,7 @@ struct Vec {
   explicit Vec(float x) : v(_mm_set1_ps(x)) {}
   static Vec load(const float* p) { return _mm_loadu_ps(p); }
   void store(float* p) const { _mm_storeu_ps(p, v); }
+  void store_first(float* p) const { _mm_store_ss(p, v); }
 };
 inline Vec operator+(Vec a, Vec b) { return _mm_add_ps(a.v, b.v); }
 inline Vec operator-(Vec a, Vec b) { return _mm_sub_ps(a.v, b.v); }
@@ -87,6 +90,7 @@ struct Vec {
   explicit Vec(float x) : v(x) {}
   static Vec load(const float* p) { return Vec(*p); }
   void store(float* p) const { *p = v; }
+  void store_first(float* p) const { *p = v; }
 };
 inline Vec operator+(Vec a, Vec b) { return Vec(a.v + b.v); }
 inline Vec operator-(Vec a, Vec b) { return Vec(a.v - b.v); }
