@@ -19,17 +19,20 @@ import zlib
 
 import numpy as np
 
-#: Conservative bytes per memory each operation's benchmarks hold at once (data + working
-#: copies + the largest peer), plus a fixed allowance for event batches. Used only to refuse,
-#: before allocating, what cannot fit.
+#: Conservative bytes per memory each operation's benchmarks hold at once, plus a fixed
+#: allowance for event batches. Used only to refuse, before allocating, what cannot fit.
+#: test_scale.py's module-scoped fixtures stay alive until the module ends, so an operation
+#: counts those of the operations that ran before it in the module (sparse, then decay, then
+#: snapshots). The first estimates counted each operation alone, and a 1G run was killed by
+#: the kernel's OOM killer at 24 GB (2026-11-25).
 NEED_PER_MEMORY = {
     "dense-step": 36,      # pristine w, q, working w, floor's w, peers' copies (JAX: 3 more)
-    "sparse-batch": 12,    # pristine w, working w, the peer's copy
-    "decay": 12,           # pristine w, working w, floor's w
+    "sparse-batch": 16,    # pristine w, working w, the peak measurement's copy, a peer's copy
+    "decay": 28,           # the sparse fixtures (8) + pristine w, working w, floor's w, a copy
     "metrics": 24,         # weights, labels, both populations sorted (+ their masks)
-    "snapshot": 12,        # the engine's weights, the loaded copy, page cache slack
+    "snapshot": 36,        # the fixtures above (20) + source, engine, loaded copy, a copy
     "convergence": 28,     # engine, qualities, noise, metrics' sorted copies
-    "wal": 12,             # the engine's weights, the snapshot written at open (page cache)
+    "wal": 16,             # the engine's weights, the snapshot written at open (page cache)
     "serve": 24,           # the server's weights, the health check's copy and its sort
 }
 FIXED_BYTES = {"sparse-batch": 10_000_000 * 40}  # ids, qualities, Zipf draws of 10M events

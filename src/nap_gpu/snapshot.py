@@ -31,7 +31,7 @@ import os
 import pathlib
 import struct
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import crc32c
@@ -125,8 +125,7 @@ def write(path, weights: np.ndarray, params: Params, *, iteration: int = 0, sequ
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="nap-snapshot") as pool, \
-                open(tmp, "wb", buffering=0) as fh:
+        with _worker(len(data)) as pool, open(tmp, "wb", buffering=0) as fh:
             # The checksum is computed beside the writes and patched into the header at the end:
             # it has a fixed width, so the header's length does not change.
             weights_crc = pool.submit(_crc, _WRITE_CHECKSUM, data)
@@ -162,11 +161,37 @@ def _write_all(fh, data) -> None:
         view = view[fh.write(view[:_IO_CHUNK * 4]):]
 
 
-def _pipelined(chunks, verify) -> None:
+class _Inline:
+    """An executor that runs each call at once in the caller's thread: for small files, where
+    starting a thread costs more than it could hide (~0.3 ms against a 10K file's 15 µs read)."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future
+            future.set_exception(exc)
+        return future
+
+
+def _worker(nbytes: int):
+    """One worker thread for the checksum and checks, or none below two chunks."""
+    if nbytes > 2 * _IO_CHUNK:
+        return ThreadPoolExecutor(1, thread_name_prefix="nap-snapshot")
+    return _Inline()
+
+
+def _pipelined(chunks, verify, nbytes: int) -> None:
     """Run ``verify(chunk)`` in a worker thread on each chunk that ``chunks`` reads, one chunk
     behind: reading the next chunk overlaps verifying this one (both release the GIL), and
     the single worker verifies chunks in order, so a running checksum can be carried."""
-    with ThreadPoolExecutor(1, thread_name_prefix="nap-snapshot") as pool:
+    with _worker(nbytes) as pool:
         pending = None
         for chunk in chunks:
             if pending is not None:
@@ -218,7 +243,7 @@ def inspect(path, *, verify: bool = True) -> SnapshotInfo:
             nonlocal crc
             crc = _CHECKSUMS[name](view, crc)
 
-        _pipelined(chunks(), verify_chunk)
+        _pipelined(chunks(), verify_chunk, 4 * info.n)
     return _replace(info, checksum_ok=_seal(name, crc, info.metadata) == info.checksum)
 
 
@@ -248,7 +273,7 @@ def read(path) -> tuple[np.ndarray, SnapshotInfo]:
                 outside = first + int(np.argmax(~((chunk >= 0) & (chunk <= 1))))
             np.add(chunk, np.float32(0), out=chunk)  # -0.0 never enters an engine
 
-        _pipelined(chunks(), verify_chunk)
+        _pipelined(chunks(), verify_chunk, len(buffer))
     sealed = _seal(name, crc, info.metadata)
     if sealed != info.checksum:  # reported before any range fault: the bytes are not the ones written
         raise SnapshotError(f"{path}: checksum mismatch over the weights (bytes "

@@ -1,6 +1,6 @@
 """``nap-gpu serve``: the engine as an HTTP service (extra ``serve``).
 
-    nap-gpu serve --state state/ --memories 1M          # or NAP_STATE_DIR, NAP_MEMORIES, ...
+    nap-gpu serve --state-dir state/ --memories 1M      # or NAP_STATE_DIR, NAP_MEMORIES, ...
 
 Start-up opens (or creates) the durable state, recovering the newest snapshot and the log,
 then starts the writer and the periodic health check, then binds. SIGTERM (or Ctrl-C) stops

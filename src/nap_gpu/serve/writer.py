@@ -122,8 +122,11 @@ class Writer:
         kind = group[0].kind
         start = time.perf_counter()
         try:
-            with self.lock:
+            with self.lock:  # on_applied too: the health check reads what it records
                 result = self._call(kind, group)
+                if self.on_applied is not None:
+                    self.on_applied(kind, sum(op.events for op in group),
+                                    time.perf_counter() - start)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
             log.error("write failed", extra={"kind": kind, "error": repr(exc)})
             if not isinstance(exc, (ValueError, TypeError, IndexError)):
@@ -131,8 +134,6 @@ class Writer:
             for op in group:
                 op.future.set_exception(exc)
             return
-        if self.on_applied is not None:
-            self.on_applied(kind, sum(op.events for op in group), time.perf_counter() - start)
         for op in group:
             op.future.set_result(result)
 
