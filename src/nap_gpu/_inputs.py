@@ -117,6 +117,15 @@ def _unshared(q, weights, xp):
     return q
 
 
+def repeat_count(k) -> int:
+    """``decay``'s k: a non-negative integer (bool refused)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k must be an integer, got {type(k).__name__}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    return int(k)
+
+
 def labels(values, n: int) -> np.ndarray:
     """Population labels as host uint8 (1 = reinforced R, 0 = punished P), length n."""
     if isinstance(values, (str, bytes)):

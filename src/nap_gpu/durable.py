@@ -260,7 +260,7 @@ class _Log:
         if old >= 0:
             os.close(old)
 
-    def _sync(self) -> None:
+    def _fsync(self) -> None:
         start = time.perf_counter()
         _sync(self.fd)
         if self.on_sync is not None:
@@ -275,7 +275,7 @@ class _Log:
             if not self.dirty or self.fd < 0 or self.error is not None:
                 return
             try:
-                self._sync()
+                self._fsync()
                 self.dirty = False
             except OSError as exc:
                 self.error = exc
@@ -296,12 +296,12 @@ class _Log:
                     for p in parts:
                         _write_all(self.fd, p)
                 if self.fsync == "always":
-                    self._sync()
+                    self._fsync()
             except OSError as exc:
                 try:  # nothing of a failed record may stay in the log
                     os.ftruncate(self.fd, start)
                     os.lseek(self.fd, start, os.SEEK_SET)
-                    self._sync()
+                    self._fsync()
                 except OSError as again:
                     self.error = again
                     raise EngineFailedError(f"appending to {self.path} failed ({exc}) and the "
@@ -317,7 +317,7 @@ class _Log:
             if first == self.first:
                 return
             if self.dirty:
-                self._sync()
+                self._fsync()
                 self.dirty = False
             self._open(first, reuse=False)
 
@@ -329,7 +329,7 @@ class _Log:
             if self.fd >= 0:
                 try:
                     if self.dirty and self.error is None:
-                        self._sync()
+                        self._fsync()
                 finally:
                     os.close(self.fd)
                     self.fd = -1
@@ -867,11 +867,8 @@ class DurableEngine:
 
     def decay(self, k: int = 1) -> None:
         """Passive decay ``k`` times (see ``Engine.decay``), durable when it returns."""
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-            raise TypeError(f"k must be an integer, got {type(k).__name__}")
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
-        self._call(DECAY, 0, [_U64.pack(int(k))], int(k))
+        k = _inputs.repeat_count(k)
+        self._call(DECAY, 0, [_U64.pack(k)], k)
 
     def _host(self, a) -> np.ndarray:
         return a if self._bk.xp is np else self._bk.to_host(a)

@@ -151,11 +151,7 @@ class Engine:
 
     def decay(self, k: int = 1) -> None:
         """Passive decay only, ``k`` times, for every memory."""
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-            raise TypeError(f"k must be an integer, got {type(k).__name__}")
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
-        self._backend.decay(self._w, self._params.decay, int(k))
+        self._backend.decay(self._w, self._params.decay, _inputs.repeat_count(k))
 
     def clamp(self) -> None:
         """Clamp every weight into [0, 1] (the law never leaves it: this repairs weights

@@ -689,11 +689,7 @@ class ShardedEngine:
     @_serialized
     def decay(self, k: int = 1) -> None:
         """Passive decay only, ``k`` times, for every memory."""
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-            raise TypeError(f"k must be an integer, got {type(k).__name__}")
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
-        self._run(self._everywhere("decay", int(k)), mutating=True)
+        self._run(self._everywhere("decay", _inputs.repeat_count(k)), mutating=True)
 
     # -- monitoring ----------------------------------------------------------------------
     @_serialized

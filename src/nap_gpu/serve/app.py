@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import secrets
 import time
@@ -26,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, _inputs
-from .observability import request_id
+from .observability import request_id, throttled
 from .writer import Op, QueueFullError, WriterStoppedError
 
 __all__ = ["Rejected", "create_app"]
@@ -392,19 +391,14 @@ _ERRORS = {code: {"description": text, "content": {"application/json": {"schema"
 
 def disk_writable_probe(directory, period: float = 1.0):
     """``probe() -> bool``: can a file be created in ``directory``? (cached for ``period`` s)"""
-    cache = {"at": -math.inf, "ok": False}
+    path = os.path.join(directory, f".readyz-{os.getpid()}")
 
     def probe() -> bool:
-        now = time.monotonic()
-        if now - cache["at"] >= period:
-            path = os.path.join(directory, f".readyz-{os.getpid()}")
-            try:
-                with open(path, "wb") as fh:
-                    fh.write(b"ok")
-                os.unlink(path)
-                cache["ok"] = True
-            except OSError:
-                cache["ok"] = False
-            cache["at"] = now
-        return cache["ok"]
-    return probe
+        try:
+            with open(path, "wb") as fh:
+                fh.write(b"ok")
+            os.unlink(path)
+            return True
+        except OSError:
+            return False
+    return throttled(probe, period)

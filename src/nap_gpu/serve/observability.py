@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import math
 import sys
 import time
 
@@ -105,16 +106,22 @@ def _gpu_families(status: dict):
         yield family
 
 
-def gpu_status_cached(period: float = 5.0):
-    """``telemetry.gpu_status`` at most once per ``period`` seconds (NVML calls cost ~ms)."""
-    cache = {"at": -period, "value": {}}
+def throttled(read, period: float):
+    """``read()`` at most once per ``period`` seconds; the last value in between (probes
+    that cost milliseconds, asked by every scrape or readiness check)."""
+    cache = {"at": -math.inf, "value": None}
 
-    def read() -> dict:
+    def cached():
         now = time.monotonic()
         if now - cache["at"] >= period:
-            cache["value"], cache["at"] = telemetry.gpu_status(), now
+            cache["value"], cache["at"] = read(), now
         return cache["value"]
-    return read
+    return cached
+
+
+def gpu_status_cached(period: float = 5.0):
+    """``telemetry.gpu_status`` at most once per ``period`` seconds (NVML calls cost ~ms)."""
+    return throttled(telemetry.gpu_status, period)
 
 
 # -- logs -------------------------------------------------------------------------------------
