@@ -8,6 +8,11 @@
   ``math.fsum`` (tolerance);
 * saturation: a direct count; min/max/nonfinite;
 * the same weights give identical metrics on every backend;
+* subnormal weights (CuPy's own kernels flush them in float32 comparisons, so the metrics
+  compare integer keys): every metric against exact Fractions on every backend, and on a
+  NumPy stand-in whose float32 comparisons flush subnormals as CuPy's do;
+* the inversion ratio's integer arithmetic beyond 2^32 memories (synthetic counts) and its
+  exact sum of products, against Python integers;
 * ``nap.health``: the verdict rules.
 """
 
@@ -385,6 +390,329 @@ def test_label_forms_agree(pop):
         reference = _comparable(eng.metrics(labels))
         for form in forms:
             assert _comparable(eng.metrics(form)) == reference, f"{name}: labels {form!r}"
+
+
+# -- subnormal weights: compared as integer keys, never as floats through xp ---------------------
+
+Q = 2.0 ** -149                    # the smallest subnormal float32
+LARGEST_SUBNORMAL = float(np.array([0x007FFFFF], np.uint32).view(np.float32)[0])
+SMALLEST_NORMAL = 2.0 ** -126
+
+SUBNORMAL_CASES = {
+    # the ratio depends on the order of distinct subnormals, with a tie at 3q
+    "distinct subnormals": ([3 * Q, 5 * Q, SMALLEST_NORMAL, Q, 2 * Q, 3 * Q, 0.0, 0.5],
+                            [1, 1, 1, 0, 0, 0, 0, 0]),
+    "subnormals beside zero": ([Q, 0.0, 0.0, Q, 2 * Q, 0.0], [1, 0, 0, 1, 1, 0]),
+    "P above R by a subnormal": ([Q, 2 * Q, 0.0, 3 * Q], [1, 0, 1, 0]),
+    "min and max subnormal": ([7 * Q, 2 * Q, LARGEST_SUBNORMAL, 3 * Q, 2 * Q], [1, 0, 1, 0, 1]),
+    "min subnormal, max normal": ([Q, 0.75, 4 * Q, 0.25], [0, 1, 1, 0]),
+}
+
+
+def exact_oracle(w, labels, eps: float) -> dict:
+    """Ratio, saturation and extremes of float32 weights in Python Fractions (no NumPy
+    comparison): each float32 converts to a float64, hence to a Fraction, exactly."""
+    values = [Fraction(float(x)) for x in np.asarray(w, np.float32).tolist()]
+    lab = [bool(x) for x in labels]
+    r = [v for v, is_r in zip(values, lab) if is_r]
+    p = [v for v, is_r in zip(values, lab) if not is_r]
+    lo = Fraction(float(np.float32(eps)))
+    hi = Fraction(float(np.float32(1) - np.float32(eps)))  # the float32 subtraction, as defined
+    twice_u = sum(2 if a > b else 1 if a == b else 0 for a in r for b in p)
+    return {"ratio": float(Fraction(twice_u, 2 * len(r) * len(p))) if r and p else math.nan,
+            "saturated": sum(1 for v in values if v <= lo or v >= hi),
+            "min": float(min(values)), "max": float(max(values))}
+
+
+def check_exact(m: nap.Metrics, w, labels, eps: float, context: str = "") -> None:
+    """Every metric of ``m`` against the exact oracles (Fractions, Python integers)."""
+    w = np.asarray(w, np.float32)
+    lab = np.asarray(labels).astype(bool)
+    expected = exact_oracle(w, lab, eps)
+    assert m.n == w.size, context
+    if lab.any() and not lab.all():
+        assert m.inversion_ratio == expected["ratio"], (
+            f"{context}: inversion {m.inversion_ratio!r} != exact {expected['ratio']!r}")
+        mean_r, _ = exact_mean_var(w[lab])
+        mean_p, _ = exact_mean_var(w[~lab])
+        assert m.separation == float(mean_r - mean_p), f"{context}: separation"
+    else:
+        assert math.isnan(m.inversion_ratio) and math.isnan(m.separation), context
+    assert m.saturation == expected["saturated"] / w.size, (
+        f"{context}: saturation {m.saturation * w.size} != {expected['saturated']} weights")
+    assert m.min == expected["min"], f"{context}: min {m.min!r} != {expected['min']!r}"
+    assert m.max == expected["max"], f"{context}: max {m.max!r} != {expected['max']!r}"
+    check_population_stats(m.reinforced, w[lab], f"{context} R")
+    check_population_stats(m.punished, w[~lab], f"{context} P")
+    assert m.nonfinite == 0, context
+
+
+SUBNORMAL_EPS = [0.02, 0.0, 2.0 ** -148]  # 2^-148 = 2q: a subnormal saturation bound
+
+
+@pytest.mark.parametrize("eps", SUBNORMAL_EPS)
+@pytest.mark.parametrize("case", list(SUBNORMAL_CASES))
+def test_subnormal_weights_exact(backend, case, eps):
+    w, labels = SUBNORMAL_CASES[case]
+    w = np.asarray(w, np.float32)
+    assert all(float(x) == v for x, v in zip(w, SUBNORMAL_CASES[case][0]))  # exact float32s
+    eng = nap.Engine(w.size, backend=backend, init=w)
+    check_exact(eng.metrics(labels, eps=eps), w, labels, eps, f"{backend} {case} eps={eps}")
+
+
+def test_subnormal_known_values(backend):
+    """The flush-to-zero failure modes, spelled out: distinct subnormals are distinct, a
+    subnormal is above 0 (not saturated at eps = 0), and subnormal extremes survive."""
+    def metrics(w, labels, **kwargs):
+        w = np.asarray(w, np.float32)
+        return nap.Engine(w.size, backend=backend, init=w).metrics(labels, **kwargs)
+    assert metrics([2 * Q, Q], [1, 0]).inversion_ratio == 1.0
+    assert metrics([Q, 2 * Q], [1, 0]).inversion_ratio == 0.0
+    assert metrics([Q, 0.0], [1, 0]).inversion_ratio == 1.0
+    m = metrics([Q, 0.0, 3 * Q, 0.0], [1, 0, 1, 0], eps=0.0)
+    assert m.saturation == 0.5  # only the two zeros are <= 0
+    assert m.min == 0.0 and m.max == 3 * Q
+    m = metrics([5 * Q, LARGEST_SUBNORMAL, 2 * Q], [1, 0, 1])
+    assert m.min == 2 * Q and m.max == LARGEST_SUBNORMAL
+    assert m.inversion_ratio == 0.0
+
+
+@st.composite
+def subnormal_populations(draw, max_size: int = 40):
+    """float32 weights mostly subnormal (any bit pattern, or a few small multiples of q, so
+    ties occur), beside 0, the smallest normal and a few ordinary weights; bool labels."""
+    n = draw(st.integers(1, max_size), label="n")
+    subnormal = st.integers(1, 0x007FFFFF).map(
+        lambda b: float(np.array([b], np.uint32).view(np.float32)[0]))
+    element = st.one_of(subnormal, st.integers(1, 6).map(lambda k: k * Q),
+                        st.sampled_from([0.0, 0.0, SMALLEST_NORMAL, 0.5, 1.0]))
+    w = np.asarray(draw(st.lists(element, min_size=n, max_size=n)), np.float32)
+    labels = np.asarray(draw(st.lists(st.booleans(), min_size=n, max_size=n)), bool)
+    return w, labels
+
+
+@HYPOTHESIS
+@given(pop=subnormal_populations(), eps=st.sampled_from(SUBNORMAL_EPS))
+def test_subnormal_populations_exact(backend, pop, eps):
+    w, labels = pop
+    eng = nap.Engine(w.size, backend=backend, init=w)
+    check_exact(eng.metrics(labels, eps=eps), w, labels, eps, backend)
+
+
+@HYPOTHESIS
+@given(pop=subnormal_populations(max_size=60), cuts=st.lists(st.integers(1, 59), max_size=4))
+def test_subnormal_summaries_merge_exactly(backend, pop, cuts):
+    """Summaries of parts (as the shards make them, where the weights live) merge into the
+    whole population's metrics, and those are the exact ones."""
+    w, labels = pop
+    bk = nap.backends.get(backend)
+    edges = sorted({0, w.size, *(c for c in cuts if c < w.size)})
+    parts = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        part = nap.Engine(b - a, backend=backend, init=w[a:b])
+        labels_part = bk.asarray(labels[a:b].astype(np.uint8))
+        parts.append(nap.metrics.summarize(part.weights, labels_part, bk).on_host())
+    merged = nap.metrics.combine(nap.metrics.merge(parts))
+    whole = nap.Engine(w.size, backend=backend, init=w).metrics(labels)
+    assert _comparable(merged) == _comparable(whole)
+    check_exact(merged, w, labels, nap.metrics.DEFAULT_EPS, backend)
+
+
+# A NumPy stand-in for CuPy's own kernels (compiled with -ftz=true): float32 comparisons,
+# min/max and searchsorted see subnormals as zero. Sorting keeps them (CuPy sorts by bits).
+_FLUSHING_UFUNCS = {np.less, np.less_equal, np.greater, np.greater_equal, np.equal,
+                    np.not_equal, np.minimum, np.maximum, np.fmin, np.fmax}
+
+
+def _flushed(x):
+    """x with float32 subnormals replaced by zeros of their sign (other values as they are)."""
+    if isinstance(x, np.ndarray):
+        x = np.asarray(x)  # the plain ndarray
+        if x.dtype == np.float32:
+            tiny = np.abs(x) < np.float32(SMALLEST_NORMAL)
+            return np.where(tiny, np.copysign(np.float32(0), x), x)
+        return x
+    if isinstance(x, np.float32) and abs(x) < np.float32(SMALLEST_NORMAL):
+        return np.copysign(np.float32(0), x)
+    return x
+
+
+class _FlushingArray(np.ndarray):
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        flush = ufunc in _FLUSHING_UFUNCS
+        inputs = tuple(_flushed(x) if flush else (np.asarray(x) if isinstance(x, np.ndarray) else x)
+                       for x in inputs)
+        out = kwargs.get("out")
+        if out is not None:
+            kwargs["out"] = tuple(np.asarray(o) for o in out)
+        result = getattr(ufunc, method)(*inputs, **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return result.view(_FlushingArray) if isinstance(result, np.ndarray) else result
+
+    def searchsorted(self, v, side="left", sorter=None):
+        return np.asarray(_flushed(self)).searchsorted(_flushed(v), side=side, sorter=sorter)
+
+
+class _FlushingBackend:
+    """A backend whose weights compare as CuPy's own kernels compare them."""
+    xp = np
+
+    @staticmethod
+    def exact_sums(w, labels):
+        return nap.backends._xp.exact_sums(w, labels, np)
+
+
+def test_flushing_stand_in_flushes():
+    a = np.array([Q, 2 * Q, 0.0], np.float32).view(_FlushingArray)
+    assert bool(a[:1] == a[1:2]) and bool(a[:1] == a[2:]) and bool(a[:1] <= np.float32(0))
+    assert float(np.min(a)) == 0.0 and float(np.max(a)) == 0.0
+    assert np.searchsorted(np.sort(a), a[:1], side="right")[0] == 3
+
+
+@pytest.mark.parametrize("eps", SUBNORMAL_EPS)
+@pytest.mark.parametrize("case", list(SUBNORMAL_CASES))
+def test_metrics_never_compare_floats_through_xp(case, eps):
+    """On weights whose float32 comparisons flush subnormals (as on the cuda backend), the
+    metrics are still the exact ones: every comparison is made on integer keys."""
+    w, labels = SUBNORMAL_CASES[case]
+    weights = np.asarray(w, np.float32).view(_FlushingArray)
+    m = nap.metrics.compute(weights, np.asarray(labels, np.uint8), _FlushingBackend, eps=eps)
+    check_exact(m, w, labels, eps, f"{case} eps={eps}")
+
+
+def test_public_inversion_ratio_keys():
+    ratio = nap.metrics.inversion_ratio
+    assert ratio(np.float32([2 * Q, Q]), np.float32([Q, 0.0])) == 0.875
+    assert ratio([0.9, 0.5], [0.5, 0.1]) == 0.875  # float64 lists become float32
+    assert ratio(np.float32([-0.0]), np.float32([0.0])) == 0.5  # -0.0 == +0.0
+    assert ratio(np.float32([np.inf, 0.5]), np.float32([1.0])) == 0.5
+    assert ratio(np.float32([-np.inf]), np.float32([0.0])) == 0.0
+    assert math.isnan(ratio(np.float32([np.nan, 0.5]), np.float32([0.1])))
+    negative_nan = np.array([0xFFC00000], np.uint32).view(np.float32)  # sign set: key below -inf's
+    assert math.isnan(ratio(np.float32([0.5]), negative_nan))
+    assert math.isnan(ratio(np.float32([]), np.float32([0.1])))
+
+
+def test_extremes_and_saturation_with_nonfinite_weights():
+    """NaN: never saturated, min/max NaN; +inf counts as >= 1 - eps, -inf as <= eps."""
+    bk = nap.backends.get("numpy")
+    labels = np.array([1, 0, 1, 0], np.uint8)
+    for nan in np.array([0x7FC00000, 0xFFC00000, 0x7F800001], np.uint32).view(np.float32):
+        m = nap.metrics.compute(np.array([nan, 0.5, 0.99, 0.01], np.float32), labels, bk)
+        assert math.isnan(m.min) and math.isnan(m.max) and math.isnan(m.inversion_ratio)
+        assert m.saturation == 0.5 and m.nonfinite == 1
+    m = nap.metrics.compute(np.array([np.inf, 0.5, -np.inf, 0.5], np.float32), labels, bk)
+    assert m.min == -math.inf and m.max == math.inf and m.saturation == 0.5
+    assert math.isnan(m.inversion_ratio) and m.nonfinite == 2
+
+
+# -- the inversion ratio's integer arithmetic at any size ----------------------------------------
+
+def twice_u_oracle(r_keys, r_counts, p_keys, p_counts) -> int:
+    """2U from (distinct keys, counts) in Python integers."""
+    return sum(int(rc) * int(pc) * (2 if rk > pk else 1 if rk == pk else 0)
+               for rk, rc in zip(r_keys.tolist(), r_counts.tolist())
+               for pk, pc in zip(p_keys.tolist(), p_counts.tolist()))
+
+
+def ratio_oracle(r_keys, r_counts, p_keys, p_counts) -> float:
+    nr, np_ = sum(map(int, r_counts.tolist())), sum(map(int, p_counts.tolist()))
+    return float(Fraction(twice_u_oracle(r_keys, r_counts, p_keys, p_counts), 2 * nr * np_))
+
+
+def synthetic_summary(r_keys, r_counts, p_keys, p_counts) -> nap.metrics.Summary:
+    """A host summary of a population too large to hold here: only the distinct keys and
+    their counts (the bins are empty, so the means are NaN; the ratio does not use them)."""
+    n = sum(map(int, r_counts)) + sum(map(int, p_counts))
+    return nap.metrics.Summary(
+        n=n, sums=np.zeros((2, 512, 4), np.uint64),
+        reinforced=(np.asarray(r_keys, np.uint32), np.asarray(r_counts, np.int64)),
+        punished=(np.asarray(p_keys, np.uint32), np.asarray(p_counts, np.int64)),
+        saturated=0, min=0.0, max=1.0)
+
+
+HUGE = {  # (R keys, R counts, P keys, P counts): totals beyond 2^33, counts near 2^32
+    "separated": ([30], [2**33 + 1], [10], [2**32 + 3]),
+    "ties and interleaving": ([10, 20, 30], [2**32 - 1, 2**32 + 5, 3 * 2**31],
+                              [5, 20, 25, 40], [2**32 - 7, 2**32 + 11, 12_345, 2**33 + 1]),
+    "one R memory": ([7], [1], [3, 7, 9], [2**34 + 3, 2**32, 2**33 - 5]),
+    "2^40 P memories": ([1, 2**31, 2**32 - 1], [2**36, 5, 2**33],
+                        [0, 2**31, 2**32 - 2], [2**40 - 3, 2**39 + 7, 2**32 + 1]),
+}
+
+
+@pytest.mark.parametrize("case", list(HUGE))
+def test_inversion_ratio_exact_beyond_2_32_memories(case):
+    r_keys, r_counts, p_keys, p_counts = (np.asarray(a, np.int64) for a in HUGE[case])
+    assert r_counts.sum() + p_counts.sum() > 2**33
+    expected = ratio_oracle(r_keys, r_counts, p_keys, p_counts)
+    reinforced = (r_keys.astype(np.uint32), r_counts)
+    punished = (p_keys.astype(np.uint32), p_counts)
+    assert nap.metrics._ratio(reinforced, punished) == expected
+    # as the sharded engine gets it: host summaries of parts, merged, then combined
+    whole = synthetic_summary(*HUGE[case])
+    assert nap.metrics.combine(whole).inversion_ratio == expected
+    halves = [synthetic_summary(r_keys, r_counts // 2, p_keys, p_counts // 2),
+              synthetic_summary(r_keys, r_counts - r_counts // 2, p_keys, p_counts - p_counts // 2)]
+    merged = nap.metrics.merge(halves)
+    assert merged.n == whole.n
+    assert nap.metrics.combine(merged).inversion_ratio == expected
+
+
+def test_inversion_ratio_at_4_4e9_memories_is_one():
+    """The measured failure: R all above P at 4.4e9 memories read -0.906."""
+    r = (np.array([2], np.uint32), np.array([2_200_000_000], np.int64))
+    p = (np.array([1], np.uint32), np.array([2_200_000_000], np.int64))
+    assert nap.metrics._ratio(r, p) == 1.0
+    assert nap.metrics._ratio(p, r) == 0.0
+    assert nap.metrics._ratio(r, r) == 0.5
+
+
+@st.composite
+def distinct_counts(draw, max_count: int):
+    keys = sorted(draw(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=12, unique=True)))
+    counts = draw(st.lists(st.integers(1, max_count), min_size=len(keys), max_size=len(keys)))
+    return np.asarray(keys, np.uint32), np.asarray(counts, np.int64)
+
+
+@HYPOTHESIS
+@given(r=distinct_counts(2**42), p=distinct_counts(2**42), shared=st.booleans())
+def test_inversion_ratio_large_counts_random(r, p, shared):
+    if shared:  # ties: P on R's keys
+        p = (r[0], p[1][:1].repeat(r[0].size))
+    expected = ratio_oracle(r[0], r[1], p[0], p[1])
+    assert nap.metrics._ratio(r, p) == expected
+
+
+def test_inversion_ratio_refuses_counts_beyond_its_range():
+    r = (np.array([1], np.uint32), np.array([2**47], np.int64))
+    p = (np.array([0], np.uint32), np.array([1], np.int64))
+    with pytest.raises(OverflowError):
+        nap.metrics._ratio(r, p)
+
+
+DOT_LIMIT = 2**48
+
+
+@HYPOTHESIS
+@given(pairs=st.lists(st.tuples(st.integers(0, DOT_LIMIT - 1), st.integers(0, DOT_LIMIT - 1)),
+                      max_size=200),
+       chunk=st.sampled_from([1, 2, 3, 16, 2**14]), block=st.sampled_from([1, 5, 64, 2**24]))
+def test_exact_dot_against_python_integers(pairs, chunk, block):
+    x = np.asarray([a for a, _ in pairs], np.uint64)
+    y = np.asarray([b for _, b in pairs], np.uint64)
+    expected = sum(a * b for a, b in pairs)
+    assert nap.metrics._exact_dot(x, y, chunk=chunk, block=block) == expected
+
+
+@pytest.mark.parametrize("size", [1, 2**14 - 1, 2**14, 3 * 2**14 + 7])
+def test_exact_dot_largest_factors(size):
+    """Every factor 2^48 - 1: the partial products and the chunk sums at their bounds."""
+    x = np.full(size, DOT_LIMIT - 1, np.uint64)
+    assert nap.metrics._exact_dot(x, x) == size * (DOT_LIMIT - 1) ** 2
+    y = np.full(size, 2**24 - 1, np.uint64)
+    assert nap.metrics._exact_dot(x, y, block=2**14 + 3) == size * (DOT_LIMIT - 1) * (2**24 - 1)
 
 
 # -- health ---------------------------------------------------------------------------------------

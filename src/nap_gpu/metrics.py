@@ -8,8 +8,17 @@ not depend on summation order or thread count:
   Python's exact rationals and rounded once to float64 at the end;
 * the inversion ratio is the Mann-Whitney U statistic divided by |R|·|P| (the ROC AUC of w
   for R vs P, ties counted one half), counted exactly in integers from sorted populations:
-  O(n log n), and cheap with heavy ties since each distinct P value is searched once;
-* saturation counts weights within ``eps`` of 0 or 1 (float32 comparisons).
+  O(n log n), and cheap with heavy ties since each distinct P value is searched once; the
+  sum of products behind U is formed in 24-bit pieces (``_dot_partials``), exact at any size;
+* saturation counts weights within ``eps`` of 0 or 1 (w <= float32(eps) or
+  w >= 1 - float32(eps), the float32 comparisons, made on integer keys).
+
+Weights are never compared as floats through ``xp``. CuPy compiles its own elementwise and
+reduction kernels with ``-ftz=true``: there float32 ``<``, ``==``, ``!=``, min/max and
+searchsorted flush subnormals to zero (two different subnormals compare equal, a subnormal
+equals 0). Every comparison is therefore made on ``_keys``: the float32 bits mapped to uint32
+in the same order as the values (``-0.0`` and ``+0.0`` share a key), so sorting, distinct
+values, searchsorted, saturation and the extremes are integer operations on every backend.
 
 ``compute`` is ``combine(summarize(...))``: ``summarize`` reduces weights where they live to a
 ``Summary`` (the integer bins, each label's distinct weights with counts, saturation and
@@ -36,6 +45,21 @@ __all__ = ["DEFAULT_EPS", "Metrics", "PopulationStats", "Health", "Summary", "co
 DEFAULT_EPS = 0.02
 
 _SCALE = 149  # 2^-149 is the float32 quantum: every float32 is an integer times it
+
+# Keys (``_keys``): finite and infinite weights have keys in [_KEY_NEG_INF, _KEY_POS_INF];
+# NaNs lie outside (sign set: below, sign clear: above), so the extreme keys tell NaN apart.
+_KEY_NEG_INF = 0x007FFFFF
+_KEY_POS_INF = 0xFF800000
+_KEY_NEG_ZERO = 0x7FFFFFFF   # -0.0 before it is turned into +0.0's key
+
+# The exact sum of products behind the inversion ratio (``_dot_partials``): factors below
+# 2^48 split into 24-bit halves give partial products below 2^48 (cross terms, two of them
+# added, below 2^49), so a chunk of 2^14 of them sums below 2^63 in uint64.
+_DOT_LIMIT = 1 << 48
+_SUM_CHUNK = 1 << 14
+#: Distinct P values per pass of ``_ratio``: bounds its temporaries (a few arrays of this
+#: many int64/uint64) on a device holding billions of weights.
+_RATIO_BLOCK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -91,9 +115,12 @@ class Summary:
     exactly (``merge``): so a population split into parts, anywhere, gives the same numbers.
 
     ``sums`` are ``exact_sums``' integer bins (2, 512, 4); ``reinforced`` and ``punished``
-    each label's sorted distinct weights and how often each occurs (empty when a weight is
-    not finite: the inversion ratio is then NaN); ``saturated`` counts weights within eps of
-    0 or 1; ``min``/``max`` are NaN when a weight is NaN (or the part is empty).
+    each label's distinct weights and how often each occurs, as (sorted uint32 keys, int64
+    counts): the keys are ``_keys`` of the weights, in the weights' order, so they sort,
+    compare and merge as integers (``_key_value`` turns one back into its float32); they
+    are empty when a weight is not finite (the inversion ratio is then NaN). ``saturated``
+    counts weights within eps of 0 or 1; ``min``/``max`` are NaN when a weight is NaN (or
+    the part is empty), and never -0.0 (it has +0.0's key).
     """
 
     n: int
@@ -115,23 +142,34 @@ class Summary:
 
 
 def summarize(w, labels: np.ndarray, backend, *, eps: float = DEFAULT_EPS) -> Summary:
-    """The mergeable summary of weights ``w`` for uint8 ``labels``, computed where they live."""
+    """The mergeable summary of weights ``w`` for uint8 ``labels``, computed where they live.
+
+    Only integer operations touch the weights (their bits, through ``exact_sums`` and
+    ``_keys``); the extreme keys and the saturated counts come to the host in one transfer."""
     _check_eps(eps)
     xp = backend.xp
     sums = np.asarray(backend.exact_sums(w, labels))
+    n = int(w.size)
+    if n == 0:
+        empty = (xp.zeros(0, dtype=xp.uint32), xp.zeros(0, dtype=xp.int64))
+        return Summary(n=0, sums=sums, reinforced=empty, punished=empty, saturated=0,
+                       min=math.nan, max=math.nan)
+    keys = _keys(w, xp)
     lab = xp.asarray(labels).astype(bool)
     if _nonfinite(sums):  # the ratio is NaN: skip the sorts
-        reinforced = punished = (xp.zeros(0, dtype=w.dtype), xp.zeros(0, dtype=xp.int64))
+        reinforced = punished = (xp.zeros(0, dtype=xp.uint32), xp.zeros(0, dtype=xp.int64))
     else:
-        reinforced = _distinct(xp.sort(w[lab]), xp)
-        punished = _distinct(xp.sort(w[~lab]), xp)
-    lo = np.float32(eps)
-    hi = np.float32(1) - lo
-    saturated = int(xp.count_nonzero(w <= lo)) + int(xp.count_nonzero(w >= hi))
-    n = int(w.size)
+        reinforced = _distinct(xp.sort(keys[lab]), xp)
+        punished = _distinct(xp.sort(keys[~lab]), xp)
+    lo, hi = _saturation_keys(eps)
+    # w <= lo: keys from -inf's up to lo's; w >= hi: from hi's up to +inf's (NaN: neither)
+    low = xp.count_nonzero((keys >= _KEY_NEG_INF) & (keys <= lo))
+    high = xp.count_nonzero((keys >= hi) & (keys <= _KEY_POS_INF))
+    kmin, kmax, low, high = _gather(xp, [xp.min(keys), xp.max(keys), low, high])
+    nan = kmin < _KEY_NEG_INF or kmax > _KEY_POS_INF  # a NaN's key lies beyond an infinity's
     return Summary(n=n, sums=sums, reinforced=reinforced, punished=punished,
-                   saturated=saturated, min=float(xp.min(w)) if n else math.nan,
-                   max=float(xp.max(w)) if n else math.nan)
+                   saturated=low + high, min=math.nan if nan else _key_value(kmin),
+                   max=math.nan if nan else _key_value(kmax))
 
 
 def merge(parts) -> Summary:
@@ -171,10 +209,66 @@ def combine(summary: Summary, *, eps: float = DEFAULT_EPS, xp=np) -> Metrics:
 
 
 def inversion_ratio(reinforced, punished, xp=np) -> float:
-    """Exact P(r > p) + P(r == p)/2 for r from ``reinforced`` and p from ``punished``."""
-    r = xp.sort(xp.asarray(reinforced).reshape(-1))
-    p = xp.sort(xp.asarray(punished).reshape(-1))
+    """Exact P(r > p) + P(r == p)/2 for r from ``reinforced`` and p from ``punished``
+    (float32 weights; other dtypes are converted to float32 on the host). NaN when a
+    population is empty or holds a NaN; infinities rank as the extremes they are."""
+    r = xp.sort(_keys(_float32(reinforced, xp), xp))
+    p = xp.sort(_keys(_float32(punished, xp), xp))
+    if r.size == 0 or p.size == 0:
+        return math.nan
+    r_first, r_last, p_first, p_last = _gather(xp, [r[0], r[-1], p[0], p[-1]])
+    if min(r_first, p_first) < _KEY_NEG_INF or max(r_last, p_last) > _KEY_POS_INF:
+        return math.nan  # a NaN weight (its key lies beyond an infinity's)
     return _ratio(_distinct(r, xp), _distinct(p, xp), xp)
+
+
+def _float32(x, xp):
+    """x as a flat float32 array of namespace ``xp``, any conversion made on the host (a
+    device conversion to float32 may flush subnormal results to zero)."""
+    a = xp.asarray(x)
+    if a.dtype != np.float32:
+        a = xp.asarray(np.asarray(_xp._to_host(a), dtype=np.float32))
+    return a.reshape(-1)
+
+
+def _keys(w, xp=np):
+    """uint32 keys of float32 weights that order as the weights do: a sign bit set flips
+    every bit, a clear one only the sign bit, and -0.0 gets +0.0's key (so equal weights have
+    equal keys). NaNs come out beyond the infinities. Integer operations only."""
+    bits = xp.ascontiguousarray(w).reshape(-1).view(xp.uint32)
+    keys = bits >> 31                  # 1 where the sign is set
+    keys *= np.uint32(0x7FFFFFFF)
+    keys |= np.uint32(0x80000000)      # the mask: every bit, or only the sign bit
+    keys ^= bits
+    keys += keys == np.uint32(_KEY_NEG_ZERO)  # -0.0 -> +0.0's key, the next one up
+    return keys
+
+
+def _key_of(x) -> int:
+    """The key of one float32 (a host scalar): ``_keys`` in Python integers."""
+    bits = int(np.asarray(x, dtype=np.float32).reshape(1).view(np.uint32)[0])
+    if bits == 0x80000000:
+        bits = 0
+    return (~bits & 0xFFFFFFFF) if bits >> 31 else bits | 0x80000000
+
+
+def _key_value(key: int) -> float:
+    """The float32 (as a float) whose key is ``key``: ``_keys`` undone."""
+    bits = key & 0x7FFFFFFF if key >> 31 else ~key & 0xFFFFFFFF
+    return float(np.asarray([bits], dtype=np.uint32).view(np.float32)[0])
+
+
+def _saturation_keys(eps: float) -> tuple[int, int]:
+    """Keys of float32(eps) and 1 - float32(eps) (float32 arithmetic, as the law's)."""
+    lo = np.float32(eps)
+    return _key_of(lo), _key_of(np.float32(1) - lo)
+
+
+def _gather(xp, values) -> list[int]:
+    """Device scalars and small arrays (non-negative integers below 2^63) brought to the host
+    as Python ints in one transfer."""
+    stacked = xp.concatenate([xp.asarray(v).astype(xp.uint64).reshape(-1) for v in values])
+    return [int(v) for v in np.asarray(_xp._to_host(stacked)).tolist()]
 
 
 def _check_eps(eps: float) -> None:
@@ -189,7 +283,8 @@ def _run_starts(sorted_values, xp=np):
 
 
 def _distinct(sorted_values, xp=np) -> tuple:
-    """(distinct values, int64 counts) of a sorted array: heavy ties make it small."""
+    """(distinct values, int64 counts) of a sorted integer (key) array: heavy ties make it
+    small."""
     size = int(sorted_values.size)
     if size == 0:
         return sorted_values, xp.zeros(0, dtype=xp.int64)
@@ -211,20 +306,75 @@ def _merge_distinct(pairs) -> tuple:
 
 
 def _ratio(reinforced: tuple, punished: tuple, xp=np) -> float:
-    """The inversion ratio from each population's (distinct values, counts)."""
-    r_values, r_counts = reinforced
-    p_values, p_counts = punished
-    if r_values.size == 0 or p_values.size == 0:
+    """The inversion ratio from each population's (sorted distinct keys, counts), exact at
+    any size: the arithmetic stays in uint64 where the keys live, and one device->host
+    transfer brings the totals and ``_dot_partials``' sums. Any sorted distinct integer keys
+    do (only their order counts)."""
+    r_keys, r_counts = reinforced
+    p_keys, p_counts = punished
+    if r_keys.size == 0 or p_keys.size == 0:
         return math.nan
-    # cumulative[i]: R weights among the first i distinct values, so indexing it with
+    # cumulative[i]: R weights among the first i distinct keys, so indexing it with
     # searchsorted right/left gives #(r <= p) and #(r < p) for each distinct p.
-    cumulative = xp.concatenate((xp.zeros(1, dtype=xp.int64), xp.cumsum(r_counts)))
-    nr, np_ = int(cumulative[-1]), int(xp.sum(p_counts))
-    below_or_equal = cumulative[xp.searchsorted(r_values, p_values, side="right")]
-    below = cumulative[xp.searchsorted(r_values, p_values, side="left")]
-    # 2U = sum over p of 2 * #(r > p) + #(r == p): an integer, at most 2 |R| |P| < 2^63.
-    twice_u = int(xp.sum(p_counts * (2 * (nr - below_or_equal) + (below_or_equal - below))))
+    cumulative = xp.concatenate((xp.zeros(1, dtype=xp.int64),
+                                 xp.cumsum(r_counts.astype(xp.int64))))
+    twice_nr = 2 * cumulative[-1]
+    p_counts = p_counts.astype(xp.uint64)
+    partials = xp.zeros(6, dtype=xp.uint64)
+    for lo in range(0, int(p_keys.size), _RATIO_BLOCK):
+        block = p_keys[lo:lo + _RATIO_BLOCK]
+        below_or_equal = cumulative[xp.searchsorted(r_keys, block, side="right")]
+        below = cumulative[xp.searchsorted(r_keys, block, side="left")]
+        # 2 #(r > p) + #(r == p) = 2|R| - #(r <= p) - #(r < p), in [0, 2|R|]
+        factor = (twice_nr - below_or_equal - below).astype(xp.uint64)
+        partials += _dot_partials(p_counts[lo:lo + _RATIO_BLOCK], factor, xp)
+    nr, np_, *sums = _gather(xp, [cumulative[-1], xp.sum(p_counts), partials])
+    if 2 * nr >= _DOT_LIMIT or np_ >= _DOT_LIMIT:
+        raise OverflowError(f"populations of {nr} and {np_} weights exceed the exact "
+                            f"inversion ratio's range (2|R| and |P| below 2^48)")
+    # 2U = sum over p of count(p) * (2 #(r > p) + #(r == p)): an integer, at most 2 |R| |P|
+    twice_u = _dot_total(sums)
     return twice_u / (2 * nr * np_)  # int / int: correctly rounded
+
+
+def _dot_partials(x, y, xp=np, chunk: int = _SUM_CHUNK):
+    """The sum of x * y for uint64 arrays x, y of integers below 2^48, as 6 uint64 that
+    ``_dot_total`` adds exactly on the host (no transfer here).
+
+    With x = x1 2^24 + x0 and y = y1 2^24 + y0 (24-bit halves), x y is t0 + t1 2^24 + t2 2^48
+    for t0 = x0 y0, t1 = x0 y1 + x1 y0, t2 = x1 y1, each below 2^49. Each t is summed over
+    chunks of ``chunk`` terms (below 2^14 * 2^49 = 2^63 by default), and the chunk sums'
+    low and high 32-bit halves are summed apart: exact while there are fewer than 2^31
+    chunks, i.e. for any array that fits in memory."""
+    m24, m32 = np.uint64(0xFFFFFF), np.uint64(0xFFFFFFFF)
+    x0, x1 = x & m24, x >> np.uint64(24)
+    y0, y1 = y & m24, y >> np.uint64(24)
+    out = []
+    for k in range(3):  # one t at a time: fewer temporaries
+        t = x0 * y0 if k == 0 else x0 * y1 + x1 * y0 if k == 1 else x1 * y1
+        full = int(t.size) // chunk * chunk
+        sums = t[:full].reshape(full // chunk, chunk).sum(axis=1, dtype=xp.uint64)
+        rest = t[full:].sum(dtype=xp.uint64)  # fewer than ``chunk`` terms
+        out.append((sums & m32).sum(dtype=xp.uint64) + (rest & m32))
+        out.append((sums >> np.uint64(32)).sum(dtype=xp.uint64) + (rest >> np.uint64(32)))
+    return xp.stack(out)
+
+
+def _dot_total(sums) -> int:
+    """The exact Python integer of ``_dot_partials``' six (host) sums."""
+    t0_lo, t0_hi, t1_lo, t1_hi, t2_lo, t2_hi = (int(v) for v in sums)
+    return (((t0_hi << 32) + t0_lo) + (((t1_hi << 32) + t1_lo) << 24)
+            + (((t2_hi << 32) + t2_lo) << 48))
+
+
+def _exact_dot(x, y, xp=np, *, chunk: int = _SUM_CHUNK, block: int = _RATIO_BLOCK) -> int:
+    """sum(x * y) exactly, for equal-length arrays of integers in [0, 2^48): blocks of
+    ``block`` through ``_dot_partials`` where the arrays live, then one transfer."""
+    x, y = xp.asarray(x).astype(xp.uint64), xp.asarray(y).astype(xp.uint64)
+    partials = xp.zeros(6, dtype=xp.uint64)
+    for lo in range(0, int(x.size), block):
+        partials += _dot_partials(x[lo:lo + block], y[lo:lo + block], xp, chunk)
+    return _dot_total(_gather(xp, [partials]))
 
 
 def _nonfinite(sums: np.ndarray) -> int:
