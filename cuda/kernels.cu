@@ -1,20 +1,194 @@
 /// \file kernels.cu
 /// \brief The CUDA kernels: thin grid-stride loops over the law (nap/law.h). No arithmetic of
 /// the law lives here. Compiled at run time by NVRTC with the production options of
-/// nap_gpu/backends/cuda_loader.py (no FMA, no flush-to-zero), in CI by NVRTC and nvcc, and on
+/// nap_gpu/backends/_kernels.py (no FMA, no flush-to-zero), in CI by NVRTC and nvcc, and on
 /// the CPU by g++ through tests/cuda_shim/ so that this very code runs in the parity tests.
 ///
-/// Indexing is 64-bit throughout (populations beyond 2^32 memories).
+/// Indexing is 64-bit throughout (populations beyond 2^32 memories). The shim runs blocks and
+/// threads one after another, so no kernel relies on threads running together: no
+/// __syncthreads, no shared memory, no warp intrinsics; only global atomics combine threads.
+/// Kernel parameters are pointers, unsigned long long, long long, float or double (what the
+/// shim and the simulated device of tests/ convert).
 #include "nap/law.h"
 
 namespace {
 
-__device__ __forceinline__ unsigned long long first_index() {
-  return static_cast<unsigned long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+using u64 = unsigned long long;
+
+__device__ __forceinline__ u64 first_index() {
+  return static_cast<u64>(blockIdx.x) * blockDim.x + threadIdx.x;
 }
 
-__device__ __forceinline__ unsigned long long grid_stride() {
-  return static_cast<unsigned long long>(gridDim.x) * blockDim.x;
+__device__ __forceinline__ u64 grid_stride() {
+  return static_cast<u64>(gridDim.x) * blockDim.x;
+}
+
+// -- Dense loops with 16-byte vectors ------------------------------------------------------
+// The dense kernels read and write float4 vectors, two per thread and iteration of the
+// grid-stride loop (all their loads in flight before any result is stored). Vectors need 16-byte
+// alignment; user views may start anywhere, so the kernel looks at the pointers: the elements
+// before the first 16-byte boundary of w (at most 3) and the last n % 4 after the vectors are
+// done one at a time. A second array (q) must sit at the same offset within its 16 bytes,
+// otherwise (or if a pointer is not even 4-byte aligned) every element is done one at a time.
+// Each element still goes through the same per-element function: the bits do not depend on
+// the path.
+
+constexpr u64 kLanes = 4;  // floats per float4
+
+__device__ __forceinline__ u64 offset_in_16(const void* p) {
+  return reinterpret_cast<u64>(p) & 15u;
+}
+
+/// The per-element input of a dense loop: one float per element, read from memory.
+struct PerElement {
+  const float* __restrict__ p;
+  __device__ __forceinline__ bool aligned_like(u64 offset) const {
+    return offset_in_16(p) == offset;
+  }
+  __device__ __forceinline__ float at(u64 i) const { return p[i]; }
+  __device__ __forceinline__ float4 vector_at(u64 i) const {  // i: a multiple-of-16-byte spot
+    return *reinterpret_cast<const float4*>(p + i);
+  }
+};
+
+/// The same float for every element (nothing to load).
+struct Everywhere {
+  float value;
+  __device__ __forceinline__ bool aligned_like(u64) const { return true; }
+  __device__ __forceinline__ float at(u64) const { return value; }
+  __device__ __forceinline__ float4 vector_at(u64) const {
+    float4 v;
+    v.x = v.y = v.z = v.w = value;
+    return v;
+  }
+};
+
+/// An element-wise operation as a dense loop applies it: one(w, q) on one element, and
+/// vectors(a, b, qa, qb) on the two vectors of an iteration (lane by lane here).
+template <class Op>
+struct LaneByLane {
+  Op op;
+  __device__ __forceinline__ float one(float w, float q) const { return op(w, q); }
+  __device__ __forceinline__ void lanes(float4& w, const float4& q) const {
+    w.x = op(w.x, q.x);
+    w.y = op(w.y, q.y);
+    w.z = op(w.z, q.z);
+    w.w = op(w.w, q.w);
+  }
+  __device__ __forceinline__ void vectors(float4& a, float4& b, const float4& qa,
+                                          const float4& qb) const {
+    lanes(a, qa);
+    lanes(b, qb);
+  }
+};
+
+template <class Op>
+__device__ __forceinline__ LaneByLane<Op> lane_by_lane(const Op& op) {
+  return LaneByLane<Op>{op};
+}
+
+/// decay(k): one weight alone, or the eight weights of an iteration side by side (their
+/// rounds overlap, and the eight cost the slowest one's rounds rather than their sum).
+struct DecayRounds {
+  float decay;
+  u64 k;
+  __device__ __forceinline__ float one(float w, float) const {
+    return nap::decay_repeated(w, decay, k);
+  }
+  __device__ __forceinline__ void vectors(float4& a, float4& b, const float4&,
+                                          const float4&) const {
+    float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    nap::decay_repeated(x, decay, k);
+    a.x = x[0], a.y = x[1], a.z = x[2], a.w = x[3];
+    b.x = x[4], b.y = x[5], b.z = x[6], b.w = x[7];
+  }
+};
+
+/// w[i] = op.one(w[i], q.at(i)) for i < n (op.vectors on whole vectors).
+template <class Source, class Op>
+__device__ __forceinline__ void dense(float* __restrict__ w, const Source q, u64 n,
+                                      const Op& op) {
+  const u64 offset = offset_in_16(w);
+  const bool vectors = (offset & 3u) == 0 && q.aligned_like(offset);
+  const u64 to_boundary = ((16u - offset) & 15u) / 4u;
+  const u64 head = vectors ? (to_boundary < n ? to_boundary : n) : n;
+  const u64 count = (n - head) / kLanes;  // float4 vectors from w + head
+  const u64 tail = n - head - count * kLanes;
+  const u64 first = first_index(), stride = grid_stride();
+  float4* __restrict__ wv = reinterpret_cast<float4*>(w + head);
+  // (unroll 1 here and below: each iteration already holds two vectors, and an unrolled
+  // grid-stride loop needs its trip count, a 64-bit division whose float-reciprocal
+  // estimate would put an F2I.FTZ into the machine code the parity checks read.)
+#pragma unroll 1
+  for (u64 v = first; v < count; v += 2 * stride) {
+    // The second vector, or the first again past the end: the four loads are unconditional,
+    // so they are all in flight at once; the repeat writes the same bits to the same place.
+    const u64 u = v + stride < count ? v + stride : v;
+    float4 a = wv[v], b = wv[u];
+    const float4 qa = q.vector_at(head + v * kLanes), qb = q.vector_at(head + u * kLanes);
+    op.vectors(a, b, qa, qb);
+    wv[u] = b;
+    wv[v] = a;
+  }
+  // The head and the tail, one element at a time (all of w when vectors are off).
+#pragma unroll 1
+  for (u64 t = first; t < head + tail; t += stride) {
+    const u64 i = t < head ? t : t + count * kLanes;
+    w[i] = op.one(w[i], q.at(i));
+  }
+}
+
+/// The smaller of *first and i, atomically; a thread reads the current value first so that a
+/// later hit rarely costs an atomic.
+__device__ __forceinline__ void lower_to(u64* first, u64 i) {
+  if (i < *static_cast<volatile u64*>(first)) atomicMin(first, i);
+}
+
+// -- exact_sums' accumulators ----------------------------------------------------------------
+// Each thread keeps a few bins in registers and adds to the global bins only when a weight
+// falls in none of them (the oldest is flushed) and at the end. A converged population (two
+// values, labels interleaved as in the reference workload) then costs each thread a handful
+// of atomics in all, instead of one per weight on the same two addresses.
+
+constexpr unsigned kNoBin = 0xffffffffu;
+constexpr int kSlots = 4;
+
+struct Slot {
+  unsigned bin;
+  u64 count, significand, square_high, square_low;
+};
+
+__device__ __forceinline__ void flush(const Slot& s, u64* __restrict__ bins) {
+  if (s.bin == kNoBin) return;
+  u64* at = bins + static_cast<u64>(s.bin) * 4u;
+  atomicAdd(at + 0, s.count);
+  atomicAdd(at + 1, s.significand);
+  atomicAdd(at + 2, s.square_high);
+  atomicAdd(at + 3, s.square_low);
+}
+
+__device__ __forceinline__ void add_to(Slot (&slots)[kSlots], unsigned bits, unsigned label,
+                                       u64* __restrict__ bins) {
+  const unsigned bin = nap::exact_bin(bits, label);
+  const nap::ExactTerms t = nap::exact_terms(bits);
+  bool hit = false;
+#pragma unroll
+  for (int s = 0; s < kSlots; ++s) {
+    if (slots[s].bin == bin) {
+      slots[s].count += 1;
+      slots[s].significand += t.significand;
+      slots[s].square_high += t.square_high;
+      slots[s].square_low += t.square_low;
+      hit = true;
+    }
+  }
+  if (hit) return;
+  // A miss: the oldest slot is flushed and the others move down (static indices only, so the
+  // slots stay in registers).
+  flush(slots[kSlots - 1], bins);
+#pragma unroll
+  for (int s = kSlots - 1; s > 0; --s) slots[s] = slots[s - 1];
+  slots[0] = Slot{bin, 1, t.significand, t.square_high, t.square_low};
 }
 
 }  // namespace
@@ -25,27 +199,23 @@ extern "C" {
 __global__ void nap_step(float* __restrict__ w, const float* __restrict__ q,
                          unsigned long long n, float lr, float gate, float decay) {
   const nap::Params p{lr, gate, decay};
-  for (unsigned long long i = first_index(); i < n; i += grid_stride())
-    w[i] = nap::step(w[i], q[i], p);
+  dense(w, PerElement{q}, n,
+        lane_by_lane([p](float x, float qi) { return nap::step(x, qi, p); }));
 }
 
 /// Dense step with one quality for every memory.
 __global__ void nap_step_scalar(float* __restrict__ w, float q, unsigned long long n, float lr,
                                 float gate, float decay) {
   const nap::Params p{lr, gate, decay};
-  for (unsigned long long i = first_index(); i < n; i += grid_stride())
-    w[i] = nap::step(w[i], q, p);
+  dense(w, Everywhere{q}, n,
+        lane_by_lane([p](float x, float qi) { return nap::step(x, qi, p); }));
 }
 
-/// Passive decay k times. A weight at 0 stays at 0 (and NaN stays NaN), so each thread stops
-/// as soon as its weight is no longer positive: k rounds cost at most ~1/decay of them.
+/// Passive decay k times (nap::decay_repeated: each weight stops at its fixpoint, so any k
+/// ends and the bits are those of k rounds).
 __global__ void nap_decay(float* __restrict__ w, unsigned long long n, float decay,
                           unsigned long long k) {
-  for (unsigned long long i = first_index(); i < n; i += grid_stride()) {
-    float x = w[i];
-    for (unsigned long long r = 0; r < k && x > 0.0f; ++r) x = nap::decay_once(x, decay);
-    w[i] = x;
-  }
+  dense(w, Everywhere{0.0f}, n, DecayRounds{decay, k});
 }
 
 /// Sparse ordered batch, one thread per id: events are sorted by id with a stable sort (so
@@ -70,7 +240,81 @@ __global__ void nap_update_segments(float* __restrict__ w, const long long* __re
 /// The memory-bandwidth floor for benchmarks: w[i] += s * q[i], the same bytes as a step.
 __global__ void nap_triad(float* __restrict__ w, const float* __restrict__ q, float s,
                           unsigned long long n) {
-  for (unsigned long long i = first_index(); i < n; i += grid_stride()) w[i] += s * q[i];
+  dense(w, PerElement{q}, n, lane_by_lane([s](float x, float qi) { return x + s * qi; }));
+}
+
+/// *first = the least i < n with x[i] NaN or infinite, if any; *first must hold n (or any
+/// value >= n) on entry and is left as it is when every x[i] is finite. An integer test on
+/// the bits: no floating-point comparison. Each thread stops at its first hit (its later
+/// indices are larger).
+__global__ void nap_first_nonfinite(const float* __restrict__ x, unsigned long long n,
+                                    unsigned long long* first) {
+  const u64 stride = grid_stride();
+  for (u64 i = first_index(); i < n; i += 2 * stride) {
+    const u64 j = i + stride;
+    const unsigned a = nap::bits_of(x[i]);
+    const unsigned b = j < n ? nap::bits_of(x[j]) : 0u;  // both loads in flight
+    if (nap::nonfinite_bits(a)) {
+      lower_to(first, i);
+      return;
+    }
+    if (nap::nonfinite_bits(b)) {
+      lower_to(first, j);
+      return;
+    }
+  }
+}
+
+/// *first = the least i < m with ids[i] outside [0, n), if any; *first must hold m (or any
+/// value >= m) on entry and is left as it is when every id is valid.
+__global__ void nap_first_bad_id(const long long* __restrict__ ids, unsigned long long m,
+                                 long long n, unsigned long long* first) {
+  const u64 stride = grid_stride();
+  for (u64 i = first_index(); i < m; i += 2 * stride) {
+    const u64 j = i + stride;
+    const long long a = ids[i];
+    const long long b = j < m ? ids[j] : 0;
+    if (nap::id_outside(a, n)) {
+      lower_to(first, i);
+      return;
+    }
+    if (j < m && nap::id_outside(b, n)) {
+      lower_to(first, j);
+      return;
+    }
+  }
+}
+
+/// dst[i] = narrow_quality(src[i]): float64 qualities as float32, as _inputs converts them.
+__global__ void nap_narrow_quality(const double* __restrict__ src, float* __restrict__ dst,
+                                   unsigned long long n) {
+  for (u64 i = first_index(); i < n; i += grid_stride()) dst[i] = nap::narrow_quality(src[i]);
+}
+
+/// Adds the exact_sums terms of w[0, n) with labels (0 or 1) to bins ((2, 512, 4) uint64, all
+/// zero on entry for exact_sums itself), with integer atomics: any order gives the same bins.
+/// Four weights per iteration are loaded before any is binned.
+__global__ void nap_exact_sums(const float* __restrict__ w,
+                               const unsigned char* __restrict__ labels, unsigned long long n,
+                               unsigned long long* bins) {
+  Slot slots[kSlots];
+#pragma unroll
+  for (int s = 0; s < kSlots; ++s) slots[s] = Slot{kNoBin, 0, 0, 0, 0};
+  const u64 stride = grid_stride();
+  u64 i = first_index();
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    unsigned b[4], l[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      b[r] = nap::bits_of(w[i + r * stride]);
+      l[r] = labels[i + r * stride];
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) add_to(slots, b[r], l[r], bins);
+  }
+  for (; i < n; i += stride) add_to(slots, nap::bits_of(w[i]), labels[i], bins);
+#pragma unroll
+  for (int s = 0; s < kSlots; ++s) flush(slots[s], bins);
 }
 
 }  // extern "C"

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import nap_gpu as nap
-from nap_gpu.backends import _device, _kernels, numpy as reference
-from conftest import GOLDEN_DIR, assert_same_bits, f32
+from nap_gpu.backends import _device, _kernels, _xp, numpy as reference
+from conftest import GOLDEN_DIR, assert_same_bits, bits, f32
 from cuda_shim.host import ShimKernels, build
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -271,3 +271,412 @@ def test_shim_triad_is_the_floor_arithmetic(shim):
     expected = w + np.float32(0.25) * q
     shim.triad(w, q, 0.25)
     assert_same_bits(w, expected, "triad")
+
+
+# -- the kernels' interface ------------------------------------------------------------------
+
+_ALLOWED_PARAMETER_TYPES = {"unsigned long long", "long long", "float", "double"}
+
+
+def _parameter_types(params: str) -> list[str]:
+    """A C parameter list as normalised types ("float*", "unsigned long long", ...)."""
+    kinds = []
+    for param in params.split(","):
+        words = param.replace("__restrict__", "").replace("const", "").replace("*", " * ").split()
+        kinds.append(" ".join(words[:-1]).replace(" *", "*"))
+    return kinds
+
+
+def test_kernel_parameters_are_pointers_and_plain_scalars():
+    """What the shim and the simulated device convert: pointers, (unsigned) long long, float,
+    double; no structs, no int, no size_t (whose width a ctypes caller would have to guess)."""
+    text = (ROOT / "cuda" / "kernels.cu").read_text()
+    kernels = re.findall(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)", text)
+    assert [name for name, _ in kernels] == list(_kernels.KERNELS)
+    for name, params in kernels:
+        for kind in _parameter_types(params):
+            assert kind.endswith("*") or kind in _ALLOWED_PARAMETER_TYPES, (name, kind)
+
+
+def test_shim_exports_every_kernel_with_its_parameters():
+    """shim_K(unsigned grid, unsigned block, K's parameters in order) for every kernel K."""
+    kernels = dict(re.findall(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)",
+                              (ROOT / "cuda" / "kernels.cu").read_text()))
+    shim_text = (ROOT / "tests" / "cuda_shim" / "shim.cpp").read_text()
+    shim_text = shim_text.replace("u64", "unsigned long long")
+    exported = dict(re.findall(r"^void shim_(\w+)\(([^)]*)\)", shim_text, re.M))
+    assert sorted(exported) == sorted(_kernels.KERNELS)
+    for name, params in exported.items():
+        kinds = _parameter_types(params)
+        assert kinds[:2] == ["unsigned", "unsigned"], name
+        assert kinds[2:] == _parameter_types(kernels[name]), name
+
+
+def test_nvrtc_sass_has_no_ffma_and_no_ftz(nvrtc_build, tmp_path):
+    """The production cubin itself (NVRTC, the loader's options), every kernel in it."""
+    arch, compiled = nvrtc_build
+    cubin = tmp_path / f"kernels_sm{arch}.cubin"
+    cubin.write_bytes(compiled.cubin)
+    sass = _sass(cubin)
+    functions = re.findall(r"Function : (\w+)", sass)
+    assert sorted(functions) == sorted(_kernels.KERNELS)
+    assert "FFMA" not in sass and ".FTZ" not in sass
+
+
+# -- decay(k) stops at each weight's fixpoint ------------------------------------------------
+
+def decay_until_fixpoint(w, d, k):
+    """The definition: decay_once (clip(w - d, 0, 1) + 0 in float32) round after round over
+    the whole array, k rounds or until a round changes no bit."""
+    x, d = np.array(w, np.float32), np.float32(d)
+    with np.errstate(invalid="ignore"):
+        for _ in range(k):
+            y = np.clip(x - d, np.float32(0), np.float32(1)) + np.float32(0)
+            if (y.view(np.uint32) == x.view(np.uint32)).all():
+                break
+            x = y
+    return x
+
+
+def finishes_within(seconds: float, fn, *args) -> None:
+    """Runs fn(*args) on a daemon thread; fails (instead of hanging the suite) if it has not
+    returned after ``seconds``."""
+    import threading
+
+    done = threading.Event()
+    failure = []
+
+    def run():
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(seconds), f"did not return within {seconds} s"
+    if failure:
+        raise failure[0]
+
+
+def spread_weights(rng, slow: bool) -> np.ndarray:
+    """Weights over [0, 1] for a decay of 1e-9: uniform in (2^-5, 1] (where 1e-9 is below half
+    an ulp: a round changes nothing; 2^-5 itself moves, the ulp below it being finer), every
+    binade below 1e-6 down to the subnormals (these
+    reach 0 within ~1000 rounds), 0 and 1; with ``slow``, two weights in between (0.01, 0.03),
+    which move by about an ulp a round and need ~2.5e7 rounds to reach 0."""
+    parts = [rng.uniform(2.0**-5, 1.0, 400).astype(np.float32),
+             np.float32(2.0) ** -np.arange(20, 150, dtype=np.float32),
+             rng.uniform(0, 1e-6, 200).astype(np.float32),
+             np.array([0.0, 1.0, np.nextafter(np.float32(2.0**-5), np.float32(1)), 1e-6],
+                      np.float32)]
+    if slow:
+        parts.append(np.array([0.01, 0.03], np.float32))
+    w = np.concatenate(parts)
+    rng.shuffle(w)
+    return w
+
+
+def test_shim_decay_with_a_decay_below_half_an_ulp_ends(shim):
+    """Params(decay=1e-9), decay(2**62): weights above 2^-5 never move; the kernel used to
+    loop 2^62 rounds on them. Now each weight stops at its fixpoint, with the bits of k rounds."""
+    rng = np.random.default_rng(11)
+    w = spread_weights(rng, slow=False)
+    expected = decay_until_fixpoint(w, 1e-9, 2**62)
+    actual = w.copy()
+    finishes_within(60, shim.decay, actual, 1e-9, 2**62)
+    assert_same_bits(actual, expected, "decay(2**62) with decay 1e-9")
+    frozen = w > np.float32(2.0**-5)
+    assert (actual[frozen] == w[frozen]).all() and (actual[w < 1e-6] == 0).all()
+
+
+def test_shim_decay_slow_weights_reach_zero(shim):
+    """0.01 and 0.03 under decay 1e-9 take ~2.5e7 rounds each (an ulp or two a round) to reach
+    0; the kernel walks them there (the fixpoint), with every other weight at its own."""
+    rng = np.random.default_rng(12)
+    w = spread_weights(rng, slow=True)
+    actual = w.copy()
+    finishes_within(120, shim.decay, actual, 1e-9, 2**62)
+    slow = (w == np.float32(0.01)) | (w == np.float32(0.03))
+    assert (bits(actual[slow]) == 0).all()
+    assert_same_bits(actual[~slow], decay_until_fixpoint(w[~slow], 1e-9, 2**62), "the others")
+    few = w.copy()  # a bounded k on the slow ones: exactly k rounds
+    shim.decay(few, 1e-9, 5000)
+    assert_same_bits(few, decay_until_fixpoint(w, 1e-9, 5000), "decay(5000)")
+
+
+@pytest.mark.parametrize("d, k", [(0.02, 2**62), (0.02, 37), (1e-4, 4321), (0.3, 2**64 - 1),
+                                  (1.401298464324817e-45, 3000)])
+def test_shim_decay_large_k_matches_k_rounds(shim, d, k):
+    rng = np.random.default_rng(13)
+    w = rng.random(3001, dtype=np.float32)
+    w[:5] = [0, 1, 1e-45, 1e-39, 0.5]
+    actual = w.copy()
+    shim.decay(actual, d, k)
+    assert_same_bits(actual, decay_until_fixpoint(w, d, min(k, 10**6)), f"decay({k}) by {d}")
+
+
+@pytest.mark.parametrize("d, k", [(0.02, 1), (0.02, 3), (0.02, 100), (0.0, 1), (0.0, 5),
+                                  (1e-9, 2**62)])
+def test_shim_decay_clamps_weights_from_outside_the_law(shim, d, k):
+    """A caller's own array may hold -0.0, negative, NaN or above-1 weights: every backend
+    clamps them as k rounds do (and Engine.clamp() is decay(0, 1)). The kernel used to skip
+    every weight <= 0 or NaN, leaving -0.0 and negative weights as they were."""
+    w = np.array([-0.0, -0.5, -1e-45, -np.inf, np.nan, 1.5, np.inf, 0.3, 0.0, 1.0,
+                  -np.float32(np.nan)], np.float32)
+    nans = np.array([0x7F800001, 0x7FC12345, 0xFF812345], np.uint32).view(np.float32)
+    w = np.concatenate([w, nans])
+    expected = decay_until_fixpoint(w, d, k)
+    for backend in (shim, reference):
+        actual = w.copy()
+        backend.decay(actual, d, k)
+        assert_same_bits(actual, expected, f"{backend.name}: decay({k}) by {d}")
+    assert not (bits(expected) == 0x80000000).any()
+
+
+# -- dense kernels on misaligned views -------------------------------------------------------
+
+def _view(n: int, residue: int, rng, guard: int = 8) -> tuple[np.ndarray, slice]:
+    """A float32 buffer and the slice of it holding n elements whose address is residue
+    elements past a 16-byte boundary (0..3), with guard elements on both sides."""
+    buf = rng.random(n + 2 * guard + 4, dtype=np.float32)
+    address = buf.ctypes.data
+    assert address % 4 == 0
+    start = guard + (residue - (address // 4 + guard)) % 4
+    assert (address // 4 + start) % 4 == residue
+    return buf, slice(start, start + n)
+
+
+_DENSE_OPS = ("step", "step_scalar", "triad", "decay")
+
+
+def _dense(backend_or_ref, op, w, q, p):
+    if op == "step":
+        backend_or_ref.step(w, q, p)
+    elif op == "step_scalar":
+        backend_or_ref.step_scalar(w, np.float32(0.7), p)
+    elif op == "decay":
+        backend_or_ref.decay(w, p.decay, 3)
+    else:
+        w += np.float32(0.25) * q  # the triad's arithmetic: w + s * q
+
+
+def _check_dense_view(shim, op, n, w_residue, q_residue, rng):
+    p = nap.Params(lr=0.05, gate=0.5, decay=0.02)
+    wbuf, ws = _view(n, w_residue, rng)
+    qbuf, qs = _view(n, q_residue, rng)
+    qbuf[qs] = qbuf[qs] * np.float32(1.6) - np.float32(0.3)
+    if n:
+        wbuf[ws][rng.integers(0, n, n // 7 + 1)] = np.float32(1e-40)
+    expected = wbuf[ws].copy()
+    _dense(reference, op, expected, qbuf[qs].copy(), p)
+    before, q_before = wbuf.copy(), qbuf.copy()
+    view = wbuf[ws]
+    assert not view.flags.owndata and view.flags.c_contiguous
+    if op == "triad":
+        shim.triad(view, qbuf[qs], 0.25)
+    else:
+        _dense(shim, op, view, qbuf[qs], p)
+    context = f"{op}, n={n}, w at +{w_residue}, q at +{q_residue}"
+    assert_same_bits(wbuf[ws], expected, context)
+    outside = np.ones(wbuf.size, bool)
+    outside[ws] = False
+    assert_same_bits(wbuf[outside], before[outside], f"{context}: wrote outside the view")
+    assert_same_bits(qbuf, q_before, f"{context}: wrote to q")
+
+
+@pytest.mark.parametrize("op", _DENSE_OPS)
+def test_shim_dense_kernels_on_misaligned_views_of_every_short_length(shim, op):
+    """float4 bodies with scalar heads and tails: lengths 0..67, w and q at every offset within
+    16 bytes (equal offsets: vectors; unequal: one element at a time), bit for bit, nothing
+    written outside the view."""
+    rng = np.random.default_rng(21)
+    for n in range(68):
+        for w_residue in range(4):
+            for q_residue in range(4):
+                _check_dense_view(shim, op, n, w_residue, q_residue, rng)
+
+
+@pytest.mark.parametrize("op", _DENSE_OPS)
+@pytest.mark.parametrize("n", [100_003, 1_000_001, 262_147])
+def test_shim_dense_kernels_on_large_odd_lengths(shim, op, n):
+    rng = np.random.default_rng(n)
+    for w_residue, q_residue in ((0, 0), (1, 1), (2, 2), (3, 3), (1, 2), (0, 3)):
+        _check_dense_view(shim, op, n, w_residue, q_residue, rng)
+
+
+# -- validation scans ------------------------------------------------------------------------
+
+_SPECIAL_FLOAT32_BITS = [
+    0x00000000, 0x80000000, 0x00000001, 0x807FFFFF, 0x00800000, 0x3F800000, 0x3F7FFFFF,
+    0x7F7FFFFF, 0xFF7FFFFF,  # +-0, subnormals, normals, the largest finite
+    0x7F800000, 0xFF800000,  # +-inf
+    0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FBFFFFF, 0xFFFFFFFF, 0x7FC12345,  # NaNs, payloads
+]
+float32_bits = st.one_of(st.sampled_from(_SPECIAL_FLOAT32_BITS), st.integers(0, 2**32 - 1),
+                         st.integers(0x00000000, 0x3F800000))  # weights in [0, 1] often
+
+
+def _float32(bit_list) -> np.ndarray:
+    return np.array(bit_list, np.uint64).astype(np.uint32).view(np.float32)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(float32_bits, max_size=400), st.integers(0, 3))
+def test_shim_first_nonfinite_matches_numpy(shim, bit_list, offset):
+    x = np.concatenate([np.zeros(offset, np.float32), _float32(bit_list)])[offset:]
+    assert shim.first_nonfinite(x) == _xp.first_nonfinite(x, np)
+
+
+@pytest.mark.parametrize("bad", [[0], [99_999], [70_001, 12_345, 99_998], [1279, 1280, 5],
+                                 [1285, 5], list(range(3000, 100_000, 7)), list(range(100_000))])
+def test_shim_first_nonfinite_several_bad(shim, bad):
+    """Many threads (5 blocks of 256: 1280, each striding and loading two elements 1280 apart
+    per iteration) find hits; the least index wins ([1285, 5]: both of one thread's pair)."""
+    x = np.random.default_rng(3).random(100_000, dtype=np.float32)
+    x[bad] = _float32([[0x7F800000, 0xFFC00000, 0x7F800001][i % 3] for i in range(len(bad))])
+    assert shim.first_nonfinite(x) == min(bad) == _xp.first_nonfinite(x, np)
+    x[:] = 0.5
+    assert shim.first_nonfinite(x) == -1 and shim.first_nonfinite(x[:0]) == -1
+
+
+_ID_SPECIALS = [-1, 0, 2**31 - 1, 2**31, 2**32, 2**62, -(2**63), 2**63 - 1, -(2**31)]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.data())
+def test_shim_first_bad_id_matches_numpy(shim, data):
+    n = data.draw(st.sampled_from([0, 1, 2, 100, 2**31, 2**62, 2**63 - 1])
+                  | st.integers(0, 2**63 - 1))
+    edges = [v for v in (n - 1, n, n + 1) if -(2**63) <= v < 2**63]
+    ids = np.array(data.draw(st.lists(st.sampled_from(edges + _ID_SPECIALS) | st.integers(-2, 200)
+                                      | st.integers(-(2**63), 2**63 - 1), max_size=300)), np.int64)
+    assert shim.first_bad_id(ids, n) == _xp.first_bad_id(ids, n, np)
+
+
+@pytest.mark.parametrize("n", [1, 100, 2**31, 2**62])
+def test_shim_first_bad_id_edges(shim, n):
+    for bad in (-1, n, 2**63 - 1, -(2**63)):
+        ids = np.full(50_000, n - 1, np.int64)
+        ids[[40_000, 31_111, 49_999]] = bad
+        assert shim.first_bad_id(ids, n) == 31_111 == _xp.first_bad_id(ids, n, np)
+        ids[31_111] = 0
+        ids[40_000] = n - 1
+        assert shim.first_bad_id(ids, n) == 49_999
+        ids[[1285, 5]] = bad  # both of one thread's pair (1280 threads)
+        assert shim.first_bad_id(ids, n) == 5
+    ids = np.array([0, n - 1], np.int64)
+    assert shim.first_bad_id(ids, n) == -1 and shim.first_bad_id(ids[:0], n) == -1
+    assert shim.first_bad_id(ids, 0) == 0  # nothing is inside [0, 0)
+
+
+# -- float64 qualities narrowed in the cubin -------------------------------------------------
+
+def narrowed(x: np.ndarray) -> np.ndarray:
+    """What nap_gpu._inputs does to float64 qualities on the host: finite values clipped to
+    [-1, 2], then NumPy's conversion (round to nearest even, subnormals kept, NaN payloads
+    truncated and quieted)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(np.isfinite(x), np.clip(x, -1.0, 2.0), x).astype(np.float32)
+
+
+def _float64_adversarial() -> np.ndarray:
+    f32 = np.array([0, 1, 2, 3, 0x7FFFFF, 0x800000, 0x800001, 0x3F000000, 0x3F7FFFFF, 0x3F800000,
+                    0x3F800001, 0x3FFFFFFF, 0x40000000, 0x33800000], np.uint32).view(np.float32)
+    nxt = np.nextafter(f32, np.float32(np.inf))
+    lo, hi = f32.astype(np.float64), nxt.astype(np.float64)
+    mid = (lo + hi) / 2  # exactly the tie between two float32 (ties to even)
+    values = [lo, hi, mid, np.nextafter(mid, -np.inf), np.nextafter(mid, np.inf),
+              np.array([2.0**-149, 2.0**-150, 3 * 2.0**-151, 2.0**-151, 2.0**-126 - 2.0**-160,
+                        2.0**-1074, 2.0**-1022, 1e-300, 1e300, 1.7976931348623157e308, -1.0, 2.0,
+                        np.nextafter(2.0, 3.0), np.nextafter(-1.0, -2.0), np.nextafter(2.0, 0.0),
+                        -1e-46, 0.5 + 2.0**-25, 0.5 + 2.0**-25 + 2.0**-60, 1 - 2.0**-25,
+                        1 - 2.0**-26, 0.0, -0.0, np.inf, -np.inf])]
+    out = np.concatenate(values)
+    payloads = np.array([0x7FF0000000000001, 0x7FF8000000000000, 0xFFF4000123456789,
+                         0x7FF0000020000000, 0x7FF7FFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF,
+                         0x7FF000001FFFFFFF, 0x7FFFFFFFE0000000], np.uint64).view(np.float64)
+    return np.concatenate([out, -out, payloads])
+
+
+def _float64_bits(v: float) -> int:
+    return int(np.float64(v).view(np.uint64))
+
+
+def test_shim_narrow_quality_adversarial(shim):
+    x = _float64_adversarial()
+    assert_same_bits(shim.narrow_quality(x), narrowed(x), "narrow_quality")
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.integers(0, 2**64 - 1) | st.floats(-4, 4).map(_float64_bits)
+                | st.floats(-1e-37, 1e-37).map(_float64_bits), max_size=300))
+def test_shim_narrow_quality_matches_numpy(shim, raw):
+    x = np.array(raw, np.uint64).view(np.float64)
+    assert_same_bits(shim.narrow_quality(x), narrowed(x), "narrow_quality")
+
+
+def test_shim_narrow_quality_shapes_and_types(shim):
+    for shape in [(), (0,), (3,), (2, 5), (4, 1, 3)]:
+        x = np.random.default_rng(1).standard_normal(shape)
+        out = shim.narrow_quality(x)
+        assert out.shape == x.shape and out.dtype == np.float32
+        assert_same_bits(out, narrowed(x), f"shape {shape}")
+    strided = np.linspace(-3, 3, 40)[::3]
+    assert_same_bits(shim.narrow_quality(strided), narrowed(strided), "a strided view")
+    with pytest.raises(TypeError, match="float64"):
+        shim.narrow_quality(np.zeros(3, np.float32))
+
+
+# -- exact sums with integer atomics ---------------------------------------------------------
+
+def _labels(n, kind, rng):
+    if kind == "alternating":  # the reference workload's
+        return (np.arange(n) % 2 == 0).astype(np.uint8)
+    if kind == "halves":
+        return (np.arange(n) < n // 2).astype(np.uint8)
+    return (rng.random(n) < 0.5).astype(np.uint8)
+
+
+@pytest.mark.parametrize("labels_kind", ["alternating", "halves", "random"])
+@pytest.mark.parametrize("population", ["two-valued", "uniform", "subnormal", "mixed", "specials"])
+@pytest.mark.parametrize("n", [1, 7, 1000, 100_003])
+def test_shim_exact_sums_match_numpy(shim, population, labels_kind, n):
+    rng = np.random.default_rng(n)
+    labels = _labels(n, labels_kind, rng)
+    if population == "two-valued":  # converged: R at the plateau, P at 0
+        w = np.where(labels == 1, np.float32(0.98), np.float32(0.0))
+    elif population == "uniform":
+        w = rng.random(n, dtype=np.float32)
+    elif population == "subnormal":
+        w = rng.integers(0, 0x800000, n).astype(np.uint32).view(np.float32)
+    elif population == "mixed":
+        w = rng.random(n, dtype=np.float32) ** np.float32(40)  # many exponents: slot evictions
+    else:
+        w = _float32(rng.choice(_SPECIAL_FLOAT32_BITS, n))
+    expected = _xp.exact_sums(w, labels, np)
+    actual = shim.exact_sums(w, labels)
+    assert actual.shape == (2, 512, 4) and actual.dtype == np.uint64
+    assert (actual == expected).all()
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(float32_bits, st.integers(0, 1)), max_size=500))
+def test_shim_exact_sums_random_bits(shim, pairs):
+    w = _float32([b for b, _ in pairs])
+    labels = np.array([label for _, label in pairs], np.uint8)
+    assert (shim.exact_sums(w, labels) == _xp.exact_sums(w, labels, np)).all()
+
+
+def test_shim_exact_sums_any_number_of_threads(shim, monkeypatch):
+    """One weight per thread (every thread flushes), a few, and one thread for all (runs,
+    evictions, the unrolled body and its remainder)."""
+    rng = np.random.default_rng(5)
+    w = rng.random(50_001, dtype=np.float32) ** np.float32(3)
+    labels = _labels(w.size, "random", rng)
+    expected = _xp.exact_sums(w, labels, np)
+    monkeypatch.setattr(shim, "max_blocks", 1000)
+    for per_sqrt in (0, 1, 8, 10**6):  # one block of 256 threads, 223, 1784, 50_001 (one each)
+        monkeypatch.setattr(shim, "exact_threads_per_sqrt", per_sqrt)
+        assert (shim.exact_sums(w, labels) == expected).all(), per_sqrt

@@ -110,6 +110,75 @@ def test_decay_k_stops_short_of_zero_when_it_should(backend):
     assert w[1] == 0.0 and w[2] < 1e-6
 
 
+def decay_until_fixpoint(w: np.ndarray, d: float, k: int) -> np.ndarray:
+    """The definition of decay(k): decay_once (clip(w - d, 0, 1) + 0 in float32) round after
+    round over the whole array, k rounds or until a round changes no bit (every later round
+    would then change none either)."""
+    x, d = np.array(w, np.float32), F(d)
+    for _ in range(k):
+        y = np.clip(x - d, ZERO, ONE) + ZERO
+        if (bits(y) == bits(x)).all():
+            break
+        x = y
+    return x
+
+
+def finishes_within(seconds: float, fn, *args) -> None:
+    """fn(*args) on a daemon thread: fails instead of hanging the suite if it has not returned
+    after ``seconds``."""
+    import threading
+
+    done, failure = threading.Event(), []
+
+    def run():
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(seconds), f"did not return within {seconds} s"
+    if failure:
+        raise failure[0]
+
+
+def spread_weights(seed: int) -> np.ndarray:
+    """Weights over [0, 1] for a decay of 1e-9: uniform above 2^-5 (where 1e-9 is below half an
+    ulp, so a round changes nothing), every binade from 2^-20 down to the subnormals and
+    uniform below 1e-6 (these reach 0 within ~1000 rounds), 0 and 1, and the special weights.
+    (Weights between ~1e-6 and 2^-5 move by an ulp or two a round: up to ~2.5e7 rounds each,
+    which the C++ and CUDA loops walk in a fraction of a second and NumPy in minutes; the
+    shim and ctest suites cover them.)"""
+    rng = np.random.default_rng(seed)
+    w = np.concatenate([rng.uniform(2.0**-5, 1.0, 3000).astype(np.float32),
+                        F(2.0) ** -np.arange(20, 150, dtype=np.float32),
+                        rng.uniform(0, 1e-6, 500).astype(np.float32),
+                        SPECIAL_WEIGHTS[SPECIAL_WEIGHTS <= 1e-6], np.array([0, 1], np.float32),
+                        SPECIAL_WEIGHTS[SPECIAL_WEIGHTS > F(2.0**-5)]])
+    w = w[(w > F(2.0**-5)) | (w <= F(1e-6))]
+    rng.shuffle(w)
+    return w
+
+
+@pytest.mark.parametrize("decay, k", [(1e-9, 2**62), (1e-9, 2**64 - 1), (1e-9, 700),
+                                      (0.02, 2**62), (1e-4, 4321), (0.3, 10**18),
+                                      (1.401298464324817e-45, 3000)])
+def test_decay_k_stops_at_each_weights_fixpoint(backend, decay, k):
+    """decay(k) ends for any k, with the bits of k rounds: Params(decay=1e-9) never moves a
+    weight above 2^-5, and decay(2**62) used to run 2^62 rounds on it (a hang on every
+    backend); each weight now stops at the first round that changes none of its bits."""
+    w0 = spread_weights(21)
+    eng = nap.Engine(w0.size, backend=backend, init=w0, params=nap.Params(decay=decay))
+    finishes_within(120, eng.decay, k)
+    after = eng.to_numpy()
+    assert_same_bits(after, decay_until_fixpoint(w0, decay, k), f"{backend}: decay({k}) by {decay}")
+    if decay == 1e-9 and k > 1000:
+        assert_same_bits(after[w0 > F(2.0**-5)], w0[w0 > F(2.0**-5)], "a weight above 2^-5 moved")
+        assert (bits(after[w0 <= F(1e-6)]) == 0).all()
+
+
 # -- 2. reinforcement directionality -----------------------------------------------------------
 
 def qualities_above(gate: float, n: int, rng) -> np.ndarray:

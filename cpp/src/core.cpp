@@ -34,13 +34,7 @@ int threads_for(std::size_t work, std::size_t threshold) {
   return num_threads();
 }
 
-inline std::uint32_t bits_of(float x) {
-  std::uint32_t b;
-  std::memcpy(&b, &x, sizeof b);
-  return b;
-}
-
-inline bool is_finite(float x) { return (bits_of(x) & 0x7f800000u) != 0x7f800000u; }
+inline bool is_finite(float x) { return !nonfinite_bits(bits_of(x)); }
 
 // Splits [0, n) among the threads of a parallel region and runs body(lo, hi) on each slice.
 // Slices start on 64-byte boundaries (16 floats) so vector loads stay aligned with the data.
@@ -151,26 +145,86 @@ void step_scalar(float* w, float q, std::size_t n, const Params& p) {
   });
 }
 
+namespace {
+
+// One round of decay_once over x[0, len): the vector loop, then the scalar law for the tail.
+void decay_round(const Kernels& loops, float* x, std::size_t len, float d) {
+  for (std::size_t i = loops.decay(x, len, d); i < len; ++i) x[i] = decay_once(x[i], d);
+}
+
+// Rounds between two fixpoint checks (a check costs about a round): 8 at first, doubling up
+// to 64, so checks cost little whatever k is, and rounds past the last weight's fixpoint are
+// fewer than those before it.
+constexpr std::uint64_t kDecayFirstBurst = 8, kDecayLongestBurst = 64;
+
+// How many of x[0, len) differ in bits from before[0, len) (branch-free: vectorises).
+std::size_t count_changed(const float* x, const float* before, std::size_t len) {
+  std::size_t count = 0;
+  for (std::size_t i = 0; i < len; ++i) count += bits_of(x[i]) != bits_of(before[i]) ? 1 : 0;
+  return count;
+}
+
+// decay_repeated (nap/law.h) on every weight of a cache-resident block, in bursts of rounds
+// over whole arrays so the rounds vectorise. A weight whose last round changed no bit is at a
+// fixpoint for good (decay_once is a function of the bits): when no weight changed, the block
+// is done, so any k ends (a decay too small to move any weight stops after one burst). Once at
+// most half are still moving, those are gathered into a dense buffer (the others written back)
+// and the rounds go on over them alone: a few slow weights cost rounds over themselves, not
+// over the whole block.
+void decay_block(const Kernels& loops, float* block, std::size_t len, float d, std::uint64_t k,
+                 float* moving, float* before, std::uint32_t* where) {
+  float* x = block;  // the weights the rounds run on: block itself, or moving[0, len) gathered
+  bool gathered = false;
+  for (std::uint64_t burst = kDecayFirstBurst; k > 0;
+       burst = std::min(2 * burst, kDecayLongestBurst)) {
+    burst = std::min(k, burst);
+    k -= burst;
+    for (std::uint64_t r = 1; r < burst; ++r) decay_round(loops, x, len, d);
+    if (k == 0) {  // the last round: no check can save one
+      decay_round(loops, x, len, d);
+      break;
+    }
+    std::memcpy(before, x, len * sizeof(float));
+    decay_round(loops, x, len, d);
+    const std::size_t changed = count_changed(x, before, len);
+    if (changed == 0) break;
+    if (changed > len / 2) continue;
+    std::size_t kept = 0;  // gather the moving weights; the others are final
+    for (std::size_t j = 0; j < len; ++j) {
+      if (bits_of(x[j]) != bits_of(before[j])) {
+        moving[kept] = x[j];
+        where[kept++] = gathered ? where[j] : static_cast<std::uint32_t>(j);
+      } else if (gathered) {
+        block[where[j]] = x[j];
+      }
+    }
+    x = moving;
+    len = kept;
+    gathered = true;
+  }
+  if (gathered)
+    for (std::size_t j = 0; j < len; ++j) block[where[j]] = x[j];
+}
+
+}  // namespace
+
 void decay(float* w, std::size_t n, float d, std::uint64_t k) {
   if (k == 0) return;
   if (d == 0.0f) k = 1;  // decay_once(., 0) is the clamp: idempotent after one round
   const Kernels& loops = kernels();
   parallel_slices(n, [&](std::size_t lo, std::size_t hi) {
     // k rounds over one cache-resident block before the next: one pass over memory whatever
-    // k is (the arithmetic still grows with k).
-    for (std::size_t b = lo; b < hi; b += kDecayBlock) {
-      float* block = w + b;
-      const std::size_t len = std::min(kDecayBlock, hi - b);
-      for (std::uint64_t round = 0; round < k; ++round) {
-        for (std::size_t i = loops.decay(block, len, d); i < len; ++i)
-          block[i] = decay_once(block[i], d);
-        if ((round & 7u) == 7u) {  // a block at 0 stays at 0 (NaN stays NaN): stop early
-          bool positive = false;
-          for (std::size_t i = 0; i < len; ++i) positive |= block[i] > 0.0f;
-          if (!positive) break;
-        }
-      }
+    // k is (the arithmetic still grows with k, up to each weight's fixpoint).
+    std::vector<float> moving, before;
+    std::vector<std::uint32_t> where;
+    if (k > kDecayFirstBurst) {
+      moving.resize(kDecayBlock);
+      before.resize(kDecayBlock);
+      where.resize(kDecayBlock);
     }
+    for (std::size_t b = lo; b < hi; b += kDecayBlock)
+      decay_block(loops, w + b, std::min(kDecayBlock, hi - b), d, k, moving.data(),
+                  before.data(), where.data());
   });
 }
 
@@ -285,14 +339,11 @@ std::int64_t first_nonfinite(const float* x, std::size_t n) {
 }
 
 std::int64_t first_bad_id(const std::int64_t* ids, std::size_t m, std::int64_t n) {
-  const std::uint64_t limit = static_cast<std::uint64_t>(n);  // negatives wrap above it
-  return first_where(m, [ids, limit](std::size_t j) {
-    return static_cast<std::uint64_t>(ids[j]) >= limit;
-  });
+  return first_where(m, [ids, n](std::size_t j) { return id_outside(ids[j], n); });
 }
 
 void exact_sums(const float* w, const std::uint8_t* labels, std::size_t n, std::uint64_t* out) {
-  constexpr std::size_t kKeys = 2 * 512 * 4;  // label x (sign, exponent) x 4 sums
+  constexpr std::size_t kKeys = std::size_t{kExactBins} * 4;  // label x (sign, exponent) x 4 sums
   std::fill(out, out + kKeys, std::uint64_t{0});
   const std::int64_t count = static_cast<std::int64_t>(n);
 #pragma omp parallel num_threads(threads_for(n, kParallelElements))
@@ -301,15 +352,12 @@ void exact_sums(const float* w, const std::uint8_t* labels, std::size_t n, std::
 #pragma omp for schedule(static)
     for (std::int64_t i = 0; i < count; ++i) {
       const std::uint32_t b = bits_of(w[i]);
-      const std::uint32_t key = b >> 23;  // sign and biased exponent
-      const std::uint32_t frac = b & 0x7fffffu;
-      const std::uint64_t sig = (key & 0xffu) ? (frac | 0x800000u) : frac;
-      const std::uint64_t sq = sig * sig;  // < 2^48: split in two 24-bit halves
-      std::uint64_t* acc = &local[(static_cast<std::size_t>(labels[i] & 1u) * 512 + key) * 4];
+      const ExactTerms t = exact_terms(b);
+      std::uint64_t* acc = &local[static_cast<std::size_t>(exact_bin(b, labels[i])) * 4];
       acc[0] += 1;
-      acc[1] += sig;
-      acc[2] += sq >> 24;
-      acc[3] += sq & 0xffffffu;
+      acc[1] += t.significand;
+      acc[2] += t.square_high;
+      acc[3] += t.square_low;
     }
 #pragma omp critical
     for (std::size_t k = 0; k < kKeys; ++k) out[k] += local[k];

@@ -219,6 +219,107 @@ void exact_sums_reconstruct() {
     CHECK(std::fabs(static_cast<double>(sum[l] - direct[l])) < 1e-6, "sum %d off", l);
 }
 
+// decay_once round after round until k rounds or a round changes no bit: the definition
+// decay(k) must reproduce (written here without nap::decay_repeated).
+float decay_by_definition(float x, float d, std::uint64_t k) {
+  for (std::uint64_t r = 0; r < k; ++r) {
+    const float y = nap::decay_once(x, d);
+    if (bits(y) == bits(x)) break;
+    x = y;
+  }
+  return x;
+}
+
+// decay(k) stops at each weight's fixpoint: a decay below half an ulp never moves a weight,
+// and decay(2^62) used to loop 2^62 rounds on it. The bits are those of k rounds.
+void decay_fixpoints() {
+  // Under 1e-9: above 2^-5 a round changes nothing; below 1e-6 a weight reaches 0 within
+  // ~1000 rounds; 0.03 moves an ulp a round and needs ~2.5e7 rounds to reach 0.
+  std::vector<float> w = uniform(5000, 0.0313f, 1.0f, 8);
+  const auto tiny = uniform(500, 0.0f, 1e-6f, 9);
+  w.insert(w.end(), tiny.begin(), tiny.end());
+  for (int e = 20; e < 150; e += 2) w.push_back(std::ldexp(1.0f, -e));
+  w[0] = 0.0f;
+  w[1] = 1.0f;
+  w[2] = 0.03f;
+  const std::uint64_t forever = std::uint64_t{1} << 62;
+  for (const float d : {1e-9f, 0.02f, 1e-4f, 1.401298464e-45f}) {
+    const std::uint64_t ks[] = {forever, 4321, 9};
+    for (const std::uint64_t k : ks) {
+      if (d == 1e-9f && k == 4321) continue;  // (covered by 9 and forever)
+      std::vector<float> expect = w;
+      for (auto& x : expect) x = decay_by_definition(x, d, k);
+      for (const int threads : {1, 2}) {
+        nap::set_num_threads(threads);
+        std::vector<float> got = w;
+        nap::decay(got.data(), got.size(), d, k);
+        CHECK(same_bits(got, expect), "decay(%llu) by %g on %d threads differs from k rounds",
+              static_cast<unsigned long long>(k), static_cast<double>(d), threads);
+      }
+      nap::set_num_threads(0);
+    }
+  }
+  // Weights from outside the law (a caller's own array): -0.0, negative, NaN, above 1.
+  std::vector<float> odd = {-0.0f, -0.5f, -1e-45f, 1.5f, 0.3f, 0.0f, 1.0f};
+  for (const char* h : {"0x7fc00000", "0xffc00000", "0x7f800001", "0x7f800000", "0xff800000",
+                        "0x7fc12345"})
+    odd.push_back(from_hex(h));
+  for (const float d : {0.0f, 0.02f, 1e-9f})
+    for (const std::uint64_t k : {std::uint64_t{1}, std::uint64_t{3}, std::uint64_t{100},
+                                  forever}) {
+      std::vector<float> got = odd, expect = odd;
+      for (auto& x : expect) x = decay_by_definition(x, d, d == 0.0f ? 1 : k);
+      nap::decay(got.data(), got.size(), d, k);
+      CHECK(same_bits(got, expect), "decay(%llu) by %g of weights from outside the law",
+            static_cast<unsigned long long>(k), static_cast<double>(d));
+      CHECK(bits(got[0]) == 0u, "-0.0 left decay(%llu)", static_cast<unsigned long long>(k));
+    }
+  // The law's own stops give the same bits: one weight alone, and eight side by side (each
+  // group holds a slow weight, 0.03, beside ones that stop at once or within ~1000 rounds).
+  for (std::size_t g = 0; g + 8 <= w.size(); g += 8 * 400) {
+    float eight[8] = {w[g], w[g + 1], w[g + 2], 0.03f, w[g + 4], w[g + 5], w[g + 6], w[g + 7]};
+    const float lone[8] = {eight[0], eight[1], eight[2], eight[3],
+                           eight[4], eight[5], eight[6], eight[7]};
+    nap::decay_repeated(eight, 1e-9f, forever);
+    for (int i = 0; i < 8; ++i)
+      CHECK(bits(eight[i]) == bits(decay_by_definition(lone[i], 1e-9f, forever)),
+            "decay_repeated<8> lane %d of group %zu", i, g);
+  }
+  for (const float x : w)
+    CHECK(bits(nap::decay_repeated(x, 1e-9f, forever)) ==
+              bits(decay_by_definition(x, 1e-9f, forever)),
+          "decay_repeated(%g)", static_cast<double>(x));
+}
+
+// The input rules of nap/law.h that the CUDA kernels use (pinned against NumPy's results).
+void input_rules() {
+  const std::uint64_t in[] = {0x3FE0000010000000ull, 0x3FE0000030000000ull, 0x36A8000000000000ull,
+                              0x36A0000000000000ull, 0x3690000000000000ull, 0xFFF4000123456789ull,
+                              0x7FF0000000000001ull, 0x4010000000000000ull, 0xC010000000000000ull,
+                              0x8000000000000000ull, 0xFFF0000000000000ull, 0x7FEFFFFFFFFFFFFFull};
+  const std::uint32_t out[] = {0x3f000000u, 0x3f000002u, 0x2u,        0x1u,
+                               0x0u,        0xffe00009u, 0x7fc00000u, 0x40000000u,
+                               0xbf800000u, 0x80000000u, 0xff800000u, 0x40000000u};
+  for (std::size_t i = 0; i < sizeof in / sizeof in[0]; ++i) {
+    double q;
+    std::memcpy(&q, &in[i], sizeof q);
+    CHECK(bits(nap::narrow_quality(q)) == out[i], "narrow_quality(0x%016llx) = 0x%08x",
+          static_cast<unsigned long long>(in[i]), bits(nap::narrow_quality(q)));
+  }
+  CHECK(nap::nonfinite_bits(0x7f800000u) && nap::nonfinite_bits(0xffc00001u) &&
+            !nap::nonfinite_bits(0x7f7fffffu) && !nap::nonfinite_bits(0x80000001u),
+        "nonfinite_bits");
+  CHECK(nap::id_outside(-1, 10) && nap::id_outside(10, 10) && !nap::id_outside(9, 10) &&
+            nap::id_outside(0, 0) && nap::id_outside(INT64_MIN, INT64_MAX) &&
+            !nap::id_outside(INT64_MAX - 1, INT64_MAX),
+        "id_outside");
+  const nap::ExactTerms t = nap::exact_terms(bits(1.0f));
+  CHECK(t.significand == 0x800000u && t.square_high == 0x400000u && t.square_low == 0,
+        "exact_terms(1.0)");
+  CHECK(nap::exact_terms(1u).significand == 1 && nap::exact_bin(bits(-0.5f), 1) == 512 + 0x17e,
+        "exact_terms/bin of a subnormal and -0.5");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -233,6 +334,8 @@ int main(int argc, char** argv) {
   parallel_matches_serial();
   scans();
   exact_sums_reconstruct();
+  decay_fixpoints();
+  input_rules();
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

@@ -12,7 +12,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHIM = pathlib.Path(__file__).with_name("shim.cpp")
 
-_C_TYPES = {np.float32: ctypes.c_float, np.uint64: ctypes.c_ulonglong}
+_C_TYPES = {np.float32: ctypes.c_float, np.float64: ctypes.c_double,
+            np.uint64: ctypes.c_ulonglong, np.int64: ctypes.c_longlong}
 
 
 def build(out_dir: pathlib.Path) -> pathlib.Path:
@@ -21,9 +22,10 @@ def build(out_dir: pathlib.Path) -> pathlib.Path:
     if compiler is None:
         raise FileNotFoundError("no C++ compiler (g++/c++) to build the CUDA host shim")
     library = out_dir / "libnap_cuda_shim.so"
-    cmd = [compiler, "-std=c++17", "-O2", "-ffp-contract=off", "-fno-fast-math", "-shared",
-           "-fPIC", f"-I{ROOT / 'cpp' / 'include'}", f"-I{ROOT / 'cuda'}", str(SHIM),
-           "-o", str(library)]
+    # -fno-strict-aliasing: the kernels read float arrays as float4 vectors, CUDA's idiom.
+    cmd = [compiler, "-std=c++17", "-O2", "-ffp-contract=off", "-fno-fast-math",
+           "-fno-strict-aliasing", "-shared", "-fPIC", f"-I{ROOT / 'cpp' / 'include'}",
+           f"-I{ROOT / 'cuda'}", str(SHIM), "-o", str(library)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return library
 

@@ -1,7 +1,12 @@
 // Host shim: compiles cuda/kernels.cu with a C++ compiler by emulating the CUDA execution model
-// (grid and block indices, __global__/__device__ defined away), so the kernel code that runs on
-// a GPU runs here, in the parity tests. Blocks and threads run one after another: this checks
-// the kernels' indexing and logic (grid-stride loops, segment walks), not concurrency.
+// (grid and block indices, __global__/__device__ defined away, float4 and the atomics the
+// kernels use), so the kernel code that runs on a GPU runs here, in the parity tests. Blocks
+// and threads run one after another: this checks the kernels' indexing and logic (grid-stride
+// loops, vector bodies with scalar heads and tails, segment walks, atomics' results), not
+// concurrency.
+//
+// Every kernel K of nap_gpu.backends._kernels.KERNELS is exported as
+//   extern "C" void shim_K(unsigned grid, unsigned block, <K's parameters in order>)
 #include <cstdint>
 
 namespace {
@@ -9,6 +14,23 @@ struct Dim3 {
   unsigned x = 1, y = 1, z = 1;
 };
 Dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+// CUDA's 16-byte vector type (vector_types.h): four floats, 16-byte aligned.
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+
+// Global atomics, sequential here (one thread runs at a time); they return the old value.
+unsigned long long atomicMin(unsigned long long* address, unsigned long long value) {
+  const unsigned long long old = *address;
+  if (value < old) *address = value;
+  return old;
+}
+unsigned long long atomicAdd(unsigned long long* address, unsigned long long value) {
+  const unsigned long long old = *address;
+  *address = old + value;
+  return old;
+}
 
 template <class Kernel, class... Args>
 void launch(Kernel kernel, unsigned grid, unsigned block, Args... args) {
@@ -49,5 +71,19 @@ void shim_nap_update_segments(unsigned g, unsigned b, float* w, const long long*
 }
 void shim_nap_triad(unsigned g, unsigned b, float* w, const float* q, float s, u64 n) {
   launch(nap_triad, g, b, w, q, s, n);
+}
+void shim_nap_first_nonfinite(unsigned g, unsigned b, const float* x, u64 n, u64* first) {
+  launch(nap_first_nonfinite, g, b, x, n, first);
+}
+void shim_nap_first_bad_id(unsigned g, unsigned b, const long long* ids, u64 m, long long n,
+                           u64* first) {
+  launch(nap_first_bad_id, g, b, ids, m, n, first);
+}
+void shim_nap_narrow_quality(unsigned g, unsigned b, const double* src, float* dst, u64 n) {
+  launch(nap_narrow_quality, g, b, src, dst, n);
+}
+void shim_nap_exact_sums(unsigned g, unsigned b, const float* w, const unsigned char* labels,
+                         u64 n, u64* bins) {
+  launch(nap_exact_sums, g, b, w, labels, n, bins);
 }
 }

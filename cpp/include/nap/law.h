@@ -14,10 +14,19 @@
 ///    pattern of the SIMD max/min instructions (not std::min/max, whose NaN rules differ), so
 ///    loops compile to one instruction per clamp; results leave the law through
 ///    positive_zero, so -0.0 never leaves the engine and equal results are equal bits.
-/// No <cmath>, no std:: — the header stays NVRTC-friendly.
+/// No <cmath>, no std:: in device code — the header stays NVRTC-friendly. The one standard
+/// header, <cstring> (memcpy of bit patterns on the host), is included only outside NVRTC.
+///
+/// Besides the law, the header holds the bit-level rules every backend shares: the fixpoint
+/// of decay(k), the conversion of float64 qualities, the validation tests and the integer
+/// terms of exact_sums (nap_gpu.metrics).
 #pragma once
 
 #include "nap/config.h"
+
+#if !defined(__CUDACC_RTC__)
+#include <cstring>  // for std::memcpy (host code only)
+#endif
 
 namespace nap {
 
@@ -27,6 +36,42 @@ struct Params {
   float gate = 0.5f;    ///< quality strictly above the gate reinforces; at or below it punishes
   float decay = 0.02f;  ///< passive decay subtracted per step (0 disables it)
 };
+
+// -- Bit patterns --------------------------------------------------------------------------
+// Reinterpretations, not conversions: no floating-point instruction is involved.
+
+/// The IEEE bit pattern of a float32.
+NAP_HOST_DEVICE unsigned int bits_of(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  unsigned int b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+#endif
+}
+
+/// The float32 with bit pattern b.
+NAP_HOST_DEVICE float float_of_bits(unsigned int b) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(b);
+#else
+  float x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
+#endif
+}
+
+/// The IEEE bit pattern of a float64.
+NAP_HOST_DEVICE unsigned long long bits_of(double x) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<unsigned long long>(__double_as_longlong(x));
+#else
+  unsigned long long b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+#endif
+}
 
 // -- Primitives --------------------------------------------------------------------------
 // The law below is written once, as templates over a value type T: float here (the C++ loops'
@@ -100,6 +145,101 @@ NAP_HOST_DEVICE float decay_once(float w, float decay) { return decay_once<float
 /// One dense step on one weight.
 NAP_HOST_DEVICE float step(float w, float q, const Params& p) {
   return step<float>(w, q, p.lr, p.gate, p.decay);
+}
+
+/// decay_once applied k times, stopping at the first round that changes no bit of the weight:
+/// decay_once is a function of the bits alone, so every later round would return the same
+/// bits and the result is that of all k rounds. The stop makes any k finite: a decay below
+/// half the weight's ulp never moves it (Params(decay=1e-9) leaves weights above 2^-5 where
+/// they are), and a weight that does move reaches 0 (a fixpoint) in fewer than 2^25 rounds
+/// (about 2.5e7 at worst, e.g. from 2^-5 under a decay of 1e-9: an ulp or two a round).
+/// Every weight takes at least one round, so -0.0, negative, NaN and above-1 weights are
+/// clamped exactly as by k rounds.
+NAP_HOST_DEVICE float decay_repeated(float w, float decay, unsigned long long k) {
+  for (; k > 0; --k) {
+    const float next = decay_once(w, decay);
+    if (bits_of(next) == bits_of(w)) break;
+    w = next;
+  }
+  return w;
+}
+
+/// decay_repeated on N weights at once: their rounds run side by side (independent chains,
+/// so they overlap in a pipeline), until every weight is at its fixpoint or k rounds are done.
+/// Further rounds leave a weight at its fixpoint unchanged, so each result is that of
+/// decay_repeated on the weight alone; the rounds cost the slowest weight's, not their sum.
+template <int N>
+NAP_HOST_DEVICE void decay_repeated(float (&w)[N], float decay, unsigned long long k) {
+  for (; k > 0; --k) {
+    bool moved = false;
+    for (int i = 0; i < N; ++i) {
+      const float next = decay_once(w[i], decay);
+      moved |= bits_of(next) != bits_of(w[i]);
+      w[i] = next;
+    }
+    if (!moved) break;
+  }
+}
+
+// -- Inputs ----------------------------------------------------------------------------------
+// The rules of nap_gpu/_inputs.py for the scans and conversions the device runs itself.
+
+/// Whether a float32 with bit pattern b is NaN or infinite: its exponent is all ones (an
+/// integer test; no floating-point comparison is involved).
+NAP_HOST_DEVICE bool nonfinite_bits(unsigned int b) { return (b & 0x7f800000u) == 0x7f800000u; }
+
+/// Whether an event's id lies outside [0, n) (n >= 0): negative ids wrap above n.
+NAP_HOST_DEVICE bool id_outside(long long id, long long n) {
+  return static_cast<unsigned long long>(id) >= static_cast<unsigned long long>(n);
+}
+
+/// A float64 quality as float32, as _inputs._as_float32 converts float64 arrays: a finite
+/// value is clipped to [-1, 2] (so a huge finite value stays finite; -0.0 stays -0.0) and
+/// rounded to the nearest float32, ties to even, subnormals kept; infinities keep their sign;
+/// a NaN keeps its sign and the top 23 bits of its payload, quiet bit set (what the x86 and
+/// Arm conversion instructions do, and so NumPy's astype; written with integers because GPU
+/// conversions return the canonical NaN instead).
+NAP_HOST_DEVICE float narrow_quality(double q) {
+  const unsigned long long b = bits_of(q);
+  if ((b & 0x7ff0000000000000ull) == 0x7ff0000000000000ull) {
+    const unsigned long long payload = b & 0x000fffffffffffffull;
+    unsigned int out = static_cast<unsigned int>(b >> 32) & 0x80000000u;  // the sign
+    out |= 0x7f800000u | static_cast<unsigned int>(payload >> 29);
+    if (payload != 0) out |= 0x00400000u;  // NaN stays NaN, quiet
+    return float_of_bits(out);
+  }
+  const double clipped = q < -1.0 ? -1.0 : (q > 2.0 ? 2.0 : q);
+  return static_cast<float>(clipped);  // one IEEE conversion, round to nearest even
+}
+
+// -- Exact sums ------------------------------------------------------------------------------
+// The integer terms of exact_sums (nap_gpu/backends/_xp.py, nap_gpu/metrics.py): bins of
+// shape (2, 512, 4) uint64 indexed by label (0 = P, 1 = R) and key = bits >> 23 (sign and
+// biased exponent), holding the count, the sum of significands and the sums of the high and
+// low 24-bit halves of the squared significands. Integer sums: any order gives the same bins.
+
+/// Bins of exact_sums: 2 labels x 512 keys, 4 sums each.
+constexpr unsigned int kExactBins = 2 * 512;
+
+/// The bin (label * 512 + key) of a weight with bit pattern b; labels are 0 or 1.
+NAP_HOST_DEVICE unsigned int exact_bin(unsigned int b, unsigned int label) {
+  return (label & 1u) * 512u + (b >> 23);
+}
+
+/// What one weight adds to its bin's sums (besides 1 to its count).
+struct ExactTerms {
+  unsigned long long significand;  ///< the 23 fraction bits, with the implicit bit if normal
+  unsigned long long square_high;  ///< (significand^2) >> 24
+  unsigned long long square_low;   ///< (significand^2) & 0xffffff
+};
+
+/// The terms of a weight with bit pattern b (the implicit bit is set for every exponent but
+/// 0, infinities and NaN included, as in _xp.exact_sums).
+NAP_HOST_DEVICE ExactTerms exact_terms(unsigned int b) {
+  const unsigned long long fraction = b & 0x7fffffu;
+  const unsigned long long sig = (b & 0x7f800000u) ? (fraction | 0x800000u) : fraction;
+  const unsigned long long square = sig * sig;  // < 2^48
+  return ExactTerms{sig, square >> 24, square & 0xffffffu};
 }
 
 }  // namespace nap

@@ -1,7 +1,8 @@
 """A device backend: the host-side orchestration of the CUDA kernels, written against ``xp``.
 
-Launch sizes, the stable sort and segment starts of sparse batches, validation scans and the
-metric reductions are array code, so the same class drives the kernels on a GPU (``xp`` =
+Launch sizes, allocations and the stable sort and segment starts of sparse batches are array
+code (the validation scans, the float64 -> float32 conversion of qualities and the metric
+sums run in our own kernels), so the same class drives the kernels on a GPU (``xp`` =
 CuPy, kernels loaded by ``_kernels.CupyKernels``) and, in the tests, the very same kernel
 source compiled for the CPU through a host shim (``xp`` = NumPy): the orchestration and the
 kernel logic both run on machines without a GPU.
@@ -10,6 +11,8 @@ A kernel object is called as CuPy's RawKernel is: ``kernel(grid, block, args)``.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -46,6 +49,10 @@ class DeviceBackend:
             return
         if d == 0:
             k = 1  # decay by 0 is the clamp: idempotent after one round
+        # Each weight stops at its fixpoint (nap::decay_repeated), which any weight reaches in
+        # fewer than 2^31 rounds (at most one per float32 in [0, 1], plus one clamp): a k
+        # beyond 64 bits does the same.
+        k = min(k, 2**64 - 1)
         self._launch("nap_decay", w.size, w, np.uint64(w.size), np.float32(d), np.uint64(k))
 
     def update(self, w, ids, q, p: Params) -> None:
@@ -69,11 +76,56 @@ class DeviceBackend:
     def triad(self, w, q, s: float) -> None:
         self._launch("nap_triad", w.size, w, q, np.float32(s), np.uint64(w.size))
 
+    # -- scans and conversions, in our own kernels -------------------------------------------
+    # CuPy's elementwise and reduction kernels are compiled with -ftz=true, which flushes float32
+    # subnormals: nothing that decides bits goes through them. (Allocation, fills, copies and
+    # integer sums of uint64 bins change no float bits.)
+
+    def _first(self, kernel: str, a, *args) -> int:
+        """The least index a scan kernel reports, or -1: one launch, one read back."""
+        n = int(a.size)
+        if n == 0:
+            return -1
+        first = self.xp.full(1, n, dtype=self.xp.uint64)  # the kernel lowers it to a hit
+        self._launch(kernel, n, a.reshape(-1), np.uint64(n), *args, first)
+        found = int(first[0])  # the one host sync
+        return found if found < n else -1
+
     def first_nonfinite(self, x) -> int:
-        return _xp.first_nonfinite(x, self.xp)
+        """Index of the first NaN or infinity in float32 x, or -1."""
+        return self._first("nap_first_nonfinite", self.xp.ascontiguousarray(x))
 
     def first_bad_id(self, ids, n: int) -> int:
-        return _xp.first_bad_id(ids, n, self.xp)
+        """Index of the first int64 id outside [0, n), or -1."""
+        return self._first("nap_first_bad_id", self.xp.ascontiguousarray(ids), np.int64(n))
+
+    def narrow_quality(self, x):
+        """A new float32 array of x's shape from float64 x: finite values clipped to [-1, 2]
+        and rounded to nearest (subnormals kept), NaN and infinities as they are; exactly
+        ``_inputs._as_float32`` on float64 (``nap::narrow_quality``)."""
+        if x.dtype != np.float64:
+            raise TypeError(f"narrow_quality takes float64, got {x.dtype}")
+        out = self.xp.empty(x.shape, dtype=self.xp.float32)
+        if out.size:
+            src = self.xp.ascontiguousarray(x).reshape(-1)
+            self._launch("nap_narrow_quality", src.size, src, out.reshape(-1), np.uint64(src.size))
+        return out
+
+    #: exact_sums runs on about this many times sqrt(n) threads. Each thread flushes its
+    #: register bins with atomics at the end (4 per bin it holds), so the atomics on a converged
+    #: population's two bins grow with the threads while the loads in flight grow too; sqrt(n)
+    #: keeps both well below a pass over memory: 1M weights -> 8K threads of 125 weights,
+    #: 1G -> 253K threads (about the resident threads of an H100/H200) of 4K weights.
+    exact_threads_per_sqrt = 8
 
     def exact_sums(self, w, labels):
-        return _xp.exact_sums(w, labels, self.xp)
+        """The integer bins of ``_xp.exact_sums`` (host uint64, shape (2, 512, 4)), summed on
+        the device with integer atomics; one copy to the host."""
+        n = int(w.size)
+        bins = self.xp.zeros(2 * 512 * 4, dtype=self.xp.uint64)
+        if n:
+            threads = max(1, min(n, self.exact_threads_per_sqrt * math.isqrt(n)))
+            self._launch("nap_exact_sums", threads, self.xp.ascontiguousarray(w).reshape(-1),
+                         self.xp.ascontiguousarray(labels, dtype=self.xp.uint8).reshape(-1),
+                         np.uint64(n), bins)
+        return np.array(_xp._to_host(bins), dtype=np.uint64).reshape(2, 512, 4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 #: Elements per chunk of exact_sums: each bincount adds integers < 2^24 in float64, exact while
@@ -83,3 +85,23 @@ def host_from_host(weights: np.ndarray) -> np.ndarray:
 
 def host_synchronize() -> None:
     """Host backends are synchronous."""
+
+
+def host_read_only(w: np.ndarray) -> np.ndarray:
+    """A read-only view of host weights (the Engine's methods are the way to change them)."""
+    view = w.view()
+    view.flags.writeable = False
+    return view
+
+
+def host_device_of(w: np.ndarray):
+    """Host backends have no device to enter."""
+    return contextlib.nullcontext()
+
+
+def host_narrow_quality(x: np.ndarray) -> np.ndarray:
+    """float64 qualities as float32: finite values clipped to [-1, 2] first (a huge finite
+    value stays finite; the law clamps to [0, 1] anyway), NaN and inf as they are, then
+    rounded to nearest. The device backend does the same in its cubin (``nap_narrow_quality``)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(x), np.clip(x, -1.0, 2.0), x).astype(np.float32)

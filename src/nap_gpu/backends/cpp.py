@@ -17,8 +17,9 @@ from . import _xp
 
 name = "cpp"
 xp = np
-asarray, from_host, to_host, synchronize = (
-    _xp.host_asarray, _xp.host_from_host, _xp.host_to_host, _xp.host_synchronize)
+asarray, from_host, to_host, synchronize, read_only, device_of, narrow_quality = (
+    _xp.host_asarray, _xp.host_from_host, _xp.host_to_host, _xp.host_synchronize,
+    _xp.host_read_only, _xp.host_device_of, _xp.host_narrow_quality)
 
 
 def _threads_from_env() -> None:

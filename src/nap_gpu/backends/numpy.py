@@ -29,8 +29,9 @@ from . import _xp
 
 name = "numpy"
 xp = np
-asarray, from_host, to_host, synchronize = (
-    _xp.host_asarray, _xp.host_from_host, _xp.host_to_host, _xp.host_synchronize)
+asarray, from_host, to_host, synchronize, read_only, device_of, narrow_quality = (
+    _xp.host_asarray, _xp.host_from_host, _xp.host_to_host, _xp.host_synchronize,
+    _xp.host_read_only, _xp.host_device_of, _xp.host_narrow_quality)
 
 #: Elements per chunk: 256 Ki float32 = 1 MiB per stream, so a chunk of w, q and the scratch
 #: stays in cache across the law's passes while the per-call overhead stays small.
@@ -99,20 +100,58 @@ def step_scalar(w: np.ndarray, q: float, p: Params) -> None:
         step(w[lo:hi], filled[: hi - lo], p)
 
 
+#: Rounds of decay(k) between two fixpoint checks (a check costs about a round): 8 at first,
+#: doubling up to 64, as in the C++ core.
+DECAY_FIRST_BURST, DECAY_LONGEST_BURST = 8, 64
+
+
 @_quiet
 def decay(w: np.ndarray, d: float, k: int) -> None:
-    """Passive decay k times in place; one pass over memory (k rounds per cached chunk)."""
+    """Passive decay k times in place; one pass over memory (k rounds per cached chunk).
+
+    Each weight stops at its fixpoint, as ``nap::decay_repeated`` does: a round that changes
+    no bit of a weight would change none in any later round (decay_once is a function of the
+    bits), so the result is that of k rounds, and any k ends, even with a decay too small to
+    move a weight at all.
+    """
     d = np.float32(d)
     if k == 0:
         return
     if d == 0:
         k = 1  # decay by 0 is the clamp: idempotent after one round
     for lo in range(0, w.size, CHUNK):
-        wc = w[lo:lo + CHUNK]
-        for rnd in range(k):
-            _decay(wc, d)
-            if rnd % 8 == 7 and not (wc > 0).any():  # 0 stays 0 (and NaN stays NaN)
-                break
+        _decay_chunk(w[lo:lo + CHUNK], d, k)
+
+
+def _decay_chunk(w: np.ndarray, d: np.float32, k: int) -> None:
+    """k rounds of decay on w in place, each weight stopping at its fixpoint. After each burst
+    of rounds the weights whose last round changed no bit are final; once they are the
+    majority, the rounds go on over the others alone (gathered), so a few slow weights do not
+    keep the whole chunk busy."""
+    x, where = w, None  # the weights rounds still run on: w itself, or w[where] gathered
+    longest = DECAY_FIRST_BURST
+    while k > 0:
+        burst = min(k, longest)
+        longest = min(2 * longest, DECAY_LONGEST_BURST)
+        k -= burst
+        for _ in range(burst - 1):
+            _decay(x, d)
+        if k == 0:  # the last round: no check can save one
+            _decay(x, d)
+            break
+        before = x.copy()
+        _decay(x, d)
+        moving = x.view(np.uint32) != before.view(np.uint32)
+        count = np.count_nonzero(moving)
+        if count == 0:
+            break
+        if count <= x.size // 2:
+            if where is not None:
+                w[where] = x
+            where = np.flatnonzero(moving) if where is None else where[moving]
+            x = x[moving]
+    if where is not None:
+        w[where] = x
 
 
 @_quiet
