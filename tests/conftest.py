@@ -1,4 +1,13 @@
-"""Shared test helpers: the backend matrix and bitwise comparison.
+"""Shared test helpers: the device the ``cuda`` tests run on, the backend matrix and bitwise
+comparison.
+
+The ``cuda`` device (see ``pytest``'s header): where a usable GPU is present, every test marked
+``gpu`` runs on it through CuPy. Where none is (CI, laptops), they run on the simulated device
+of ``tests/simdevice/``: a CuPy stand-in on ``sys.path`` and ``PYTHONPATH`` (so subprocesses
+see it too) that runs the real ``cuda`` backend code and the real kernel source compiled for
+the CPU, and flushes float32 subnormals in its own elementwise operations as CuPy does.
+``NAP_TEST_DEVICE=real`` keeps the real environment (the cuda tests then skip without a GPU);
+``NAP_TEST_DEVICE=simulated`` uses the simulated device even beside a GPU.
 
 Comparison policy (every parity test): float32 results are compared as bit patterns
 (``.view(np.uint32)``), never with a tolerance. The law never produces -0.0, so bitwise
@@ -13,11 +22,63 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-import nap_gpu as nap
+SIMULATOR = pathlib.Path(__file__).with_name("simdevice")
+
+
+def _real_environment() -> dict[str, str]:
+    """The environment without the simulated device on PYTHONPATH."""
+    env = dict(os.environ)
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and pathlib.Path(p) != SIMULATOR]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env
+
+
+def _real_cuda_reason() -> str | None:
+    """Why the real cuda backend is unusable here (None: a usable GPU), asked in a clean
+    subprocess so that this process never imports the real CuPy."""
+    code = "import nap_gpu; print(nap_gpu.available_backends()['cuda'] or '')"
+    done = subprocess.run([sys.executable, "-c", code], env=_real_environment(),
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip() or None
+
+
+def _choose_cuda_device() -> tuple[bool, str | None]:
+    """(simulated?, the real backend's reason) for NAP_TEST_DEVICE = auto | real | simulated."""
+    choice = os.environ.get("NAP_TEST_DEVICE", "auto").strip().lower()
+    if choice not in ("auto", "real", "simulated"):
+        raise ValueError(f"NAP_TEST_DEVICE must be auto, real or simulated, got {choice!r}")
+    reason = _real_cuda_reason()
+    simulated = choice == "simulated" or (choice == "auto" and reason is not None)
+    if simulated:
+        sys.path.insert(0, str(SIMULATOR))
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(SIMULATOR), *filter(None, _real_environment()["PYTHONPATH"].split(os.pathsep))])
+    return simulated, reason
+
+
+#: Whether the cuda tests run on the simulated device, and why the real GPU path cannot.
+SIMULATED_DEVICE, REAL_CUDA_REASON = _choose_cuda_device()
+needs_simulated_device = pytest.mark.skipif(
+    not SIMULATED_DEVICE, reason="checks a property of the simulated device")
+
+import nap_gpu as nap  # noqa: E402 - after the device is chosen (the probe is cached)
+
+#: For tests of the cuda backend itself (mark them ``gpu`` too).
+needs_cuda = pytest.mark.skipif(nap.available_backends()["cuda"] is not None,
+                                reason=f"cuda unusable here: {nap.available_backends()['cuda']}")
+
+
+def pytest_report_header(config):
+    if SIMULATED_DEVICE:
+        return (f"cuda: simulated device (tests/simdevice: the kernels' source compiled for the "
+                f"CPU, CuPy's flush-to-zero); real GPU unusable: {REAL_CUDA_REASON}")
+    return "cuda: the real GPU through CuPy"
 
 GOLDEN_DIR = pathlib.Path(__file__).parent / "golden"
 #: The shared golden vectors (an independent scalar implementation), beside the project.
@@ -44,9 +105,38 @@ def backend(request) -> str:
     return request.param
 
 
+@pytest.fixture(params=[p for p in BACKENDS if p.id != "cuda"])
+def host_backend(request) -> str:
+    """Each backend that works on host memory (cases about host arrays: NumPy flags, PyTorch
+    CPU tensors)."""
+    return request.param
+
+
+def on_backend(host: np.ndarray, backend: str):
+    """A copy of host data where ``backend`` works in place: a NumPy array on host backends,
+    a device (CuPy) array on cuda."""
+    if backend == "cuda":
+        import cupy  # noqa: PLC0415 - the real or the simulated one (see the module docstring)
+
+        return cupy.asarray(host)
+    return np.array(host, copy=True)
+
+
+def data_pointer(a) -> int:
+    """The address of an array's first element (host or device)."""
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
+
+
+def to_host(a) -> np.ndarray:
+    """A host copy of any array (device arrays through their explicit ``.get()``)."""
+    if not isinstance(a, np.ndarray) and hasattr(a, "get") and hasattr(a, "__cuda_array_interface__"):
+        return a.get()
+    return np.array(a, copy=True)
+
+
 def bits(a) -> np.ndarray:
     """The float32 bit patterns of an array (host copy)."""
-    return np.ascontiguousarray(np.asarray(a, dtype=np.float32)).view(np.uint32)
+    return np.ascontiguousarray(to_host(a).astype(np.float32, copy=False)).view(np.uint32)
 
 
 _CANONICAL_NAN = np.uint32(0x7FC00000)
@@ -72,6 +162,30 @@ def load_shared_golden() -> dict:
     if not SHARED_GOLDEN.exists():
         pytest.skip(f"shared golden vectors not found at {SHARED_GOLDEN}")
     return json.loads(SHARED_GOLDEN.read_text())
+
+
+def _forget_probes() -> None:
+    nap.backends._probe_all.cache_clear()
+    nap.backends.get.cache_clear()
+
+
+@pytest.fixture
+def cuda_unusable(monkeypatch) -> str:
+    """A process where the cuda backend is unusable, and why: the simulated device with no
+    device present (CuPy importable, ``getDeviceCount() == 0``), or the real environment
+    where it has no usable GPU; skipped beside a real GPU (it cannot be made unusable)."""
+    if SIMULATED_DEVICE:
+        import cupy  # noqa: PLC0415 - the simulated one
+
+        monkeypatch.setattr(cupy._state, "DEVICES", 0)
+    elif REAL_CUDA_REASON is None:
+        pytest.skip("a real GPU is usable here: cuda cannot be made unusable")
+    _forget_probes()
+    reason = nap.available_backends()["cuda"]
+    assert reason is not None
+    yield reason
+    monkeypatch.undo()
+    _forget_probes()
 
 
 @pytest.fixture(autouse=True)

@@ -24,13 +24,11 @@ import numpy as np
 import pytest
 
 import nap_gpu as nap
-from conftest import assert_same_bits
+from conftest import REAL_CUDA_REASON, _real_environment, assert_same_bits
 
 CPP_USABLE = nap.available_backends()["cpp"] is None
 needs_cpp = pytest.mark.skipif(not CPP_USABLE, reason=f"cpp backend unusable: "
                                                       f"{nap.available_backends()['cpp']}")
-needs_no_cuda = pytest.mark.skipif(nap.available_backends()["cuda"] is None,
-                                   reason="cuda is usable on this host: no unusable backend to ask for")
 
 
 def clean_env(**extra: str) -> dict:
@@ -58,10 +56,13 @@ def test_available_backends_lists_every_backend_with_reasons():
     assert nap.available_backends()["numpy"] is None, "callers must get their own copy"
 
 
-@needs_no_cuda
+@pytest.mark.skipif(REAL_CUDA_REASON is None, reason="a real GPU is usable here")
 def test_cuda_reason_here_mentions_cupy():
-    reason = nap.available_backends()["cuda"]
-    if importlib.util.find_spec("cupy") is None:
+    """What this machine's real environment (without the simulated device) says."""
+    reason = REAL_CUDA_REASON
+    spec = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('cupy') is None)"],
+                          env=_real_environment(), capture_output=True, text=True, check=True)
+    if spec.stdout.strip() == "True":
         assert "CuPy" in reason and "pip install" in reason, reason
     else:  # installed without a driver or device (as in CI)
         assert reason.startswith("CuPy installed but"), reason
@@ -113,13 +114,17 @@ def test_probe_never_raises_with_a_broken_cupy(tmp_path, case):
 
 # -- auto and NAP_BACKEND -------------------------------------------------------------------------
 
-@needs_cpp
-def test_auto_picks_cpp_and_logs_why(caplog):
+def _best_usable() -> str:
+    return next(name for name, reason in nap.available_backends().items() if reason is None)
+
+
+def test_auto_picks_the_best_usable_backend_and_logs_why(caplog):
+    """cuda where a device is usable (the simulated one in CI), else cpp, else numpy."""
     caplog.set_level(logging.INFO, logger="nap_gpu")
     eng = nap.Engine(10)
-    assert eng.backend == "cpp"
+    assert eng.backend == _best_usable()
     messages = [r.getMessage() for r in caplog.records if r.name == "nap_gpu"]
-    chose = [m for m in messages if "auto" in m and "'cpp'" in m]
+    chose = [m for m in messages if "auto" in m and f"'{eng.backend}'" in m]
     assert chose, f"no log line about auto's choice in {messages}"
     cuda_reason = nap.available_backends()["cuda"]
     if cuda_reason is not None:
@@ -148,17 +153,15 @@ def test_explicit_backend_beats_nap_backend(monkeypatch):
     assert nap.Engine(10, backend="cpp").backend == "cpp"
 
 
-@needs_cpp
 @pytest.mark.parametrize("value", ["auto", "", "  "])
 def test_nap_backend_auto_or_empty_means_auto(monkeypatch, value):
     monkeypatch.setenv("NAP_BACKEND", value)
-    assert nap.Engine(10).backend == "cpp"
+    assert nap.Engine(10).backend == _best_usable()
 
 
-@needs_no_cuda
-def test_nap_backend_naming_an_unusable_backend_raises(monkeypatch):
+def test_nap_backend_naming_an_unusable_backend_raises(monkeypatch, cuda_unusable):
     monkeypatch.setenv("NAP_BACKEND", "cuda")
-    reason = nap.available_backends()["cuda"]
+    reason = cuda_unusable
     with pytest.raises(nap.BackendUnavailableError, match=re.escape(reason)):
         nap.Engine(10)
     w = np.full(4, 0.5, np.float32)
@@ -167,11 +170,12 @@ def test_nap_backend_naming_an_unusable_backend_raises(monkeypatch):
     assert (w == 0.5).all()
 
 
-@pytest.mark.parametrize("value, exc", [
-    pytest.param("cuda", nap.BackendUnavailableError, marks=needs_no_cuda), ("bogus", ValueError)])
-def test_nap_backend_error_names_the_variable(monkeypatch, value, exc):
+@pytest.mark.parametrize("value, exc", [("cuda", nap.BackendUnavailableError), ("bogus", ValueError)])
+def test_nap_backend_error_names_the_variable(monkeypatch, request, value, exc):
     """The caller asked for "auto": an error about a backend it never named should say
     that the name came from the NAP_BACKEND environment variable."""
+    if value == "cuda":
+        request.getfixturevalue("cuda_unusable")
     monkeypatch.setenv("NAP_BACKEND", value)
     with pytest.raises(exc, match="NAP_BACKEND"):
         nap.Engine(10)
@@ -211,8 +215,7 @@ def test_show_config_shows_the_cpp_compile_options(capsys):
     assert not re.search(r"-ffp-contract=(fast|on)\b", options["flags"]), options["flags"]
 
 
-@needs_no_cuda
-def test_show_config_survives_a_bad_nap_backend(monkeypatch, capsys):
+def test_show_config_survives_a_bad_nap_backend(monkeypatch, capsys, cuda_unusable):
     """show_config is what one runs to find out what is wrong: a bad NAP_BACKEND must be
     reported in its output, not crash it."""
     monkeypatch.setenv("NAP_BACKEND", "bogus")

@@ -54,9 +54,9 @@ def test_simulate_reports_an_unhealthy_run_with_exit_code_1(capsys):
     (["simulate", "--backend", "bogus"], "unknown backend"),
     (["simulate", "--iterations", "0"], "--iterations"),
 ])
-def test_simulate_bad_arguments_exit_2_with_a_message(capsys, args, message):
-    if args[-1] == "cuda" and nap.available_backends()["cuda"] is None:
-        pytest.skip("cuda is usable here")
+def test_simulate_bad_arguments_exit_2_with_a_message(capsys, request, args, message):
+    if args[-1] == "cuda":
+        request.getfixturevalue("cuda_unusable")
     assert main([*args, "--memories", "100", "--no-progress"]) == 2
     assert message in capsys.readouterr().err
 

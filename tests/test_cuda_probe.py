@@ -1,45 +1,72 @@
-"""The cuda backend's probe, selection and telemetry as seen on a machine without a GPU, and
-(marked ``gpu``) on one with a GPU. The parity, golden and invariant test bodies run with
-``backend="cuda"`` through the ``backend`` fixture of conftest.py on a GPU host."""
+"""The cuda backend's probe, selection and telemetry: in this machine's real environment (run
+in subprocesses without the simulated device: CuPy without a driver in CI), where cuda is
+unusable (the ``cuda_unusable`` fixture), and on the device the tests run on (marked ``gpu``:
+the simulated device here, the GPU on a GPU host). The parity, golden, invariant and other
+test bodies run with ``backend="cuda"`` through the ``backend`` fixture of conftest.py."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import nap_gpu as nap
+from conftest import REAL_CUDA_REASON, _real_environment, needs_cuda
 from nap_gpu.telemetry import gpu_status
 
-CUDA_REASON = nap.available_backends()["cuda"]
-needs_no_gpu = pytest.mark.skipif(CUDA_REASON is None, reason="a usable GPU is present")
-needs_gpu = pytest.mark.skipif(CUDA_REASON is not None, reason=f"cuda unusable: {CUDA_REASON}")
+needs_real_unusable = pytest.mark.skipif(REAL_CUDA_REASON is None, reason="a real GPU is usable here")
 
 
-@needs_no_gpu
+def _in_real_environment(code: str) -> dict:
+    """Run ``code`` (which prints one JSON line) without the simulated device."""
+    done = subprocess.run([sys.executable, "-c", code], env=_real_environment(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@needs_real_unusable
 def test_the_reason_matches_what_is_installed():
-    if importlib.util.find_spec("cupy") is None:
-        assert CUDA_REASON.startswith("no CuPy installed")
+    found = _in_real_environment("import importlib.util, json; "
+                                 "print(json.dumps(importlib.util.find_spec('cupy') is not None))")
+    if not found:
+        assert REAL_CUDA_REASON.startswith("no CuPy installed")
     else:  # CuPy wheels install fine on machines without a driver
-        assert "CuPy installed but no CUDA" in CUDA_REASON
+        assert "CuPy installed but no CUDA" in REAL_CUDA_REASON
 
 
-@needs_no_gpu
+@needs_real_unusable
 def test_asking_for_cuda_raises_the_reason_and_auto_picks_a_host_backend():
-    with pytest.raises(nap.BackendUnavailableError, match="not usable here") as info:
-        nap.Engine(10, backend="cuda")
-    assert CUDA_REASON in str(info.value)
-    assert nap.Engine(10).backend in ("cpp", "numpy")
+    result = _in_real_environment(
+        "import json, nap_gpu as nap\n"
+        "try:\n    nap.Engine(10, backend='cuda'); error = None\n"
+        "except nap.BackendUnavailableError as exc:\n    error = str(exc)\n"
+        "print(json.dumps({'error': error, 'auto': nap.Engine(10).backend}))")
+    assert result["error"] and "not usable here" in result["error"] and REAL_CUDA_REASON in result["error"]
+    assert result["auto"] in ("cpp", "numpy")
 
 
-@needs_no_gpu
+@needs_real_unusable
 def test_the_cuda_module_imports_without_touching_the_gpu():
-    if importlib.util.find_spec("cupy") is None:
+    result = _in_real_environment(
+        "import importlib.util, json\n"
+        "if importlib.util.find_spec('cupy') is None:\n    print(json.dumps(None)); raise SystemExit\n"
+        "from nap_gpu.backends import cuda\n"
+        "print(json.dumps({'name': cuda.name, 'loaded': len(cuda._backend.kernels._modules)}))")
+    if result is None:
         pytest.skip("CuPy not installed")
-    from nap_gpu.backends import cuda
+    assert result == {"name": "cuda", "loaded": 0}  # nothing compiled or loaded
 
-    assert cuda.name == "cuda" and cuda._backend.kernels._module is None  # nothing loaded
+
+def test_the_cuda_module_imports_without_loading_kernels_on_the_test_device():
+    done = subprocess.run([sys.executable, "-c", "import json; from nap_gpu.backends import cuda; "
+                           "print(json.dumps(len(cuda._backend.kernels._modules)))"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
 
 
 def test_telemetry_never_raises():
@@ -50,16 +77,15 @@ def test_telemetry_never_raises():
         assert status["reason"]
 
 
-@needs_no_gpu
-def test_info_explains_the_cuda_backend(capsys):
+def test_info_explains_the_cuda_backend(capsys, cuda_unusable):
     nap.show_config()
     out = capsys.readouterr().out
-    assert f"cuda   unusable: {CUDA_REASON}" in out
+    assert f"cuda   unusable: {cuda_unusable}" in out
     assert "--fmad=false --ftz=false" in out and "GPU (NVML):" in out
 
 
 @pytest.mark.gpu
-@needs_gpu
+@needs_cuda
 def test_engine_lives_on_the_device_and_continues_on_the_host():
     import cupy
 
@@ -83,7 +109,7 @@ def test_engine_lives_on_the_device_and_continues_on_the_host():
 
 
 @pytest.mark.gpu
-@needs_gpu
+@needs_cuda
 def test_functional_form_updates_a_cupy_array_in_place():
     import cupy
 
@@ -97,7 +123,7 @@ def test_functional_form_updates_a_cupy_array_in_place():
 
 
 @pytest.mark.gpu
-@needs_gpu
+@needs_cuda
 def test_memory_fit_is_checked_before_allocating():
     import cupy
 

@@ -105,10 +105,10 @@ def assert_matches(deng: DurableEngine, ref: nap.Engine, context: str = "") -> N
     assert deng.iteration == ref.iteration, context
 
 
-def build_state(directory, calls: int, **options) -> Reference:
+def build_state(directory, calls: int, backend: str = "numpy", **options) -> Reference:
     options = {"snapshot_every": 6, "keep": 3, **options}
     ref = Reference()
-    with DurableEngine.open(directory, n=N, seed=SEED, backend="numpy", **options) as deng:
+    with DurableEngine.open(directory, n=N, seed=SEED, backend=backend, **options) as deng:
         for i in range(1, calls + 1):
             apply_call(deng, make_call(i, N))
         assert deng.sequence == calls
@@ -123,9 +123,10 @@ def listing(directory) -> list[str]:
 
 # -- basics ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("fsync", ["always", "group"])
-def test_reopen_continues_bit_for_bit(tmp_path, fsync):
-    ref = build_state(tmp_path / "s", 40, fsync=fsync, group_ms=1)
-    with DurableEngine.open(tmp_path / "s", backend="numpy") as deng:
+def test_reopen_continues_bit_for_bit(tmp_path, backend, fsync):
+    """Written on each backend, reopened on it, continued, then replayed on every backend."""
+    ref = build_state(tmp_path / "s", 40, backend=backend, fsync=fsync, group_ms=1)
+    with DurableEngine.open(tmp_path / "s", backend=backend) as deng:
         assert deng.sequence == 40 and deng.n == N
         assert_matches(deng, ref.eng, "reopened")
         for i in range(41, 50):
@@ -190,8 +191,8 @@ def test_payloads_are_compressed_only_when_it_helps(tmp_path):
         assert_matches(deng, ref, "compressed and raw records replayed")
 
 
-def test_rejected_calls_log_nothing_and_change_nothing(tmp_path):
-    with DurableEngine.open(tmp_path / "s", n=100, seed=1, backend="numpy", snapshot_every=2) as deng:
+def test_rejected_calls_log_nothing_and_change_nothing(tmp_path, backend):
+    with DurableEngine.open(tmp_path / "s", n=100, seed=1, backend=backend, snapshot_every=2) as deng:
         deng.step(0.9)
         seg = next((tmp_path / "s").glob("wal-*.log"))
         size, before, seq = seg.stat().st_size, deng.to_numpy(), deng.sequence

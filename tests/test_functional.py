@@ -1,7 +1,8 @@
 """The functional form: ``nap.step`` / ``nap.update`` write into the caller's own memory.
 
-NumPy float32 arrays and host arrays shared through DLPack (PyTorch CPU tensors) are updated
-in place, bit-identical to the Engine. Anything that cannot be written in place (another
+Each backend's own arrays (NumPy float32 on cpp/numpy, device arrays on cuda) and host arrays
+shared through DLPack (PyTorch CPU tensors, on the host backends) are updated in place,
+bit-identical to the Engine. Anything that cannot be written in place (another
 dtype, non-contiguous, read-only, a Python list, a tensor that requires grad, an immutable
 JAX array) is refused with a clear error, and the caller's array is left exactly as it was:
 never a silent copy that would leave it stale.
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import nap_gpu as nap
-from conftest import assert_same_bits, bits
+from conftest import assert_same_bits, bits, data_pointer, on_backend, to_host
 
 N = 1000
 
@@ -42,51 +43,49 @@ def engine_after(backend, w0, *calls, params=None) -> np.ndarray:
     return eng.to_numpy()
 
 
-# -- NumPy arrays -------------------------------------------------------------------------------
+# -- the backend's own arrays (NumPy on the host, device arrays on cuda) -------------------------
 
-def test_numpy_step_in_place_matches_engine(backend):
+def test_step_in_place_matches_engine(backend):
     w0 = weights()
-    w = w0.copy()
-    address = w.ctypes.data
+    w = on_backend(w0, backend)
+    address = data_pointer(w)
     q = qualities()
     assert nap.step(w, q, backend=backend) is None
-    assert w.ctypes.data == address
+    assert data_pointer(w) == address
     assert not (bits(w) == bits(w0)).all(), "nothing was written into the caller's array"
     assert_same_bits(w, engine_after(backend, w0, ("step", q)), "nap.step vs Engine.step")
 
 
-def test_numpy_update_in_place_matches_engine(backend):
+def test_update_in_place_matches_engine(backend):
     w0 = weights()
-    w = w0.copy()
+    w = on_backend(w0, backend)
     ids, q = batch()
     nap.update(w, ids, q, backend=backend)
     assert not (bits(w) == bits(w0)).all()
     assert_same_bits(w, engine_after(backend, w0, ("update", ids, q)), "nap.update vs Engine.update")
 
 
-def test_numpy_view_writes_into_the_underlying_buffer(backend):
+def test_view_writes_into_the_underlying_buffer(backend):
     """A contiguous slice of a larger buffer: the buffer itself changes (so no copy was
-    made), only inside the slice."""
-    base0 = weights(N + 200)
-    base = base0.copy()
-    view = base[100:100 + N]
-    assert np.shares_memory(view, base)
+    made), only inside the slice (and the slice starts off any vector alignment)."""
+    base0 = weights(N + 201)
+    base = on_backend(base0, backend)
+    view = base[101:101 + N]
     q = qualities()
     ids, qb = batch()
     nap.step(view, q, backend=backend)
     nap.update(view, ids, qb, backend=backend)
     nap.step(view, 0.8, backend=backend)
-    expected = engine_after(backend, base0[100:100 + N], ("step", q), ("update", ids, qb), ("step", 0.8))
-    assert_same_bits(base[100:100 + N], expected, "the buffer behind the view")
-    assert_same_bits(base[:100], base0[:100], "before the view")
-    assert_same_bits(base[100 + N:], base0[100 + N:], "after the view")
-    assert np.shares_memory(view, base)
+    expected = engine_after(backend, base0[101:101 + N], ("step", q), ("update", ids, qb), ("step", 0.8))
+    assert_same_bits(base[101:101 + N], expected, "the buffer behind the view")
+    assert_same_bits(base[:101], base0[:101], "before the view")
+    assert_same_bits(base[101 + N:], base0[101 + N:], "after the view")
 
 
-def test_numpy_sequence_with_params_and_scalars(backend):
+def test_sequence_with_params_and_scalars(backend):
     params = nap.Params(lr=0.125, gate=0.25, decay=0.0)
     w0 = weights(seed=9)
-    w = w0.copy()
+    w = on_backend(w0, backend)
     q = qualities(seed=10)
     ids, qb = batch(seed=11)
     nap.step(w, q, params, backend=backend)
@@ -107,11 +106,11 @@ def test_numpy_default_backend_is_a_host_backend():
 
 
 @pytest.mark.slow
-def test_numpy_large_in_place(backend):
+def test_large_in_place(backend):
     """Large enough for the C++ loops to run in parallel."""
     n = 300_000
     w0 = weights(n, seed=12)
-    w = w0.copy()
+    w = on_backend(w0, backend)
     q = qualities(n, seed=13)
     ids, qb = batch(n, 100_000, seed=14)
     nap.step(w, q, backend=backend)
@@ -121,7 +120,7 @@ def test_numpy_large_in_place(backend):
 
 def test_two_dimensional_c_contiguous_is_updated_as_flat_view(backend):
     w0 = weights(1200).reshape(30, 40)
-    w = w0.copy()
+    w = on_backend(w0, backend)
     q = qualities(1200)
     nap.step(w, q, backend=backend)            # 1-D qualities, one per element
     nap.step(w, q.reshape(30, 40), backend=backend)  # same-shape qualities
@@ -133,24 +132,25 @@ def test_two_dimensional_c_contiguous_is_updated_as_flat_view(backend):
     assert_same_bits(w.reshape(-1), expected, "2-D C-contiguous weights")
 
 
-# -- refusals (NumPy and Python objects) -----------------------------------------------------------
+# -- refusals (arrays of the backend, and Python objects) ----------------------------------------
 
 def _refused(call, target, exc, *needles) -> None:
     """``call()`` raises ``exc`` mentioning every needle, and ``target`` is left unchanged."""
-    before = np.array(target, copy=True)
+    before = to_host(target)
     with pytest.raises(exc) as info:
         call()
     message = str(info.value)
     assert "weights" in message, f"the message should name the argument: {message}"
     for needle in needles:
         assert needle in message, f"{needle!r} missing from: {message}"
-    assert (np.asarray(target).view(np.uint8) == before.view(np.uint8)).all(), "caller's array changed"
+    assert (to_host(target).view(np.uint8) == before.view(np.uint8)).all(), "caller's array changed"
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float16, np.int32])
 @pytest.mark.parametrize("op", ["step", "update"])
 def test_other_dtypes_refused(backend, dtype, op):
-    w = weights(10).astype(dtype) if dtype != np.int32 else np.arange(10, dtype=np.int32)
+    w = on_backend(weights(10).astype(dtype) if dtype != np.int32 else np.arange(10, dtype=np.int32),
+                   backend)
     call = ((lambda: nap.step(w, 0.9, backend=backend)) if op == "step"
             else (lambda: nap.update(w, [1, 2], [0.9, 0.9], backend=backend)))
     _refused(call, w, TypeError, "float32", np.dtype(dtype).name)
@@ -158,7 +158,7 @@ def test_other_dtypes_refused(backend, dtype, op):
 
 @pytest.mark.parametrize("op", ["step", "update"])
 def test_strided_slice_refused(backend, op):
-    base = weights(20)
+    base = on_backend(weights(20), backend)
     w = base[::2]
     call = ((lambda: nap.step(w, 0.9, backend=backend)) if op == "step"
             else (lambda: nap.update(w, [1, 2], [0.9, 0.9], backend=backend)))
@@ -167,7 +167,7 @@ def test_strided_slice_refused(backend, op):
 
 @pytest.mark.parametrize("op", ["step", "update"])
 def test_transposed_refused(backend, op):
-    base = weights(12).reshape(3, 4)
+    base = on_backend(weights(12).reshape(3, 4), backend)
     w = base.T
     call = ((lambda: nap.step(w, 0.9, backend=backend)) if op == "step"
             else (lambda: nap.update(w, [1, 2], [0.9, 0.9], backend=backend)))
@@ -175,7 +175,8 @@ def test_transposed_refused(backend, op):
 
 
 @pytest.mark.parametrize("op", ["step", "update"])
-def test_read_only_refused(backend, op):
+def test_read_only_refused(host_backend, op):
+    backend = host_backend  # device arrays have no read-only flag
     w = weights(10)
     w.flags.writeable = False
     call = ((lambda: nap.step(w, 0.9, backend=backend)) if op == "step"
@@ -183,13 +184,23 @@ def test_read_only_refused(backend, op):
     _refused(call, w, ValueError, "read-only")
 
 
-def test_engine_weights_view_refused(backend):
-    """``Engine.weights`` is a read-only view: the functional form must not write through it."""
+@pytest.mark.parametrize("op", ["step", "update"])
+def test_engine_weights_cannot_be_written_through(backend, op):
+    """``Engine.weights`` never lets the functional form change the Engine behind its back:
+    a read-only view on the host (refused), a copy on the device (written, Engine unchanged)."""
     eng = nap.Engine(10, backend=backend, seed=1)
     before = eng.to_numpy()
-    with pytest.raises(ValueError, match="read-only"):
-        nap.step(eng.weights, 0.9, backend=backend)
+    exposed = eng.weights
+    call = ((lambda: nap.step(exposed, 0.9, backend=backend)) if op == "step"
+            else (lambda: nap.update(exposed, [1, 2], [0.9, 0.9], backend=backend)))
+    if isinstance(exposed, np.ndarray):
+        with pytest.raises(ValueError, match="read-only"):
+            call()
+    else:
+        call()
+        assert not (bits(exposed) == bits(before)).all(), "the copy itself is an ordinary array"
     assert_same_bits(eng.to_numpy(), before, "engine weights")
+    assert eng.iteration == 0
 
 
 @pytest.mark.parametrize("obj", [[0.5] * 10, (0.5,) * 10, 0.5, np.float32(0.5)],
@@ -222,7 +233,7 @@ def test_step_quality_overlapping_weights_reads_qualities_as_given(backend, shif
     expected = base0.copy()
     w, q = views(expected)
     nap.step(w, q.copy(), backend="numpy")
-    got = base0.copy()
+    got = on_backend(base0, backend)
     w, q = views(got)
     try:
         nap.step(w, q, backend=backend)
@@ -237,7 +248,7 @@ def test_update_quality_overlapping_weights_reads_qualities_as_given(backend):
     ids = np.array([1, 0, 2, 1, 3, 0, 1], np.int64)
     expected = w0.copy()
     nap.update(expected, ids, w0[:7].copy(), backend="numpy")
-    got = w0.copy()
+    got = on_backend(w0, backend)
     try:
         nap.update(got, ids, got[:7], backend=backend)
     except (ValueError, TypeError):
@@ -247,7 +258,7 @@ def test_update_quality_overlapping_weights_reads_qualities_as_given(backend):
 
 
 def test_engine_update_with_its_own_weights_as_quality(backend):
-    """``eng.update(ids, eng.weights[:k])``: the read-only view's values at the call are the
+    """``eng.update(ids, eng.weights[:k])``: the weights' values at the call are the
     qualities; the batch must not see its own writes."""
     w0 = weights(64, seed=23)
     ids = np.array([1, 0, 2, 1, 3, 0, 1], np.int64)
@@ -268,7 +279,8 @@ def torch():
     return pytest.importorskip("torch", reason="PyTorch not installed: DLPack interop untested")
 
 
-def test_torch_step_in_place(backend, torch):
+def test_torch_step_in_place(host_backend, torch):
+    backend = host_backend
     w0 = weights()
     t = torch.from_numpy(w0.copy())
     pointer = t.data_ptr()
@@ -280,7 +292,8 @@ def test_torch_step_in_place(backend, torch):
     assert_same_bits(t.numpy(), engine_after(backend, w0, ("step", q)), "torch tensor vs Engine")
 
 
-def test_torch_tensor_made_by_torch(backend, torch):
+def test_torch_tensor_made_by_torch(host_backend, torch):
+    backend = host_backend
     """A tensor torch allocated itself (not from_numpy), a view with a storage offset: the
     storage changes inside the view and nowhere else."""
     gen = torch.Generator().manual_seed(0)
@@ -299,7 +312,8 @@ def test_torch_tensor_made_by_torch(backend, torch):
     assert_same_bits(big[:50].numpy(), before[:50], "storage outside the view")
 
 
-def test_torch_update_in_place(backend, torch):
+def test_torch_update_in_place(host_backend, torch):
+    backend = host_backend
     w0 = weights()
     t = torch.from_numpy(w0.copy())
     pointer = t.data_ptr()
@@ -309,7 +323,8 @@ def test_torch_update_in_place(backend, torch):
     assert_same_bits(t.numpy(), engine_after(backend, w0, ("update", ids, q)), "torch update vs Engine")
 
 
-def test_torch_two_dimensional(backend, torch):
+def test_torch_two_dimensional(host_backend, torch):
+    backend = host_backend
     w0 = weights(1200)
     t = torch.from_numpy(w0.copy()).reshape(30, 40)
     nap.step(t, 0.7, backend=backend)
@@ -326,20 +341,23 @@ def _torch_refused(call, t, exc, *needles):
     assert bool((t.detach() == before).all()) and t.dtype == before.dtype, "caller's tensor changed"
 
 
-def test_torch_float64_refused(backend, torch):
+def test_torch_float64_refused(host_backend, torch):
+    backend = host_backend
     t = torch.rand(10, dtype=torch.float64)
     _torch_refused(lambda: nap.step(t, 0.9, backend=backend), t, TypeError, "float32")
     _torch_refused(lambda: nap.update(t, [1], [0.9], backend=backend), t, TypeError, "float32")
 
 
-def test_torch_non_contiguous_refused(backend, torch):
+def test_torch_non_contiguous_refused(host_backend, torch):
+    backend = host_backend
     t = torch.rand(20)[::2]
     _torch_refused(lambda: nap.step(t, 0.9, backend=backend), t, ValueError, "contiguous")
     t2 = torch.rand(3, 4).T
     _torch_refused(lambda: nap.step(t2, 0.9, backend=backend), t2, ValueError, "contiguous")
 
 
-def test_torch_requires_grad_refused(backend, torch):
+def test_torch_requires_grad_refused(host_backend, torch):
+    backend = host_backend
     t = torch.rand(10, requires_grad=True)
     for call in (lambda: nap.step(t, 0.9, backend=backend),
                  lambda: nap.update(t, [1], [0.9], backend=backend)):
@@ -352,6 +370,15 @@ def test_torch_requires_grad_refused(backend, torch):
     before = t.detach().numpy().copy()
     nap.step(t.detach(), 0.9, backend=backend)
     assert_same_bits(t.detach().numpy(), engine_after(backend, before, ("step", 0.9)), "detached")
+
+
+def test_torch_cpu_tensor_refused_by_the_device_backend(backend, torch):
+    """A host tensor given to cuda is refused (a device copy would leave it stale)."""
+    if backend != "cuda":
+        pytest.skip("host backends update host tensors in place")
+    t = torch.rand(10)
+    _torch_refused(lambda: nap.step(t, 0.9, backend=backend), t, TypeError, "host memory")
+    _torch_refused(lambda: nap.update(t, [1], [0.9], backend=backend), t, TypeError, "host memory")
 
 
 # -- JAX --------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import pytest
 
 import nap_gpu as nap
 
-from conftest import GOLDEN_DIR, assert_same_bits, bits, f32, load_shared_golden
+from conftest import GOLDEN_DIR, assert_same_bits, bits, f32, load_shared_golden, on_backend
 
 
 # -- the project's TSV tables --------------------------------------------------------------------
@@ -101,10 +101,8 @@ def test_golden_row_engine_scalar_quality(backend, row):
 
 @pytest.mark.parametrize("row", GOLDEN_ROWS, ids=[_row_id(i, r) for i, r in enumerate(GOLDEN_ROWS)])
 def test_golden_row_functional(backend, row):
-    if backend == "cuda":
-        pytest.skip("the functional form works on host arrays (cpp/numpy)")
     p = _params(row)
-    w = _one(row["w"])
+    w = on_backend(_one(row["w"]), backend)
     if row["op"] == "step":
         nap.step(w, _one(row["q"]), p, backend=backend)
     elif row["op"] == "feedback":
@@ -146,10 +144,8 @@ def test_golden_sequence_engine(backend, row):
 
 @pytest.mark.parametrize("row", SEQUENCE_ROWS, ids=[_row_id(i, r) for i, r in enumerate(SEQUENCE_ROWS)])
 def test_golden_sequence_functional(backend, row):
-    if backend == "cuda":
-        pytest.skip("the functional form works on host arrays (cpp/numpy)")
     p = _params(row)
-    w = _one(row["w"])
+    w = on_backend(_one(row["w"]), backend)
     q = _one(row["q"])
     for _ in range(int(row["repeats"])):
         if row["op"] == "step":
@@ -227,11 +223,9 @@ def test_shared_cases_engine(backend, case_groups):
 
 
 def test_shared_cases_functional(backend, case_groups):
-    if backend == "cuda":
-        pytest.skip("the functional form works on host arrays (cpp/numpy)")
     for key, (w0, q, expected) in case_groups.items():
         p = _group_params(key)
-        w = w0.copy()
+        w = on_backend(w0, backend)
         if key[0] == "step":
             nap.step(w, q, p, backend=backend)
         else:

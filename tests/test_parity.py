@@ -29,7 +29,7 @@ from hypothesis.extra import numpy as hnp
 import nap_gpu as nap
 from nap_gpu import backends as nap_backends
 
-from conftest import BACKENDS, assert_same_bits, bits
+from conftest import BACKENDS, assert_same_bits, bits, on_backend, to_host
 
 #: The backends compared against the numpy reference (numpy itself is checked against oracles).
 OTHER_BACKENDS = [param for param in BACKENDS if param.values[0] != "numpy"]
@@ -275,8 +275,6 @@ def test_programs_match_numpy_and_oracle(backend, program):
 @given(p=params_strategy(), data=st.data())
 def test_functional_step_and_update_match(backend, p, data):
     """The functional form on the caller's array (weights may include -0.0)."""
-    if backend == "cuda":
-        pytest.skip("the functional form works on host arrays")
     n = data.draw(st.integers(1, 40), label="n")
     w_elems = st.one_of(weight_elements(), st.just(F(-0.0)))
     w0 = data.draw(hnp.arrays(np.float32, n, elements=w_elems), label="w0")
@@ -288,7 +286,7 @@ def test_functional_step_and_update_match(backend, p, data):
     eq = data.draw(hnp.arrays(np.float32, m, elements=q_elems), label="event q")
     oracle = Oracle(p)
 
-    w, ref = w0.copy(), w0.copy()
+    w, ref = on_backend(w0, backend), w0.copy()
     nap.step(w, q, p, backend=backend)
     nap.step(ref, q, p, backend="numpy")
     expect = oracle.step_all(w0, q)
@@ -456,14 +454,12 @@ def quiet_nans(rng, count: int) -> np.ndarray:
        p=params_strategy())
 def test_nan_weights_functional(backend, seed, n, p):
     """NaN weights (functional form: the caller's array) stay NaN with identical bits."""
-    if backend == "cuda":
-        pytest.skip("the functional form works on host arrays")
     rng = np.random.default_rng(seed)
     w0 = special_mix(rng, n, WEIGHT_SPECIALS, 0.0, 1.0)
     where = rng.random(n) < 0.3
     where[0] = True
     w0[where] = quiet_nans(rng, int(where.sum()))
-    w, ref = w0.copy(), w0.copy()
+    w, ref = on_backend(w0, backend), w0.copy()
     q = qualities_for(rng, n, p)
     nap.step(w, q, p, backend=backend)
     nap.step(ref, q, p, backend="numpy")
@@ -553,14 +549,12 @@ def test_nan_weight_meets_nan_quality_unchecked():
 def test_signalling_nan_weights_functional(backend):
     """Signalling NaNs are quieted by the first operation, identically on every backend.
     (NumPy raises the IEEE invalid flag for them, hence the errstate.)"""
-    if backend == "cuda":
-        pytest.skip("the functional form works on host arrays")
     snan = np.array([0x7F800001, 0xFF800001, 0x7FBFFFFF, 0x7FA00000], np.uint32).view(np.float32)
     w0 = np.concatenate([snan, np.array([0.5, 0.0, 1.0], np.float32)])
     q = np.array([0.9, 0.1, 0.5, 1.0, 0.9, 0.1, 0.5], np.float32)
     with np.errstate(invalid="ignore"):
-        w, ref = w0.copy(), w0.copy()
+        w, ref = on_backend(w0, backend), w0.copy()
         nap.step(w, q, backend=backend)
         nap.step(ref, q, backend="numpy")
     assert_same_bits(w, ref, f"{backend} step with signalling NaN weights", nan_payloads=False)
-    assert np.isnan(w[:4]).all() and not np.isnan(w[4:]).any()
+    assert np.isnan(to_host(w)[:4]).all() and not np.isnan(to_host(w)[4:]).any()

@@ -132,6 +132,14 @@ def drive(eng, ref, rng, iterations):
             eng.params = ref.params = nap.Params(lr=0.07, gate=0.45, decay=0.01)
 
 
+def test_shards_run_on_the_best_backend_of_their_workers(client):
+    """``backend="auto"`` is resolved on each worker: cuda there when it has a device (the
+    simulated one in the tests without a GPU), so the tests below exercise the GPU path."""
+    best = next(name for name, reason in nap.available_backends().items() if reason is None)
+    with nap.ShardedEngine(100, shards=2, client=client, seed=1) as eng:
+        assert eng.backends == (best, best)
+
+
 @pytest.mark.parametrize("shards", SHARD_COUNTS)
 def test_bit_identical_to_one_engine(client, shards):
     with nap.ShardedEngine(N, shards=shards, client=client, seed=11) as eng:

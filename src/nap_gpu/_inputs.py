@@ -4,12 +4,15 @@ The policy (DESIGN.md §2, §6): every check runs before any weight is written, 
 call changes nothing. ``TypeError`` for the wrong kind of input, ``ValueError`` for bad
 values, ``IndexError`` for ids; each message names the argument and the first bad position.
 
-Inputs are brought into the backend's namespace first (``backend.asarray``: a NumPy view of
-host data, a CuPy array of device data, without a copy where device and dtype already
-match). Qualities of other float dtypes are then converted to float32 (round to nearest)
-after clipping to [-1, 2], so a huge finite float64 stays finite (the law clamps to [0, 1]
-anyway). Ids of any integer dtype are converted to int64. These are inputs, so converting
-them is safe; weights updated in place are never converted (see ``writable_weights``).
+Where inputs live decides where they are checked: device arrays stay on the device
+(``backend.asarray``, no copy), everything else comes to the host as NumPy (a view where it
+can) and is checked and converted there, then copied to the device once (``_to_backend``), so
+a host array of objects or strings gets our ``TypeError``, never CuPy's. Qualities of other
+float dtypes are converted to float32 (round to nearest) after clipping to [-1, 2], so a huge
+finite float64 stays finite (the law clamps to [0, 1] anyway): on the device in our own
+kernel (``backend.narrow_quality``; CuPy's conversion flushes subnormals). Ids of any integer
+dtype are converted to int64. These are inputs, so converting them is safe; weights updated in
+place are never converted (see ``writable_weights``).
 """
 
 from __future__ import annotations
@@ -43,8 +46,7 @@ def quality(q, n: int, backend: ModuleType, *, check_finite: bool = True, weight
     """
     if _is_scalar(q):
         return _scalar_quality(q, check_finite)
-    xp = backend.xp
-    arr = _as_float32(_import(q, "quality", backend), "quality", xp)
+    arr = _as_float32(_import(q, "quality", backend), "quality", backend)
     if arr.ndim == 0:
         return _scalar_quality(arr, check_finite)
     if arr.ndim != 1:
@@ -53,7 +55,7 @@ def quality(q, n: int, backend: ModuleType, *, check_finite: bool = True, weight
         arr = arr.reshape(-1)
     if arr.shape[0] != n:
         raise ValueError(f"quality has length {arr.shape[0]}, expected one per memory ({n})")
-    arr = _unshared(xp.ascontiguousarray(arr), weights, xp)
+    arr = _unshared(_to_backend(arr, backend), weights, backend.xp)
     if check_finite:
         _require_finite(arr, "quality", backend)
     return arr
@@ -67,7 +69,7 @@ def events(ids, q, n: int, backend: ModuleType, *, check_finite: bool = True, we
         q = _scalar_quality(q, check_finite)
         q_arr = xp.full(ids_arr.shape, q, dtype=xp.float32)
     else:
-        q_arr = _as_float32(_import(q, "quality", backend), "quality", xp)
+        q_arr = _as_float32(_import(q, "quality", backend), "quality", backend)
     if q_arr.ndim == 0:
         q_arr = xp.full(ids_arr.shape, _scalar_quality(q_arr, check_finite), dtype=xp.float32)
     if q_arr.ndim != 1:
@@ -75,7 +77,7 @@ def events(ids, q, n: int, backend: ModuleType, *, check_finite: bool = True, we
     if q_arr.shape[0] != ids_arr.shape[0]:
         raise ValueError(f"ids and quality differ in length: {ids_arr.shape[0]} ids, "
                          f"{q_arr.shape[0]} qualities")
-    q_arr = _unshared(xp.ascontiguousarray(q_arr), weights, xp)
+    q_arr = _unshared(_to_backend(q_arr, backend), weights, xp)
     bad = backend.first_bad_id(ids_arr, n)
     if bad >= 0:
         raise IndexError(f"ids[{bad}] = {int(ids_arr[bad])} is outside [0, {n})")
@@ -85,17 +87,17 @@ def events(ids, q, n: int, backend: ModuleType, *, check_finite: bool = True, we
 
 
 def _ids(ids, n: int, backend: ModuleType):
-    """Ids as a C-contiguous int64 1-D array (range checked by the caller)."""
-    xp = backend.xp
+    """Ids as a C-contiguous int64 1-D array of the backend (range checked by the caller)."""
     arr = _import(ids, "ids", backend)
-    if arr.dtype == object:  # Python ints beyond int64, or non-numbers
+    xp = _namespace(arr, backend)
+    if arr.dtype == object:  # Python ints beyond int64, or non-numbers (host arrays only)
         values = arr.reshape(-1).tolist()
         for i, v in enumerate(values):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"ids must be integers, got ids[{i}] = {v!r}")
             if not 0 <= v < n:
                 raise IndexError(f"ids[{i}] = {v} is outside [0, {n})")
-        arr = xp.asarray(np.asarray(values, dtype=np.int64).reshape(arr.shape))
+        arr = np.asarray(values, dtype=np.int64).reshape(arr.shape)
     if arr.size == 0 and arr.dtype.kind == "f":  # [] arrives as float64
         arr = arr.astype(xp.int64)
     if arr.dtype == bool or arr.dtype.kind not in "iu":
@@ -107,7 +109,7 @@ def _ids(ids, n: int, backend: ModuleType):
         if bool(too_big.any()):
             bad = int(xp.argmax(too_big))
             raise IndexError(f"ids[{bad}] = {int(arr[bad])} is outside [0, {n})")
-    return xp.ascontiguousarray(arr, dtype=xp.int64)
+    return _to_backend(arr.astype(np.int64, copy=False), backend)
 
 
 def _unshared(q, weights, xp):
@@ -178,12 +180,19 @@ def initial_weights(init, n: int, seed) -> np.ndarray:
 
 
 def is_device_array(x) -> bool:
-    """Whether x lives in GPU memory (CUDA array interface, or a DLPack CUDA device)."""
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
-    if hasattr(x, "__dlpack_device__"):
+    """Whether x lives in GPU memory: a DLPack CUDA device, else the CUDA array interface.
+    (``hasattr`` cannot be trusted with the latter: PyTorch raises ``RuntimeError`` from it for
+    a CUDA tensor that requires grad.)"""
+    if isinstance(x, np.ndarray):
+        return False
+    try:
         return int(x.__dlpack_device__()[0]) in (2, 13)  # kDLCUDA, kDLCUDAManaged
-    return False
+    except (AttributeError, TypeError):
+        pass
+    try:
+        return hasattr(x, "__cuda_array_interface__")
+    except RuntimeError:
+        return True  # it has one, but refuses to give it
 
 
 def writable_weights(w, backend: ModuleType, argument: str = "weights"):
@@ -199,7 +208,10 @@ def writable_weights(w, backend: ModuleType, argument: str = "weights"):
         raise TypeError(f"{argument} live in {where} memory; the {backend.name} backend cannot "
                         "update them in place")
     if on_device:
-        view = backend.asarray(w)  # shares the device memory (CuPy, CAI, DLPack)
+        try:  # shares the device memory (CuPy, DLPack, CAI); the call then runs on its device
+            view = backend.asarray(w, any_device=True)
+        except (TypeError, ValueError, RuntimeError, BufferError) as exc:
+            raise TypeError(f"{argument}: {exc}") from exc
     elif isinstance(w, np.ndarray):
         view = w
     elif hasattr(w, "__dlpack__"):
@@ -222,10 +234,29 @@ def writable_weights(w, backend: ModuleType, argument: str = "weights"):
 
 
 def _import(x, argument: str, backend: ModuleType):
+    """A device array of the backend where x lives on a device the backend runs on, else a
+    NumPy array (a view where it can): host data is checked on the host."""
     try:
-        return backend.asarray(x)
-    except TypeError as exc:
+        if backend.xp is not np and is_device_array(x):
+            return backend.asarray(x)
+        return _xp.host_asarray(x)
+    except ValueError as exc:  # e.g. on another GPU than the call's
+        raise ValueError(f"{argument} {exc}") from exc
+    except (TypeError, RuntimeError, BufferError) as exc:  # e.g. DLPack refusing a tensor
         raise TypeError(f"{argument}: {exc}") from exc
+
+
+def _namespace(arr, backend: ModuleType) -> ModuleType:
+    return np if isinstance(arr, np.ndarray) else backend.xp
+
+
+def _to_backend(arr, backend: ModuleType):
+    """A checked input as a C-contiguous array of the backend: host data copied to the device
+    once (the only copy), device data as it is."""
+    if isinstance(arr, np.ndarray):
+        arr = np.ascontiguousarray(arr)
+        return arr if backend.xp is np else backend.asarray(arr)
+    return backend.xp.ascontiguousarray(arr)
 
 
 def _import_host(x, argument: str) -> np.ndarray:
@@ -235,14 +266,18 @@ def _import_host(x, argument: str) -> np.ndarray:
         raise TypeError(f"{argument}: {exc}") from exc
 
 
-def _as_float32(arr, argument: str, xp):
-    if arr.dtype == xp.float32:
+def _as_float32(arr, argument: str, backend: ModuleType):
+    """Qualities as float32: wider floats clipped and rounded (``narrow_quality``, on the
+    host or in the device's kernel), float16 widened exactly."""
+    if arr.dtype == np.float32:
         return arr
     if arr.dtype.kind != "f":
         raise TypeError(f"{argument} must be floating point, got dtype {arr.dtype}")
-    if arr.dtype.itemsize > 4:  # keep huge finite values finite; NaN and inf stay as they are
-        arr = xp.where(xp.isfinite(arr), xp.clip(arr, -1.0, 2.0), arr)
-    return arr.astype(xp.float32)
+    if arr.dtype.itemsize > 4:
+        if isinstance(arr, np.ndarray):
+            return _xp.host_narrow_quality(arr)
+        return backend.narrow_quality(arr)
+    return arr.astype(np.float32)
 
 
 def _require_finite(arr, argument: str, backend: ModuleType) -> None:

@@ -14,7 +14,7 @@ import os
 import pathlib
 from dataclasses import dataclass
 
-__all__ = ["NvrtcError", "Compiled", "compile_program", "supported_archs", "version"]
+__all__ = ["NvrtcError", "Compiled", "build_id", "compile_program", "supported_archs", "version"]
 
 
 class NvrtcError(RuntimeError):
@@ -43,6 +43,7 @@ def _lib() -> ctypes.CDLL:
                          + "; ".join(errors))
     _preload_builtins(pathlib.Path(path) if path else None)
     _declare(lib)
+    lib.nap_path = path or lib._name
     return lib
 
 
@@ -93,6 +94,19 @@ def version() -> tuple[int, int]:
     major, minor = ctypes.c_int(), ctypes.c_int()
     _check(_lib().nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)), "nvrtcVersion")
     return major.value, minor.value
+
+
+@functools.cache
+def build_id() -> str:
+    """NVRTC's version and the identity of its library file (path, size, modification time):
+    NVRTC reports major.minor only, and a patch release may emit other code."""
+    major, minor = version()
+    path = _lib().nap_path
+    try:
+        stat = os.stat(path)
+        return f"{major}.{minor} {os.path.realpath(path)} {stat.st_size} {stat.st_mtime_ns}"
+    except OSError:  # loaded by name from the system's search path
+        return f"{major}.{minor} {path}"
 
 
 def supported_archs() -> tuple[int, ...]:

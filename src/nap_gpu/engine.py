@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 import pathlib
 
@@ -11,6 +12,16 @@ from . import __version__, _inputs, backends, metrics as _metrics, snapshot
 from .params import Params
 
 __all__ = ["Engine"]
+
+
+def _on_its_device(method):
+    """Run an Engine method on the device that holds its weights (whatever device is current
+    for the caller): inputs are copied there and kernels launch there."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._backend.device_of(self._w):
+            return method(self, *args, **kwargs)
+    return call
 
 
 class Engine:
@@ -72,6 +83,7 @@ class Engine:
         eng._setup(weights, backend, info.params, iteration=info.iteration)
         return eng
 
+    @_on_its_device
     def save(self, path) -> pathlib.Path:
         """Write a snapshot to ``path`` atomically; returns once it is durable on disk.
         On failure the previous file at ``path`` (if any) is untouched."""
@@ -103,20 +115,19 @@ class Engine:
         self._params = value
 
     @property
+    @_on_its_device
     def weights(self):
-        """The live weights in the backend's array type, without a copy (a NumPy array on
-        cpp/numpy, read-only; a CuPy array on cuda). Use the Engine's methods to change them."""
-        if self._backend.xp is not np:
-            return self._w
-        view = self._w.view()
-        view.flags.writeable = False
-        return view
+        """The weights in the backend's array type, never writable into the Engine: a
+        read-only view of the live array on cpp/numpy (no copy), a device copy on cuda (CuPy
+        arrays have no read-only flag). Use the Engine's methods to change them."""
+        return self._backend.read_only(self._w)
 
     def synchronize(self) -> None:
         """Wait until queued device work is done (a no-op on host backends): read a clock
         after this, never straight after a GPU launch."""
         self._backend.synchronize()
 
+    @_on_its_device
     def to_numpy(self) -> np.ndarray:
         """A float32 copy of the weights on the host."""
         return self._backend.to_host(self._w)
@@ -125,6 +136,7 @@ class Engine:
         return f"Engine(n={self._n}, backend={self.backend!r}, params={self._params}, iteration={self.iteration})"
 
     # -- the law -------------------------------------------------------------------------
+    @_on_its_device
     def step(self, quality, *, check_finite: bool = True) -> None:
         """Dense step: one quality per memory (or one for all), feedback then decay.
 
@@ -139,6 +151,7 @@ class Engine:
             self._backend.step(self._w, q, self._params)
         self.iteration += 1
 
+    @_on_its_device
     def update(self, ids, quality, *, check_finite: bool = True) -> None:
         """Sparse ordered batch: feedback only (no decay) for each (id, quality) event.
 
@@ -149,10 +162,12 @@ class Engine:
                                  weights=self._w)
         self._backend.update(self._w, ids_, q, self._params)
 
+    @_on_its_device
     def decay(self, k: int = 1) -> None:
         """Passive decay only, ``k`` times, for every memory."""
         self._backend.decay(self._w, self._params.decay, _inputs.repeat_count(k))
 
+    @_on_its_device
     def clamp(self) -> None:
         """Clamp every weight into [0, 1] (the law never leaves it: this repairs weights
         corrupted from outside, the incident playbook's answer to out-of-bounds weights).
@@ -160,6 +175,7 @@ class Engine:
         self._backend.decay(self._w, 0.0, 1)  # decay by 0 is exactly the law's clamp
 
     # -- monitoring ----------------------------------------------------------------------
+    @_on_its_device
     def metrics(self, labels, *, eps: float = _metrics.DEFAULT_EPS) -> _metrics.Metrics:
         """Separation, inversion ratio, saturation and per-population stats for labels
         (bool or 0/1: 1 = reinforced R; or strings 'R'/'P'), one per memory. Computed where

@@ -46,11 +46,12 @@ def step(weights, quality, params: Params | None = None, *, backend: str | None 
     p = _params(params)
     be = _backend_for(weights, backend)
     w = _inputs.writable_weights(weights, be)
-    q = _inputs.quality(quality, w.size, be, check_finite=check_finite, weights=w)
-    if isinstance(q, float):
-        be.step_scalar(w, q, p)
-    else:
-        be.step(w, q, p)
+    with be.device_of(w):
+        q = _inputs.quality(quality, w.size, be, check_finite=check_finite, weights=w)
+        if isinstance(q, float):
+            be.step_scalar(w, q, p)
+        else:
+            be.step(w, q, p)
 
 
 def update(weights, ids, quality, params: Params | None = None, *,
@@ -59,6 +60,7 @@ def update(weights, ids, quality, params: Params | None = None, *,
     p = _params(params)
     be = _backend_for(weights, backend)
     w = _inputs.writable_weights(weights, be)
-    ids_, q = _inputs.events(ids, quality, w.size, be, check_finite=check_finite,
-                             weights=w)
-    be.update(w, ids_, q, p)
+    with be.device_of(w):
+        ids_, q = _inputs.events(ids, quality, w.size, be, check_finite=check_finite,
+                                 weights=w)
+        be.update(w, ids_, q, p)

@@ -44,12 +44,12 @@ def _probe_cuda() -> str | None:
         return f"CuPy installed but no CUDA driver ({exc})"
     if count == 0:
         return "CuPy installed but no CUDA device"
-    try:
+    try:  # prove the first launch can load: the source is found and its cubin is cached
         from . import _kernels  # noqa: PLC0415
 
-        _kernels.arch_for(int(cupy.cuda.Device().compute_capability))
-    except Exception as exc:  # NVRTC missing, or too old for this GPU
-        return f"NVRTC unusable: {exc}"
+        _kernels.device_cubin(cupy)
+    except Exception as exc:  # NVRTC missing or too old, no source, an unwritable cache
+        return f"CUDA kernels unusable: {exc}"
     return None
 
 

@@ -26,17 +26,33 @@ PRODUCTION_OPTIONS = ("--std=c++17", "--fmad=false", "--ftz=false", "--prec-div=
                       "--prec-sqrt=true")
 
 #: Every kernel of cuda/kernels.cu (the nap_ prefix names them in profilers).
-KERNELS = ("nap_step", "nap_step_scalar", "nap_decay", "nap_update_segments", "nap_triad")
+KERNELS = ("nap_step", "nap_step_scalar", "nap_decay", "nap_update_segments", "nap_triad",
+           "nap_first_nonfinite", "nap_first_bad_id", "nap_narrow_quality", "nap_exact_sums")
 
 HEADERS = ("nap/config.h", "nap/law.h")
 
 
+def _source_root() -> tuple[pathlib.Path, pathlib.Path]:
+    """(the kernel file, the header folder): inside the installed package (a wheel, or an
+    editable install that maps them there), else in the source tree this module lives in (an
+    in-place editable install, or ``PYTHONPATH=src``)."""
+    package = pathlib.Path(__file__).resolve().parents[1]
+    installed = importlib.resources.files("nap_gpu")
+    candidates = [(installed / "cuda" / "kernels.cu", installed / "include"),
+                  (package.parents[1] / "cuda" / "kernels.cu", package.parents[1] / "cpp" / "include")]
+    for kernels, include in candidates:
+        if kernels.is_file() and all((include / h).is_file() for h in HEADERS):
+            return kernels, include
+    raise FileNotFoundError("the CUDA kernel source (cuda/kernels.cu and nap/*.h) is neither in "
+                            f"the installed package nor in the source tree beside {package}")
+
+
 def source() -> tuple[str, dict[str, str]]:
-    """The kernel source and its headers (include name -> text), as shipped in the package."""
-    package = importlib.resources.files("nap_gpu")
-    kernels = (package / "cuda" / "kernels.cu").read_text(encoding="utf-8")
-    headers = {name: (package / "include" / name).read_text(encoding="utf-8") for name in HEADERS}
-    return kernels, headers
+    """The kernel source and its headers (include name -> text), from the installed package
+    or the source tree (see ``_source_root``)."""
+    kernels, include = _source_root()
+    return (kernels.read_text(encoding="utf-8"),
+            {name: (include / name).read_text(encoding="utf-8") for name in HEADERS})
 
 
 def options(arch: int) -> tuple[str, ...]:
@@ -59,18 +75,22 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(base) / "nap_gpu" / "kernels"
 
 
-def cache_key(arch: int) -> str:
+def cache_key(arch: int, driver: int | None = None) -> str:
+    """The hash naming a cubin: the source and headers, the options, the architecture, the
+    NVRTC build (version and library file: a patch release changes the code it emits) and the
+    driver version it will load under (``None`` where no driver is asked, e.g. in CI)."""
     kernels, headers = source()
     digest = hashlib.sha256()
-    for part in (kernels, *headers.values(), *options(arch), repr(_nvrtc.version())):
+    for part in (kernels, *headers.values(), *options(arch), _nvrtc.build_id(), repr(driver)):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:32]
 
 
-def cubin_path(arch: int) -> pathlib.Path:
-    """The cached cubin for ``arch``, compiled and written atomically on first use."""
-    path = cache_dir() / f"nap_kernels_sm{arch}_{cache_key(arch)}.cubin"
+def cubin_path(arch: int, driver: int | None = None) -> pathlib.Path:
+    """The cached cubin for ``arch`` (and ``driver``), compiled and written atomically on first
+    use."""
+    path = cache_dir() / f"nap_kernels_sm{arch}_{cache_key(arch, driver)}.cubin"
     if not path.exists():
         compiled = compile_kernels(arch)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,20 +118,26 @@ def arch_for(device_cc: int) -> int:
                             f"(it supports sm_{', sm_'.join(map(str, supported))})")
 
 
+def device_cubin(cupy) -> pathlib.Path:
+    """The cubin for CuPy's current device (compiled on first use): what a launch loads."""
+    arch = arch_for(int(cupy.cuda.Device().compute_capability))
+    return cubin_path(arch, cupy.cuda.runtime.driverGetVersion())
+
+
 class CupyKernels:
-    """The kernels as CuPy RawKernel objects for the current device, loaded on first use."""
+    """The kernels as CuPy RawKernel objects for the current device, loaded on first use on
+    each architecture (a RawModule loads itself on each device it is used on)."""
 
     def __init__(self) -> None:
-        self._module = None
+        self._modules: dict[pathlib.Path, object] = {}
 
     def __getattr__(self, name: str):
         if name not in KERNELS:
             raise AttributeError(name)
-        if self._module is None:
-            import cupy  # noqa: PLC0415 - only on a GPU host, on first launch
+        import cupy  # noqa: PLC0415 - only on a GPU host, on first launch
 
-            arch = arch_for(int(cupy.cuda.Device().compute_capability))
-            self._module = cupy.RawModule(path=os.fspath(cubin_path(arch)))
-        kernel = self._module.get_function(name)
-        setattr(self, name, kernel)
-        return kernel
+        path = device_cubin(cupy)
+        module = self._modules.get(path)
+        if module is None:
+            module = self._modules[path] = cupy.RawModule(path=os.fspath(path))
+        return module.get_function(name)
