@@ -74,6 +74,19 @@ needs_cuda = pytest.mark.skipif(nap.available_backends()["cuda"] is not None,
                                 reason=f"cuda unusable here: {nap.available_backends()['cuda']}")
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line with what ran on the cuda device: the gpu-marked tests by outcome."""
+    counts: dict[str, int] = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "gpu" in getattr(report, "keywords", {}) and (report.when == "call" or outcome != "passed"):
+                counts[outcome] = counts.get(outcome, 0) + 1
+    if counts:
+        device = "the simulated device" if SIMULATED_DEVICE else "the GPU"
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
+        terminalreporter.write_line(f"gpu-marked tests on {device}: {summary}")
+
+
 def pytest_report_header(config):
     if SIMULATED_DEVICE:
         return (f"cuda: simulated device (tests/simdevice: the kernels' source compiled for the "

@@ -288,3 +288,34 @@ def test_a_planted_dependence_on_cupys_elementwise_code_fails_parity(cupy, cuda,
     monkeypatch.setattr(cuda, "step", lambda w, qq, p: _cupy_elementwise_step(cupy, w, qq, p))
     with pytest.raises(AssertionError, match="weights differ"):
         parity()
+
+
+def test_a_launch_does_not_look_for_the_cubin_again(cuda, monkeypatch):
+    """Finding the cubin hashes the kernel source (~0.3 ms): once per device, never per
+    launch, or it would dominate the per-call latency of small calls."""
+    eng = nap.Engine(1000, backend="cuda", seed=0)
+    eng.step(0.7)  # loaded on this device
+    lookups = []
+    real = _kernels.device_cubin
+    monkeypatch.setattr(_kernels, "device_cubin", lambda cupy: lookups.append(1) or real(cupy))
+    for _ in range(5):
+        eng.step(0.7)
+        eng.update([1, 2, 1], [0.9, 0.1, 0.8])
+        eng.decay(2)
+    assert lookups == []
+
+
+def test_the_gpu_copy_floor_moves_the_bytes_of_a_step(cupy):
+    """The floor a GPU step is compared with moves 12 bytes per memory (6n read, 6n
+    written), as the step does; it once copied 1.5n bytes, making every ratio 4x off."""
+    import importlib.util  # noqa: PLC0415
+
+    path = _kernels.pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "gpu_floor.py"
+    spec = importlib.util.spec_from_file_location("gpu_floor", path)
+    gpu_floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_floor)
+    floor = gpu_floor.CopyFloor(cupy, 1001)
+    floor.src[...] = 7
+    floor.run()
+    assert floor.src.nbytes == floor.dst.nbytes == 6 * 1001
+    assert floor.moved == 12 * 1001 and int((floor.dst == 7).sum()) == 6 * 1001

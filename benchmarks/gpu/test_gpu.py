@@ -1,8 +1,9 @@
 """Dense step, sparse batch and metrics on the GPU, each beside the floor measured in the same
 run: the ``nap_triad`` kernel (w += s*q, the same 12 bytes per memory as a step) and a
-device-to-device copy of the same number of bytes; peers: CuPy written naively (elementwise
-expressions) and a ``cupy.fuse``d version, each checked bit-exact against the NumPy reference
-before it is timed (a peer that is not is labelled so, not hidden)."""
+device-to-device copy of the same number of bytes (``gpu_floor.CopyFloor``: 6n bytes copied,
+read + written = 12n); peers: CuPy written naively (elementwise expressions) and a
+``cupy.fuse``d version, each checked bit-exact against the NumPy reference before it is timed
+(a peer that is not is labelled so, not hidden)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 
 import nap_gpu as nap
 from nap_gpu.backends import numpy as reference
+
+from gpu_floor import STEP_BYTES_PER_MEMORY, CopyFloor  # benchmarks/gpu/gpu_floor.py (shared)
 
 P = nap.Params()
 
@@ -76,11 +79,10 @@ def _bit_exact(cupy, law, w, q) -> bool:
 def test_dense_step(benchmark, measure, gpu, device_data, gpu_size, impl):
     cupy, cuda = gpu
     pristine, q, work = device_data
-    scratch = cupy.empty(gpu_size * 12 // 8, dtype=cupy.uint8) if impl == "floor-copy" else None
     fused = _fused(cupy) if impl == "cupy-fuse" else None
     if impl == "floor-copy":  # 6n bytes read + 6n written = the step's 12 bytes per memory
-        src = cupy.zeros_like(scratch)
-        fn, exact = (lambda: cupy.copyto(scratch, src)), None
+        floor = CopyFloor(cupy, gpu_size)
+        fn, exact = floor.run, None
     elif impl == "floor-triad":
         fn, exact = (lambda: cuda.triad(work, q, 0.25)), None
     elif impl == "nap-cuda":
@@ -94,7 +96,8 @@ def test_dense_step(benchmark, measure, gpu, device_data, gpu_size, impl):
     benchmark.group = f"gpu-dense-step-{gpu_size}"
     info = _timed(measure, cupy, pristine, work, fn, gpu_size)
     role = "floor" if impl.startswith("floor") else "nap" if impl == "nap-cuda" else "peer"
-    benchmark.extra_info.update(info, impl=impl, role=role, bytes=12 * gpu_size, bit_exact=exact)
+    benchmark.extra_info.update(info, impl=impl, role=role,
+                                bytes=STEP_BYTES_PER_MEMORY * gpu_size, bit_exact=exact)
     if impl == "nap-cuda":  # and the engine's result is the reference's, bit for bit
         n = min(gpu_size, 1 << 20)
         expected = cupy.asnumpy(pristine[:n]).copy()

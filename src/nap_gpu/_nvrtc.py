@@ -3,7 +3,7 @@ to a cubin (and PTX) with exactly the options we choose. It needs no GPU and no 
 compiles every kernel on CPU-only machines with the same code the GPU hosts run.
 
 The library comes from NVIDIA's wheels (``nvidia-cuda-nvrtc``, pulled in by
-``cupy-cuda1Xx[ctk]``), found by ``cuda.pathfinder`` (a CuPy dependency), or from the system.
+the ``cuda12``/``cuda13`` extras), found by ``cuda.pathfinder`` (a CuPy dependency), or from the system.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _lib() -> ctypes.CDLL:
         except OSError as exc:
             errors.append(str(exc))
     else:
-        raise NvrtcError("NVRTC not found (install nvidia-cuda-nvrtc, or cupy-cuda13x[ctk]): "
+        raise NvrtcError("NVRTC not found (pip install 'nap_gpu[cuda13]' or nvidia-cuda-nvrtc): "
                          + "; ".join(errors))
     _preload_builtins(pathlib.Path(path) if path else None)
     _declare(lib)

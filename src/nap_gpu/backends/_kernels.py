@@ -125,19 +125,23 @@ def device_cubin(cupy) -> pathlib.Path:
 
 
 class CupyKernels:
-    """The kernels as CuPy RawKernel objects for the current device, loaded on first use on
-    each architecture (a RawModule loads itself on each device it is used on)."""
+    """The kernels as CuPy RawKernel objects, loaded once per device on its first launch there
+    (finding the cubin hashes the source: never per launch)."""
 
     def __init__(self) -> None:
-        self._modules: dict[pathlib.Path, object] = {}
+        self._modules: dict[int, object] = {}  # device id -> RawModule of its cubin
+        self._functions: dict[tuple[int, str], object] = {}
 
     def __getattr__(self, name: str):
         if name not in KERNELS:
             raise AttributeError(name)
         import cupy  # noqa: PLC0415 - only on a GPU host, on first launch
 
-        path = device_cubin(cupy)
-        module = self._modules.get(path)
-        if module is None:
-            module = self._modules[path] = cupy.RawModule(path=os.fspath(path))
-        return module.get_function(name)
+        device = cupy.cuda.runtime.getDevice()
+        kernel = self._functions.get((device, name))
+        if kernel is None:
+            module = self._modules.get(device)
+            if module is None:
+                module = self._modules[device] = cupy.RawModule(path=os.fspath(device_cubin(cupy)))
+            kernel = self._functions[device, name] = module.get_function(name)
+        return kernel
