@@ -198,12 +198,25 @@ def test_host_inputs_are_checked_on_the_host(cupy):
 
 def test_the_kernel_source_is_found_in_the_source_tree(monkeypatch, tmp_path):
     """An in-place editable install or ``PYTHONPATH=src`` has no cuda/ inside the package:
-    the source tree's files are used."""
-    monkeypatch.setattr(_kernels.importlib.resources, "files", lambda package: tmp_path)
-    kernels, headers = _kernels.source()
+    the files of the source tree the package sits in are used (a tree laid out as the
+    repository's, with nothing in the installed package)."""
     root = _kernels.pathlib.Path(__file__).resolve().parents[1]
+    tree = tmp_path / "checkout"
+    (tree / "cuda").mkdir(parents=True)
+    (tree / "cuda" / "kernels.cu").write_text((root / "cuda" / "kernels.cu").read_text())
+    (tree / "cpp" / "include" / "nap").mkdir(parents=True)
+    for header in _kernels.HEADERS:
+        (tree / "cpp" / "include" / header).write_text((root / "cpp" / "include" / header).read_text())
+    (tree / "src" / "nap_gpu" / "backends").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(_kernels, "__file__", str(tree / "src" / "nap_gpu" / "backends" / "_kernels.py"))
+    monkeypatch.setattr(_kernels.importlib.resources, "files", lambda package: tmp_path / "empty")
+    kernels, headers = _kernels.source()
     assert kernels == (root / "cuda" / "kernels.cu").read_text()
     assert headers["nap/law.h"] == (root / "cpp" / "include" / "nap" / "law.h").read_text()
+    (tree / "cuda" / "kernels.cu").unlink()
+    with pytest.raises(FileNotFoundError, match="neither in the installed package nor in the source tree"):
+        _kernels.source()
 
 
 def test_the_probe_proves_the_kernels_can_load(monkeypatch):
