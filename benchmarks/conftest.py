@@ -16,7 +16,7 @@ MemAvailable; a tier that does not fit is refused (a usage error naming both num
 operation fits, and an operation that does not fit is skipped with the same message.
 
 Data: per size, seeded float32 weights U[0, 1) and one iteration of the reference workload's
-qualities (DESIGN.md §4: R memories q ~ U[0.6, 1), P memories q ~ U[0, 0.4), interleaved, so
+qualities (docs/law.md §4: R memories q ~ U[0.6, 1), P memories q ~ U[0, 0.4), interleaved, so
 the gate splits every SIMD vector), made once and shared by every benchmark of that size.
 
 Every round steps the SAME data: each benchmark uses pytest-benchmark's pedantic mode with a

@@ -1,7 +1,7 @@
 """Everything the dense-step benchmark times: the floor, nap's own paths, and the peers.
 
 The peers are the law written the way a user who does not have nap would write it, each as
-well as its library allows and BIT-EXACT with the law (DESIGN.md §2, ``cpp/include/nap/law.h``):
+well as its library allows and BIT-EXACT with the law (docs/law.md §2, ``cpp/include/nap/law.h``):
 every operation one float32 operation, rounded to nearest, in the law's order, no FMA. Two
 exact float32 identities are fair game (the NumPy backend's docstring proves them):
 ``w - lr*(1 - q) == w + lr*(q - 1)`` and clamps written as ``maximum``/``minimum``.

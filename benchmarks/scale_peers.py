@@ -4,7 +4,7 @@ Peers are the code a user without nap would write, each as well as its library a
 checked bit for bit against the NumPy backend (the executable reference) before they are
 timed. One that differs is timed anyway and labelled "not bit-exact" with its first mismatch.
 
-Sparse ordered batch (feedback only, each id's events in the order given, DESIGN.md §2):
+Sparse ordered batch (feedback only, each id's events in the order given, docs/law.md §2):
 
 * ``numba-seq``: ``@njit`` loop over the events in order: the obvious correct compiled code
   (sequential: a parallel loop would race on repeated ids);

@@ -1,9 +1,9 @@
-"""Convergence of the reference workload (DESIGN.md §4) per tier, noise level and backend.
+"""Convergence of the reference workload (docs/law.md §4) per tier, noise level and backend.
 
 Group ``convergence-<tier>``; one benchmark per (backend, sigma), timed once (rounds=1: the
 time of 50 iterations, steps and metrics). Its ``extra_info["convergence"]`` holds:
 
-* ``checkpoints``: separation and inversion ratio (exact, DESIGN.md §3) at iterations
+* ``checkpoints``: separation and inversion ratio (exact, docs/law.md §3) at iterations
   1, 5, 10, 20, 50, and saturation at 50;
 * ``first_healthy``: the first iteration at which every health rule holds *with its threshold
   applied* (no NaN, weights in [0, 1], separation > 0.2, inversion ratio > 0.9), i.e.

@@ -1,6 +1,6 @@
 """Metrics: nap's exact inversion ratio against scikit-learn's ``roc_auc_score``.
 
-The inversion ratio (DESIGN.md §3) is the ROC AUC of the weights for R against P, ties
+The inversion ratio (docs/law.md §3) is the ROC AUC of the weights for R against P, ties
 counting one half. Group ``metrics-<size>`` times, on the same arrays:
 
 * ``sklearn-<data>``: ``roc_auc_score(labels, w)``;
@@ -27,7 +27,7 @@ from nap_gpu.metrics import inversion_ratio
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-ITERATIONS = 50  # the reference workload's convergence SLO (DESIGN.md §4)
+ITERATIONS = 50  # the reference workload's convergence SLO (docs/law.md §4)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Backend registry and selection (DESIGN.md §5 "Selection is explicit and explains itself").
+"""Backend registry and selection (docs/architecture.md "Selection is explicit and explains itself").
 
 ``available_backends()`` says which backends run here and why the others do not, and never
 raises; ``backend="auto"`` picks the best usable one and logs its choice and what it

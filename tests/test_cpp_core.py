@@ -158,7 +158,7 @@ void print(const char* label, const float* w) {{
 }}  // namespace
 
 int main() {{
-  const nap::Params p;  // the defaults of DESIGN.md section 2
+  const nap::Params p;  // the defaults of docs/law.md section 2
   float w[kN], q[kN], eq[kM];
   for (std::size_t i = 0; i < kN; ++i) {{ w[i] = from_bits(W[i]); q[i] = from_bits(Q[i]); }}
   for (std::size_t j = 0; j < kM; ++j) eq[j] = from_bits(EQ[j]);

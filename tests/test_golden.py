@@ -1,10 +1,10 @@
-"""Golden vectors of the NAP law (DESIGN.md §2) through every backend, compared bitwise.
+"""Golden vectors of the NAP law (docs/law.md §2) through every backend, compared bitwise.
 
 Two sources:
 
 * the project's own tables ``tests/golden/law_golden.tsv`` (single events) and
   ``tests/golden/law_sequences.tsv`` (one op repeated on one memory), also read by ctest;
-* the shared vectors ``../shared/golden/law_vectors.json``, computed by an independent scalar
+* the vectors ``tests/golden/law_vectors.json`` (docs/law.md §5), computed by an independent scalar
   implementation: 1,524 single-step/decay cases under four parameter sets, 20 ordered feedback
   sequences (``after_each`` after every event) and three upstream-figure sequences. These run
   batched, one weight per case, so a backend sees them as arrays.
@@ -187,7 +187,7 @@ def case_groups(shared):
 
 
 def test_shared_vectors_are_complete(shared, case_groups):
-    """The counts DESIGN.md §2 promises, so a truncated file cannot pass quietly."""
+    """The counts docs/law.md §2 promises, so a truncated file cannot pass quietly."""
     assert len(shared["cases"]) == 1524
     assert sum(w.size for w, _, _ in case_groups.values()) == 1524
     assert {key[0] for key in case_groups} == {"step", "decay"}

@@ -3,7 +3,7 @@
 1. decay monotonicity: a decay never raises a weight; repeated decay reaches +0 and stays;
 2. reinforcement directionality: before decay, q > gate never lowers a weight and q <= gate
    never raises it (q == gate punishes);
-3. rank divergence: on the reference workload (DESIGN.md §4) the R and P populations separate
+3. rank divergence: on the reference workload (docs/law.md §4) the R and P populations separate
    and the inversion ratio rises from chance to > 0.9 by iteration 50;
 4. noise robustness: with Gaussian quality noise up to sigma 0.2 the 10k profile stays healthy
    (``nap.health``: separation > 0.2 after warm-up, inversion ratio > 0.9 at iteration 50),

@@ -1,4 +1,4 @@
-"""Monitoring metrics (DESIGN.md §3) against independent oracles.
+"""Monitoring metrics (docs/law.md §3) against independent oracles.
 
 * inversion ratio: an exact brute-force O(|R||P|) count in Python Fractions (must be equal
   after one rounding: the package counts exactly) and ``sklearn.metrics.roc_auc_score``
@@ -781,7 +781,7 @@ def test_health_empty_population_after_warmup():
 
 
 def test_health_of_the_10k_profile_after_50_iterations(backend):
-    """DESIGN.md §3/§4: the reference workload is healthy after 50 iterations."""
+    """docs/law.md §3/§4: the reference workload is healthy after 50 iterations."""
     n = 10_000
     workload = nap.ReferenceWorkload(n, seed=0)
     eng = nap.Engine(n, backend=backend, seed=0)

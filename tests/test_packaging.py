@@ -37,6 +37,17 @@ def test_wheel_without_compiler_has_no_core_but_the_header(wheel_without_compile
     assert "nap_gpu/backends/numpy.py" in names
 
 
+def test_wheel_carries_the_license_and_the_typing_marker(wheel_without_compiler):
+    """Apache-2.0 as pyproject says, with its text; py.typed so type checkers read the API."""
+    wheel = zipfile.ZipFile(wheel_without_compiler)
+    names = wheel.namelist()
+    assert "nap_gpu/py.typed" in names
+    license_file = next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))
+    assert "Apache License" in wheel.read(license_file).decode()
+    metadata = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: Apache-2.0" in metadata
+
+
 def test_package_without_core_runs_on_numpy(wheel_without_compiler, tmp_path):
     zipfile.ZipFile(wheel_without_compiler).extractall(tmp_path / "site")
     script = (

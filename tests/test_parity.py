@@ -1,7 +1,7 @@
-"""Cross-backend bit parity of the NAP law (DESIGN.md §2), property-based.
+"""Cross-backend bit parity of the NAP law (docs/law.md §2), property-based.
 
 Every usable backend is compared bitwise against the NumPy backend (the executable reference)
-and, for small cases, against ``Oracle``: a scalar restatement of DESIGN.md §2 written here
+and, for small cases, against ``Oracle``: a scalar restatement of docs/law.md §2 written here
 with NumPy float32 scalars, one IEEE operation at a time, in the order the design writes them
 (``t = lr * q; w + t`` / ``u = 1 - q; t = lr * u; w - t``), with a real if/else. For the large
 arrays, ``law_arrays`` restates the same law in straightforward array code (both branches
@@ -104,10 +104,10 @@ def params_strategy(draw) -> nap.Params:
     return nap.Params(lr=draw(value), gate=draw(value), decay=draw(value))
 
 
-# -- the scalar oracle (DESIGN.md §2, literally) -----------------------------------------------
+# -- the scalar oracle (docs/law.md §2, literally) -----------------------------------------------
 
 class Oracle:
-    """The law on one weight at a time with float32 scalars, as DESIGN.md §2 writes it."""
+    """The law on one weight at a time with float32 scalars, as docs/law.md §2 writes it."""
 
     def __init__(self, p: nap.Params) -> None:
         self.lr, self.gate, self.decay = F(p.lr), F(p.gate), F(p.decay)
@@ -160,7 +160,7 @@ class Oracle:
 
 
 def law_arrays_step(w: np.ndarray, q: np.ndarray, p: nap.Params) -> np.ndarray:
-    """DESIGN.md §2 in plain array code: both branches as written, then a select."""
+    """docs/law.md §2 in plain array code: both branches as written, then a select."""
     lr, gate, d = p.float32()
     qc = np.minimum(np.maximum(q, ZERO), ONE)
     reinforced = w + lr * qc

@@ -11,7 +11,7 @@
 #
 # The list is explicit (pip download --no-deps): the host already has CuPy, NumPy, torch,
 # pytest, hypothesis, pybind11, scikit-build-core, cmake, ninja, nvidia-ml-py, safetensors,
-# prometheus-client, ... (/work/shared/notes/gpu-facts.md), so only what it lacks is fetched.
+# prometheus-client, ... (the H200 host's package list), so only what it lacks is fetched.
 # Computed once (pip's resolver against the index, cp312, 2026-12; see the comments below):
 #
 #   crc32c          runtime dependency of nap_gpu (snapshots' CRC-32C)

@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log backend selection")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sim = sub.add_parser("simulate", help="run the reference workload (DESIGN.md §4)")
+    sim = sub.add_parser("simulate", help="run the reference workload (docs/law.md §4)")
     sim.add_argument("--memories", type=count, default=10_000, help="population size (default 10k)")
     sim.add_argument("--iterations", type=int, default=50, help="dense steps (default 50)")
     sim.add_argument("--noise", type=float, default=0.0, help="std of Gaussian quality noise")

@@ -1,4 +1,4 @@
-"""Population metrics (DESIGN.md §3), written once for every backend.
+"""Population metrics (docs/law.md §3), written once for every backend.
 
 Every number here is exact or correctly rounded, so it is the same on every backend and does
 not depend on summation order or thread count:
@@ -98,7 +98,7 @@ class Metrics:
 
 @dataclass(frozen=True)
 class Health:
-    """The health verdict of DESIGN.md §3: ``ok`` and the rules that failed, in words."""
+    """The health verdict of docs/law.md §3: ``ok`` and the rules that failed, in words."""
 
     ok: bool
     failures: tuple[str, ...] = field(default_factory=tuple)
@@ -384,7 +384,7 @@ def _nonfinite(sums: np.ndarray) -> int:
 
 def health(m: Metrics, iteration: int, *, warmup: int = 10, settle: int = 50,
            min_separation: float = 0.2, min_inversion: float = 0.9) -> Health:
-    """DESIGN.md §3 rules: no NaN, weights in [0, 1], separation > 0.2 after ``warmup``
+    """docs/law.md §3 rules: no NaN, weights in [0, 1], separation > 0.2 after ``warmup``
     iterations, inversion ratio > 0.9 after ``settle`` iterations."""
     failures = []
     if m.nonfinite:

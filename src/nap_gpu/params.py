@@ -1,4 +1,4 @@
-"""The law's parameters (DESIGN.md §2), validated once and held as float32."""
+"""The law's parameters (docs/law.md §2), validated once and held as float32."""
 
 from __future__ import annotations
 

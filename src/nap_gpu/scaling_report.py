@@ -650,7 +650,7 @@ class Report:
         o = self.out
         o += ["## Metrics", "",
               "`Engine.metrics(labels)` (exact separation and exact inversion ratio, "
-              "DESIGN.md §3) per backend on the weights after 20 reference-workload steps, "
+              "docs/law.md §3) per backend on the weights after 20 reference-workload steps, "
               "beside scikit-learn (`roc_auc_score` + a float64 mean difference). `exact`: "
               "both numbers equal the NumPy backend's to the last bit. `abs error`: "
               "scikit-learn's largest difference from the exact values.", ""]
@@ -725,7 +725,7 @@ class Report:
             return
         o = self.out
         o += ["## Convergence of the reference workload", "",
-              "DESIGN.md §4: n memories, half R (q ~ U[0.6, 1)), half P (q ~ U[0, 0.4)), "
+              "docs/law.md §4: n memories, half R (q ~ U[0.6, 1)), half P (q ~ U[0, 0.4)), "
               "plus Gaussian noise σ, initial weights U[0, 1), seed 0; one step per "
               "iteration. Separation / inversion ratio at iterations 1, 5, 10, 20, 50 "
               "(exact), the first iteration at which every health rule holds with its "

@@ -1,4 +1,4 @@
-"""The reference workload of DESIGN.md §4, seeded so every backend sees the same inputs.
+"""The reference workload of docs/law.md §4, seeded so every backend sees the same inputs.
 
 n memories, half reinforced (R: even ids) and half punished (P: odd ids); each iteration
 draws q ~ U[0.6, 1.0) for R and U[0.0, 0.4) for P in float32, plus Gaussian noise of std

@@ -1,5 +1,5 @@
 /// \file law.h
-/// \brief The NAP learning law (DESIGN.md §2): the ONE source of its arithmetic.
+/// \brief The NAP learning law (docs/law.md §2): the ONE source of its arithmetic.
 ///
 /// The law acts on one float32 weight at a time: on a float, or lane by lane on a SIMD vector
 /// of floats (the same templates). The C++ loops (cpp/src/) and the CUDA kernels (cuda/) only
@@ -30,7 +30,7 @@
 
 namespace nap {
 
-/// The law's parameters, all float32 (DESIGN.md §2 defaults).
+/// The law's parameters, all float32 (docs/law.md §2 defaults).
 struct Params {
   float lr = 0.05f;     ///< learning rate: step size of reinforcement and punishment
   float gate = 0.5f;    ///< quality strictly above the gate reinforces; at or below it punishes
