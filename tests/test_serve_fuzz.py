@@ -48,4 +48,6 @@ def test_fuzzed_requests(fuzz_server, mode):
                 assert np.array_equal(after[0].view(np.uint32), before[0].view(np.uint32))
 
     check()
-    assert seen >= ({2, 4} if mode is GenerationMode.NEGATIVE else {2}), seen
+    # invalid-by-schema must meet refusals, valid-by-schema acceptances (whether a random
+    # invalid case is also accepted somewhere is chance: requiring it made the test flaky)
+    assert (4 if mode is GenerationMode.NEGATIVE else 2) in seen, seen
