@@ -167,6 +167,27 @@ def assert_same_bits(actual, expected, context: str = "", *, nan_payloads: bool 
                             f"0x{a[diff[0]]:08x} != 0x{e[diff[0]]:08x}")
 
 
+def finishes_within(seconds: float, fn, *args) -> None:
+    """fn(*args) on a daemon thread: fails instead of hanging the suite if it has not returned
+    after ``seconds``."""
+    import threading  # noqa: PLC0415
+
+    done, failure = threading.Event(), []
+
+    def run():
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(seconds), f"did not return within {seconds} s"
+    if failure:
+        raise failure[0]
+
+
 def f32(hex_bits: str) -> np.float32:
     return np.array([int(hex_bits, 16)], np.uint32).view(np.float32)[0]
 

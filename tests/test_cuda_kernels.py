@@ -24,7 +24,7 @@ from hypothesis import given, settings, strategies as st
 
 import nap_gpu as nap
 from nap_gpu.backends import _device, _kernels, _xp, numpy as reference
-from conftest import GOLDEN_DIR, assert_same_bits, bits, f32
+from conftest import GOLDEN_DIR, assert_same_bits, bits, f32, finishes_within
 from cuda_shim.host import ShimKernels, build
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -336,28 +336,6 @@ def decay_until_fixpoint(w, d, k):
                 break
             x = y
     return x
-
-
-def finishes_within(seconds: float, fn, *args) -> None:
-    """Runs fn(*args) on a daemon thread; fails (instead of hanging the suite) if it has not
-    returned after ``seconds``."""
-    import threading
-
-    done = threading.Event()
-    failure = []
-
-    def run():
-        try:
-            fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            failure.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=run, daemon=True).start()
-    assert done.wait(seconds), f"did not return within {seconds} s"
-    if failure:
-        raise failure[0]
 
 
 def spread_weights(rng, slow: bool) -> np.ndarray:

@@ -19,7 +19,7 @@ import pytest
 
 import nap_gpu as nap
 
-from conftest import assert_same_bits, bits
+from conftest import assert_same_bits, bits, finishes_within
 
 F = np.float32
 ZERO, ONE = F(0.0), F(1.0)
@@ -121,27 +121,6 @@ def decay_until_fixpoint(w: np.ndarray, d: float, k: int) -> np.ndarray:
             break
         x = y
     return x
-
-
-def finishes_within(seconds: float, fn, *args) -> None:
-    """fn(*args) on a daemon thread: fails instead of hanging the suite if it has not returned
-    after ``seconds``."""
-    import threading
-
-    done, failure = threading.Event(), []
-
-    def run():
-        try:
-            fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            failure.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=run, daemon=True).start()
-    assert done.wait(seconds), f"did not return within {seconds} s"
-    if failure:
-        raise failure[0]
 
 
 def spread_weights(seed: int) -> np.ndarray:

@@ -237,8 +237,12 @@ class Ctx:
         free, total = self.cupy.cuda.runtime.memGetInfo()
         return int(free), int(self.cupy.get_default_memory_pool().free_bytes()), int(total)
 
-    def fits(self, need: int, what: str, *, host_need: int = 0) -> str | None:
-        """None if ``need`` device bytes (and ``host_need`` host bytes) fit, else why not."""
+    def fits(self, need: int, what: str, *, host_need: int = 0,
+             min_left_s: float = 0) -> str | None:
+        """None if ``need`` device bytes (and ``host_need`` host bytes) fit and at least
+        ``min_left_s`` seconds of the budget are left, else why not."""
+        if self.left() < min_left_s:
+            return f"out of time ({self.left():.0f} s left)"
         free, pooled, total = self.device_memory()
         margin = 256 * MiB if not self.simulated else 16 * MiB
         if need + margin > free + pooled:
@@ -822,12 +826,9 @@ def sec_dense(ctx: Ctx, sec: Section) -> None:
                      "their cost does not depend on the values; calls are timed in alternation")
     for n in ctx.p["dense_sizes"]:
         need = 4 * n + 4 * n + 12 * n + 4 * n
-        why = ctx.fits(need, f"dense timings at {label(n)}", host_need=4 * n)
+        why = ctx.fits(need, f"dense timings at {label(n)}", host_need=4 * n, min_left_s=20)
         if why:
             sec.skip_part(f"dense timings at {label(n)}", why)
-            continue
-        if ctx.left() < 20:
-            sec.skip_part(f"dense timings at {label(n)}", f"out of time ({ctx.left():.0f} s left)")
             continue
         eng = nap.Engine(n, backend="cuda", init=0.5, params=P)
         w = eng._w  # the raw kernel steps the engine's own weights: one population
@@ -997,12 +998,9 @@ def sec_metrics(ctx: Ctx, sec: Section) -> None:
     sec.data["sizes"] = {}
     target_n = ctx.p["metrics_target_n"]
     for n in ctx.p["metrics_sizes"]:
-        why = ctx.fits(44 * n, f"metrics at {label(n)}")
+        why = ctx.fits(44 * n, f"metrics at {label(n)}", min_left_s=20)
         if why:
             sec.skip_part(f"metrics at {label(n)}", why)
-            continue
-        if ctx.left() < 20:
-            sec.skip_part(f"metrics at {label(n)}", f"out of time ({ctx.left():.0f} s left)")
             continue
         labels = device_labels(ctx, n)
         sec.data["sizes"][label(n)] = {}
