@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -198,6 +199,36 @@ def test_two_dimensional_quality_of_wrong_size_rejected(backend, shape):
         Target(*form, backend).rejects(ValueError, "quality", np.full(shape, 0.7, np.float32))
 
 
+@pytest.mark.parametrize("shape", [(100, 10), (10, 100), (1000, 1), (1, 1000), (10, 10, 10)],
+                         ids=str)
+def test_quality_of_n_elements_in_another_shape_is_refused(backend, shape):
+    """n qualities are not one per memory unless 1-D (or, for the functional form, in the
+    weights' own shape): (n, 1), a grid or its transpose are refused, not flattened."""
+    q = np.random.default_rng(1).random(shape)
+    for form in [("engine", "step"), ("functional", "step")]:
+        info = Target(*form, backend, n=1000).rejects(ValueError, "quality", q)
+        assert "1-D of length 1000" in str(info.value) and str(shape) in str(info.value)
+
+
+def test_functional_quality_may_have_the_weights_shape(backend):
+    """On 2-D weights the functional form takes 1-D qualities (one per element, in C
+    order) or qualities of exactly the weights' shape; any other shape is refused."""
+    w0 = np.random.default_rng(2).random((100, 10), dtype=np.float32)
+    q = np.random.default_rng(3).random(1000)
+    flat = on_backend(w0, backend)
+    nap.step(flat, q, backend=backend)
+    shaped = on_backend(w0, backend)
+    nap.step(shaped, q.reshape(100, 10), backend=backend)
+    assert_same_bits(shaped, flat, "same-shape qualities vs 1-D ones")
+    for shape in [(10, 100), (1000, 1), (1, 1000), (100, 10, 1)]:
+        before = bits(shaped).copy()
+        with pytest.raises(ValueError, match=r"1-D of length 1000 or of the weights' shape "
+                                             r"\(100, 10\)") as info:
+            nap.step(shaped, q.reshape(shape), backend=backend)
+        assert str(shape) in str(info.value)
+        assert (bits(shaped) == before).all(), f"{shape}: weights changed on a rejected call"
+
+
 def test_update_quality_must_be_one_dimensional(update_target):
     update_target.rejects(ValueError, "quality", np.full((1, N), 0.7, np.float32))
 
@@ -282,6 +313,24 @@ def test_object_arrays_of_python_ints_are_ids(backend):
     assert_same_bits(as_objects.to_numpy(), as_int64.to_numpy(), "object ids")
 
 
+@pytest.mark.parametrize("ids, position", [
+    ([True, 5], 0), ([5, False], 1), ((1, True, 2), 1), ([np.True_, 2], 0), ([3, 4, np.False_], 2),
+], ids=str)
+def test_bool_in_a_list_of_ids_is_type_error(update_target, ids, position):
+    """A bool is not an id: [True, 5] must not update id 1 (NumPy makes it [1, 5])."""
+    info = update_target.rejects(TypeError, rf"ids\[{position}\] = \S*(True|False)",
+                                 np.full(len(ids), 0.9, np.float32), ids=ids)
+    assert "bool" in str(info.value)
+
+
+@pytest.mark.parametrize("position", [0, N - 1])
+def test_bool_in_a_list_of_qualities_is_type_error(target, position):
+    """A bool is not a quality either (as True alone and bool arrays are not)."""
+    q = good_quality().tolist()
+    q[position] = True
+    target.rejects(TypeError, rf"quality\[{position}\] = True", q)
+
+
 @pytest.mark.parametrize("n_ids, n_q", [(3, 2), (2, 3), (0, 1), (1, 0)])
 def test_mismatched_ids_and_quality_lengths(update_target, n_ids, n_q):
     info = update_target.rejects(ValueError, "length", np.full(n_q, 0.9, np.float32),
@@ -336,6 +385,14 @@ def test_random_bad_id_is_named(backend, data):
 def test_bad_decay_k(backend, k, exc):
     eng = fresh_engine(backend)
     engine_rejects(eng, exc, r"\bk\b", lambda: eng.decay(k))
+
+
+@pytest.mark.parametrize("k", [2 ** 64, 2 ** 64 + 5, 10 ** 30], ids=repr)
+def test_decay_k_beyond_uint64_is_value_error_on_every_backend(backend, k):
+    """k beyond what any backend (and the log's u64) holds: the same ValueError naming k
+    everywhere (numpy took 2**64 while the C++ core raised pybind11's TypeError)."""
+    eng = fresh_engine(backend)
+    engine_rejects(eng, ValueError, r"\bk\b", lambda: eng.decay(k))
 
 
 def test_decay_accepts_numpy_integers_and_zero(backend):
@@ -412,7 +469,8 @@ def test_init_array_outside_unit_interval(backend, dtype, value):
             f"the message should show the value given (inf), got: {info.value}")
 
 
-@pytest.mark.parametrize("init", [float("nan"), -0.1, 1.5, float("inf"), np.float32("nan")], ids=repr)
+@pytest.mark.parametrize("init", [float("nan"), -0.1, 1.5, float("inf"), np.float32("nan"),
+                                  10 ** 400, Fraction(10 ** 400, 3)], ids=repr)
 def test_init_scalar_outside_unit_interval(backend, init):
     with pytest.raises(ValueError, match="init"):
         nap.Engine(N, backend=backend, init=init)
@@ -523,6 +581,28 @@ def test_huge_finite_float64_qualities_accepted_and_clamped(target, huge, like):
     t.call(float(huge))
     assert_same_bits(t.snapshot(), run(target.form, target.op, target.backend, like),
                      f"{target!r}: scalar quality {huge} vs {like}")
+
+
+@pytest.mark.parametrize("value", [10 ** 400, -(10 ** 400), Fraction(10 ** 400, 7),
+                                   np.longdouble(10) ** 400], ids=["1e400", "-1e400", "Fraction",
+                                                                   "longdouble"])
+def test_real_number_beyond_float64_is_value_error(target, value):
+    """A finite quality a float64 cannot hold is a ValueError naming quality (it was
+    Python's OverflowError; a long double became inf, "not finite"), on every form, as the
+    scalar of a step or of a sparse batch."""
+    if isinstance(value, np.longdouble) and np.isinf(value):
+        pytest.skip("long double is float64 here")
+    info = target.rejects(ValueError, "quality", value)
+    assert "beyond the range of a float64" in str(info.value)
+
+
+@pytest.mark.parametrize("value, like", [(10 ** 300, 1.0), (-(10 ** 300), 0.0),
+                                        (Fraction(3, 4), 0.75)], ids=repr)
+def test_real_numbers_within_float64_are_qualities(target, value, like):
+    """The boundary of the case above: a big int that a float64 holds is a quality, clamped."""
+    target.call(value)
+    assert_same_bits(target.snapshot(), run(target.form, target.op, target.backend, like),
+                     f"{target!r}: {value!r} vs {like}")
 
 
 @pytest.mark.parametrize("init", [-0.0, np.float32(-0.0), "array32", "array64", "list"])

@@ -9,11 +9,15 @@ moment and restarted on the same directory continues the same stream.
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
+import logging
 import os
 import pathlib
 import random
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -742,3 +746,441 @@ def test_lock_held_by_a_dying_owners_fork_is_waited_for(tmp_path):
     assert done.returncode == -signal.SIGKILL
     with DurableEngine.open(tmp_path / "s", backend="numpy") as deng:
         assert deng.sequence == 1
+
+
+# -- failed log rotation ----------------------------------------------------------------------
+class RotationFaults:
+    """Real OS errors injected at the exact moments of a log rotation (installed with
+    monkeypatch on os): EMFILE when the new segment is opened after its creation, or when
+    the directory is opened for its fsync; EIO from that directory fsync (after the new
+    segment's rename); ``also`` makes the next directory fsync fail too (the one that would
+    make the removal of the unusable segment durable)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.plan: list[str] = []
+        self.done: list[str] = []
+        self._after_rename = False
+        self._also = False
+        real_open, real_replace, real_fsync = os.open, os.replace, os.fsync
+
+        def is_dir_fd(fd):
+            return stat.S_ISDIR(os.fstat(fd).st_mode)
+
+        def fake_open(path, flags, *args, **kwargs):
+            name = os.path.basename(os.fspath(path))
+            if self.plan and self.plan[0] == "emfile-open" and durable._SEG_RE.match(name) \
+                    and flags == os.O_WRONLY:
+                self.done.append(self.plan.pop(0))
+                raise OSError(errno.EMFILE, "Too many open files", os.fspath(path))
+            if self._after_rename and self.plan and self.plan[0] == "emfile-dir" \
+                    and os.path.isdir(path):
+                self._after_rename = False
+                self.done.append(self.plan.pop(0))
+                raise OSError(errno.EMFILE, "Too many open files", os.fspath(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        def fake_replace(src, dst, *args, **kwargs):
+            result = real_replace(src, dst, *args, **kwargs)
+            self._after_rename = os.path.basename(os.fspath(src)).startswith(".wal-")
+            return result
+
+        def fake_fsync(fd):
+            if (self._after_rename or self._also) and self.plan \
+                    and self.plan[0] in ("eio-dir", "eio-dir-twice") and is_dir_fd(fd):
+                if self._also:
+                    self._also = False
+                    self.done.append(self.plan.pop(0))
+                else:
+                    self._after_rename = False
+                    self._also = self.plan[0] == "eio-dir-twice"
+                    if not self._also:
+                        self.done.append(self.plan.pop(0))
+                raise OSError(errno.EIO, "Input/output error")
+            return real_fsync(fd)
+
+        monkeypatch.setattr(os, "open", fake_open)
+        monkeypatch.setattr(os, "replace", fake_replace)
+        monkeypatch.setattr(os, "fsync", fake_fsync)
+
+
+def test_failed_rotation_keeps_the_log_where_recovery_reads(tmp_path, monkeypatch):
+    """A rotation whose new segment cannot be opened (EMFILE), whose directory fsync fails
+    (EIO) or whose directory cannot be opened for the fsync (EMFILE): the new segment is
+    withdrawn, the engine warns and goes on in the old one, and a reopen holds every
+    acknowledged call. (It used to go on in the old segment beside the new, empty one, which
+    recovery started from: every call after the failed rotation was lost.) If the withdrawal
+    cannot be made durable either, the call still returns (it is in the log) and the engine
+    fails from the next call on."""
+    directory = tmp_path / "s"
+    ref = Reference()
+    deng = DurableEngine.open(directory, n=N, seed=SEED, backend="numpy", snapshot_every=3,
+                              keep=2)
+    faults = RotationFaults(monkeypatch)
+    sequence = 0
+
+    def call():
+        nonlocal sequence
+        apply_call(deng, make_call(sequence + 1, N))
+        sequence += 1
+        assert deng.sequence == sequence
+
+    for kind in ("emfile-open", "eio-dir", "emfile-dir"):
+        while deng.sequence % 3 != 2:
+            call()
+        faults.plan = [kind]
+        with pytest.warns(DurabilityWarning, match="automatic snapshot"):
+            call()  # the checkpoint at this call: snapshot written, rotation failed
+        assert faults.done[-1] == kind and not faults.plan
+        segs = [int(x[4:24]) for x in listing(directory) if x.startswith("wal-")]
+        assert sequence + 1 not in segs, (kind, segs)  # the unusable segment is gone
+        for _ in range(4):  # on in the old segment, then a good rotation
+            call()
+        assert durable.recover_plan(directory)["sequence"] == sequence
+    while deng.sequence % 3 != 2:
+        call()
+    faults.plan = ["eio-dir-twice"]
+    with pytest.warns(DurabilityWarning, match="cannot go on"):
+        call()  # acknowledged: its record was synced before the checkpoint
+    with pytest.raises(durable.EngineFailedError, match="rotation"):
+        call()  # refused: nothing logged (sequence not advanced)
+    monkeypatch.undo()
+    deng.close()
+    with DurableEngine.open(directory, backend="numpy") as again:
+        assert again.sequence == sequence
+        assert_matches(again, ref.advance(sequence), "after failed rotations")
+        plan = durable.recover_plan(directory)
+    assert plan["status"] == "ok" and plan["sequence"] == sequence
+
+
+ROTATION_CHILD = textwrap.dedent("""
+    import errno, os, random, signal, stat, sys, warnings
+    from nap_gpu import durable
+    {calls}
+    directory, seed, twice = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "twice"
+    rng = random.Random(seed)
+
+    def die():
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    eng = durable.DurableEngine.open(directory, n={n}, seed={seed0}, snapshot_every=3, keep=2,
+                                     backend="numpy")
+    print("open", eng.sequence, flush=True)
+    # From here on, each rotation may meet a real OS error at one of its moments.
+    real_open, real_replace, real_fsync = os.open, os.replace, os.fsync
+    fault = [None]
+
+    def fake_replace(src, dst, *args, **kwargs):
+        out = real_replace(src, dst, *args, **kwargs)
+        if os.path.basename(os.fspath(src)).startswith(".wal-"):  # a new segment's rename
+            r = rng.random()
+            fault[0] = ("emfile-open" if r < 0.3 else "eio-dir" if r < 0.55 else
+                        "emfile-dir" if r < 0.7 else
+                        "eio-dir-twice" if r < 0.78 and twice else None)
+            if fault[0]:
+                print("inject", fault[0], flush=True)
+        return out
+
+    def fake_open(path, flags, *args, **kwargs):
+        name = os.path.basename(os.fspath(path))
+        if fault[0] == "emfile-open" and durable._SEG_RE.match(name) and flags == os.O_WRONLY:
+            fault[0] = None
+            raise OSError(errno.EMFILE, "Too many open files", os.fspath(path))
+        if fault[0] == "emfile-dir" and os.path.isdir(path):
+            fault[0] = None
+            raise OSError(errno.EMFILE, "Too many open files", os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_fsync(fd):
+        if fault[0] in ("eio-dir", "eio-dir-twice") and stat.S_ISDIR(os.fstat(fd).st_mode):
+            fault[0] = "eio-dir" if fault[0] == "eio-dir-twice" else None
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fsync(fd)
+
+    os.open, os.replace, os.fsync = fake_open, fake_replace, fake_fsync
+    warnings.simplefilter("ignore", durable.DurabilityWarning)
+    while True:
+        try:
+            apply_call(eng, make_call(eng.sequence + 1, {n}))
+        except durable.EngineFailedError:
+            print("failed 0", flush=True)
+            die()
+        print("ack", eng.sequence, flush=True)
+""")
+
+#: Figures of the last run of test_sigkill_after_failed_rotations (printed with -s).
+ROTATION_FIGURES: dict = {}
+
+
+def test_sigkill_after_failed_rotations(tmp_path):
+    """Children acknowledge calls while rotations fail at random (EMFILE at the new segment's
+    open or at the directory's, EIO at the directory fsync after the rename, once or twice)
+    and are SIGKILLed at random moments (or, in every other round, kill themselves once a
+    twice-failed rotation has failed the engine); after each kill the reopened state holds
+    every acknowledged call, bit for bit. NAP_TEST_ROTATION_ROUNDS sets the rounds (10)."""
+    directory = tmp_path / "state"
+    rng = random.Random("rotation-faults")
+    ref = Reference()
+    recovered = rounds = acks = lost = 0
+    injected: dict[str, int] = {}
+    script = ROTATION_CHILD.format(calls=CALLS, n=N, seed0=SEED)
+    for rounds in range(1, int(os.environ.get("NAP_TEST_ROTATION_ROUNDS", 10)) + 1):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(directory),
+                                 str(rng.randrange(1 << 30)), "twice" if rounds % 2 else "once"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=child_env())
+        timer = threading.Timer(rng.uniform(0.8, 2.0), lambda: proc.send_signal(signal.SIGKILL))
+        timer.start()
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            timer.cancel()
+        assert proc.returncode == -signal.SIGKILL, err
+        acked = recovered
+        for line in out.split("\n")[:-1]:  # whole lines only
+            word, value = line.split()
+            if word == "open":
+                assert int(value) == recovered, "the child recovered another state"
+            elif word == "ack":
+                assert int(value) == acked + 1, out
+                acked += 1
+                acks += 1
+            elif word == "inject":
+                injected[value] = injected.get(value, 0) + 1
+        with warnings_allowed():  # (n and seed: a child killed before it created the state)
+            deng = DurableEngine.open(directory, n=N, seed=SEED, backend="numpy")
+        with deng:
+            lost += max(0, acked - deng.sequence)
+            assert acked <= deng.sequence <= acked + 1, (rounds, acked, deng.sequence, out[-300:])
+            assert_matches(deng, ref.advance(deng.sequence), f"round {rounds}")
+            recovered = deng.sequence
+    ROTATION_FIGURES.update(rounds=rounds, acknowledged=acks, injected=injected, lost=lost,
+                            final_sequence=recovered, in_flight_kept=recovered - acks)
+    print(f"\nrotation faults: {ROTATION_FIGURES}")
+    assert lost == 0
+    assert sum(injected.values()) >= 10 and len(injected) == 4, injected
+
+
+# -- overlapping segments and accepting a loss ----------------------------------------------------
+def segment_header(first: int) -> bytes:
+    """A segment header (an independent writer of the format: docs/durability.md)."""
+    head = struct.pack("<8sIIQI", b"NAPWAL\r\n", 1, 0, first, 0)
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def nap_gpu_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nap_gpu.cli", *map(str, args)],
+                          capture_output=True, text=True, env=child_env(), timeout=120)
+
+
+def test_overlapping_segments_are_refused_and_reported(pristine, tmp_path):
+    """Hand-built forks: (a) the trace the failed rotation used to leave, wal-31 holding
+    31..40 beside an empty wal-37 (recovery started from wal-37 and silently lost 37..40);
+    (b) wal-39 holding 39..40 again beside wal-37 holding 37..40; (c) an older segment whose
+    intact header names another first sequence. Each is refused by open and reported by
+    `nap-gpu recover`, naming the files; accept_loss then opens (a) and (b) losing nothing
+    that (a)'s empty segment or (b)'s duplicate held."""
+    segs = sorted(pristine[0].glob("wal-*.log"))
+    w25, w31, w37 = (s.name for s in segs)
+    records = (pristine[0] / w37).read_bytes()[32:]
+    layout = segment_layout(pristine[0] / w37)
+
+    a = tmp_path / "a"
+    shutil.copytree(pristine[0], a)
+    with open(a / w31, "ab") as fh:
+        fh.write(records)
+    (a / w37).write_bytes(segment_header(37))
+    b = tmp_path / "b"
+    shutil.copytree(pristine[0], b)
+    (b / durable._seg_name(39)).write_bytes(segment_header(39) + records[layout[2][0] - 32:])
+    c = tmp_path / "c"
+    shutil.copytree(pristine[0], c)
+    data = bytearray((c / w25).read_bytes())
+    data[:32] = segment_header(26)
+    (c / w25).write_bytes(bytes(data))
+
+    for directory, names in ((a, (w31, w37)), (b, (w37, durable._seg_name(39))), (c, (w25,))):
+        before = {p.name: p.read_bytes() for p in directory.iterdir()}
+        with pytest.raises(RecoveryError) as caught:
+            DurableEngine.open(directory, backend="numpy")
+        assert all(name in str(caught.value) for name in names), str(caught.value)
+        assert ("overlap" if directory != c else "out of order") in str(caught.value)
+        done = nap_gpu_cli("recover", directory)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "status: error" in done.stdout and all(name in done.stdout for name in names)
+        assert "--accept-loss" in done.stdout
+        assert {p.name: p.read_bytes() for p in directory.iterdir()} == before  # a dry run
+    for directory in (a, b):
+        result = durable.accept_loss(directory)
+        assert result["plan"]["status"] == "ok" and len(result["dropped"]) == 1
+        with DurableEngine.open(directory, backend="numpy") as deng:
+            check_state((deng.sequence, deng.to_numpy(), deng.params, deng.iteration), 40,
+                        str(directory))
+    assert result["dropped"][0]["dropped_sequences"] == {"from": 39, "to": 40}  # b's copy
+    assert (b / f"{w37}.dropped-from-{layout[2][0]}").read_bytes() == records[layout[2][0] - 32:]
+
+
+def test_accept_loss_opens_at_the_newest_consistent_point(pristine, tmp_path, caplog):
+    """A corrupt record in the log: open refuses, and so does the default dry run (which
+    says what --accept-loss would drop); accept_loss cuts the log there, keeps the tail as
+    evidence, logs and journals the sequences dropped, and the state then opens at the
+    record before it, bit for bit, and goes on."""
+    seg = sorted(pristine[0].glob("wal-*.log"))[-1]
+    layout = segment_layout(seg)  # records 37..40
+    directory = damaged_copy(pristine, tmp_path / "corrupt", seg.name, flip(layout[1][0] + 30))
+    tail = (directory / seg.name).read_bytes()[layout[1][0]:]
+    with pytest.raises(RecoveryError, match=f"offset {layout[1][0]}"):
+        DurableEngine.open(directory, backend="numpy")
+    plan = durable.recover_plan(directory)
+    assert plan["status"] == "error" and plan["accept_loss"].startswith("drop sequences 38..40")
+    with caplog.at_level(logging.WARNING, logger="nap_gpu.durable"):
+        result = durable.accept_loss(directory)
+    (entry,) = result["dropped"]
+    assert entry["dropped_sequences"] == {"from": 38, "to": 40}
+    assert f"offset {layout[1][0]}" in entry["refused_because"]
+    evidence = directory / f"{seg.name}.dropped-from-{layout[1][0]}"
+    assert entry["evidence"] == [evidence.name] and evidence.read_bytes() == tail
+    journal = [json.loads(line) for line in
+               (directory / durable.LOSS_JOURNAL).read_text().splitlines()]
+    assert journal == [entry]
+    assert [json.loads(r.getMessage()) for r in caplog.records if r.name == "nap_gpu.durable"] \
+        == [entry]
+    assert result["plan"]["status"] == "ok" and result["plan"]["sequence"] == 37
+    with DurableEngine.open(directory, backend="numpy") as deng:
+        check_state((deng.sequence, deng.to_numpy(), deng.params, deng.iteration), 37, "cut")
+        for i in range(38, 43):
+            apply_call(deng, make_call(i, N))
+    with DurableEngine.open(directory, backend="numpy") as deng:
+        check_state((deng.sequence, deng.to_numpy(), deng.params, deng.iteration), 42, "on")
+    assert durable.accept_loss(directory)["dropped"] == []  # nothing refused: nothing done
+
+
+def test_accept_loss_past_a_damaged_snapshot_and_where_it_cannot(tmp_path):
+    """With wal_retention="newest" a damaged newest snapshot cannot be recovered past (the
+    log after the older ones is gone): accept_loss drops the log after it and the snapshot,
+    and opens at the newest older snapshot. With every snapshot damaged there is no
+    consistent point: it refuses and changes nothing. While an engine is open it refuses."""
+    build_state(tmp_path / "p", 40, snapshot_every=6, keep=3, wal_retention="newest")
+    newest = sorted((tmp_path / "p").glob("snap-*.nap"))[-1]
+    directory = damaged_copy((tmp_path / "p",), tmp_path / "d", newest.name, truncate(100))
+    with pytest.raises(RecoveryError, match=newest.name):
+        DurableEngine.open(directory, backend="numpy")
+    result = durable.accept_loss(directory)
+    lost = [e["dropped_sequences"] for e in result["dropped"]]
+    assert lost == [{"from": 37, "to": 40}, {"from": 31, "to": 36}], result["dropped"]
+    assert (directory / (newest.name + ".damaged")).exists()
+    with DurableEngine.open(directory, backend="numpy") as deng:
+        check_state((deng.sequence, deng.to_numpy(), deng.params, deng.iteration), 30, "fell")
+        with pytest.raises(RuntimeError, match="LOCK"):
+            durable.accept_loss(directory)
+    for snap in (tmp_path / "p").glob("snap-*.nap"):
+        snap.write_bytes(snap.read_bytes()[:-1])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "p").iterdir()}
+    with pytest.raises(RecoveryError, match="cannot get past"):
+        durable.accept_loss(tmp_path / "p")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "p").iterdir()} == before
+
+
+# -- decay(k) beyond every fixpoint ----------------------------------------------------------------
+def decay_records(directory) -> list[int]:
+    """The k of every decay record in the log (an independent reader: kind 4, u64 k)."""
+    out = []
+    for seg in sorted(pathlib.Path(directory).glob("wal-*.log")):
+        data = seg.read_bytes()
+        for offset, _ in segment_layout(seg):
+            if data[offset + 24] == 4:
+                out.append(struct.unpack_from("<Q", data, offset + 28)[0])
+    return out
+
+
+def test_decay_rounds_bound_is_sound():
+    """No float32 weight moves after decay_rounds_bound(d) rounds (a quarter of a million
+    starting weights across [0, 1] and every power of two's neighbours, rounds counted until
+    the fixpoint), and 1/d + 1 rounds would not be enough: d = 1.4 * 2^-24 takes 1.18/d."""
+    starts = np.arange(0, 0x3F800001, 1 << 12, dtype=np.uint32)
+    near = (np.arange(-127, 1, dtype=np.int64)[:, None] * (1 << 23) + 0x3F800000
+            + np.arange(-3, 4)[None, :]).ravel()
+    starts = np.concatenate([starts, near[(near >= 0) & (near <= 0x3F800000)].astype(np.uint32),
+                             np.array([0x7FC00000, 0x3FC00000, 0x80000000], np.uint32)])
+    for d in (1.0, 0.999, 0.3, 0.02, 0.0123, 1e-3):
+        bound = durable.decay_rounds_bound(d)
+        w, d32 = starts.view(np.float32).copy(), np.float32(d)
+        with np.errstate(invalid="ignore"):
+            for rounds in range(bound + 1):
+                nxt = np.minimum(np.float32(1), np.maximum(np.float32(0), w - d32)) + np.float32(0)
+                nxt[np.isnan(w)] = w[np.isnan(w)]  # NaN passes through the law's clamp
+                if (nxt.view(np.uint32) == w.view(np.uint32)).all():
+                    break
+                w = nxt
+        assert rounds < bound, (d, rounds, bound)  # round `rounds` changed nothing
+    assert durable.decay_rounds_bound(0.0) == 1
+    assert durable.decay_rounds_bound(1e-9) == 2 + 3 * 2**24
+    if nap.available_backends()["cpp"] is None:
+        d = 1.4 * 2.0**-24
+        bound = durable.decay_rounds_bound(d)
+        naive = int(np.ceil(1 / float(np.float32(d)))) + 1
+        result = {}
+        for k in (naive, bound, 2**64 - 1):
+            eng = nap.Engine(1, backend="cpp", init=np.ones(1, np.float32),
+                             params=nap.Params(lr=0.05, gate=0.5, decay=d))
+            eng.decay(k)
+            result[k] = eng.to_numpy()
+        assert result[naive][0] > 0 and result[bound][0] == 0 == result[2**64 - 1][0]
+
+
+def test_huge_decay_is_capped_logged_and_replayed_in_bounded_time(tmp_path, backend):
+    """decay(2**62) under decay 1e-9 (it hung live and on every reopen before the fixpoint
+    stop) and decay(2**64 - 1): logged as k capped to decay_rounds_bound (the same weights),
+    bit-identical to an in-memory Engine; a child process reopens the state well within its
+    timeout, on this backend and on numpy. decay(2**64) (struct.error before) is the
+    ValueError Engine.decay gives on every backend, and logs nothing."""
+    params = nap.Params(lr=0.05, gate=0.5, decay=1e-9)
+    init = np.full(256, 0.5, np.float32)  # 0.5 never moves under 1e-9; the first 8 do
+    init[:8] = [0.0, 1.0, 3e-6, 1e-7, 1.4e-45, 2e-9, 1e-9, 5e-6]
+    # The step keeps every weight above 2^-5 (where 1e-9 moves nothing): a weight just below
+    # it would take ~2.5e7 rounds, minutes on numpy, live as on replay.
+    q = np.random.default_rng(3).random(init.size, dtype=np.float32)
+    q[:8] = 1.0
+    calls = [("decay", 2**62), ("step", q),
+             ("params", nap.Params(lr=0.05, gate=0.5, decay=1e-3)),  # the cap follows it
+             ("decay", 2**64 - 1), ("decay", 5)]
+    ref = nap.Engine(init.size, backend="numpy", init=init, params=params)
+    with DurableEngine.open(tmp_path / "s", n=init.size, init=init, params=params,
+                            backend=backend, snapshot_every=0) as deng:
+        for call in calls:
+            apply_call(deng, call)
+            apply_call(ref, call)
+        before, sequence = deng.to_numpy(), deng.sequence
+        for k in (2**64, 2**100):
+            with pytest.raises(ValueError, match=r"\bk\b.*beyond 2\*\*64 - 1"):
+                deng.decay(k)
+        assert deng.sequence == sequence == len(calls)
+        assert_same_bits(deng.to_numpy(), before, "after refused decays")
+        assert_matches(deng, ref, "live")
+    cap, cap3 = durable.decay_rounds_bound(1e-9), durable.decay_rounds_bound(1e-3)
+    assert (cap, cap3) == (2 + 3 * 2**24, 1501)  # float32(1e-3) is a little above 1e-3
+    assert decay_records(tmp_path / "s") == [cap, cap3, 5]
+    for b in (backend, "numpy"):
+        script = textwrap.dedent(f"""
+            import numpy as np
+            from nap_gpu import durable
+            with durable.DurableEngine.open({str(tmp_path / "s")!r}, backend={b!r}) as eng:
+                np.save({str(tmp_path / f"w-{b}.npy")!r}, eng.to_numpy())
+                print(eng.sequence, eng.iteration)
+        """)
+        start = time.monotonic()
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env=child_env(), timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [str(len(calls)), "1"]  # sequence, iteration
+        assert_same_bits(np.load(tmp_path / f"w-{b}.npy"), ref.to_numpy(), f"reopened on {b}")
+        assert time.monotonic() - start < 60
+    for b, reason in nap.available_backends().items():  # every backend agrees
+        if reason is None:
+            eng = nap.Engine(init.size, backend=b, init=init, params=params)
+            eng.decay(2**64 - 1)
+            twin = nap.Engine(init.size, backend="numpy", init=init, params=params)
+            twin.decay(cap)
+            assert_same_bits(eng.to_numpy(), twin.to_numpy(), f"Engine.decay(2**64 - 1) on {b}")
+            with pytest.raises(ValueError, match=r"\bk\b"):
+                eng.decay(2**64)

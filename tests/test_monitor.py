@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -101,3 +102,43 @@ def test_durable_engine_is_restored_from_disk(tmp_path):
     twin.step(0.9)
     assert np.array_equal(eng.to_numpy().view(np.uint32), twin.to_numpy().view(np.uint32))
     eng.close()
+
+
+def test_durable_engine_whose_log_replays_a_nan_stops_writes(tmp_path):
+    """A NaN that a logged call produced (check_finite=False) is replayed by every restore:
+    the playbook restores, checks again, finds it still there and stops writes, at the
+    monitor and at the engine, saying so in the event and the alert. (It used to report
+    "restored ...; writes continue" with the NaN still in place.) The automatic snapshot due
+    at that call is not written: recovery would reject it as damaged."""
+    from nap_gpu.durable import DurabilityWarning
+
+    workload = nap.ReferenceWorkload(N, seed=2)
+    alerts = []
+    eng = nap.Engine.open(tmp_path / "state", n=N, seed=2, snapshot_every=4)
+    mon = nap.Monitor(eng, workload.labels, on_alert=alerts.append)
+    for _ in range(3):
+        mon.step(workload.next_quality().copy())
+    q = workload.next_quality().copy()
+    q[11] = np.nan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        event = mon.step(q, check_finite=False)  # sequence 4: a snapshot is due
+    assert not event["ok"] and event["writes_stopped"] and alerts == [event]
+    assert "still hold 1 non-finite weights" in event["actions"][0]
+    assert event["actions"][0].endswith("writes stopped")
+    assert [w.category for w in caught] == [DurabilityWarning]  # the snapshot was not written
+    assert "weight 11 = nan is not in [0, 1]" in str(caught[0].message)
+    assert np.isnan(eng.to_numpy()[11])
+    sequence = eng.sequence
+    with pytest.raises(nap.WritesStoppedError):
+        mon.step(0.9)
+    for write in (lambda: eng.step(0.9), lambda: eng.update([1], [0.9]), lambda: eng.decay(1),
+                  lambda: setattr(eng, "params", nap.Params())):
+        with pytest.raises(nap.WritesStoppedError, match="still hold"):
+            write()
+    assert eng.sequence == sequence == 4
+    snaps = [p.name[:25] for p in (tmp_path / "state").glob("snap-*.nap")]
+    assert snaps == ["snap-00000000000000000000"]  # none of the NaN
+    eng.close()
+    with nap.Engine.open(tmp_path / "state") as again:  # the log holds the call: NaN again
+        assert again.sequence == 4 and np.isnan(again.to_numpy()[11])

@@ -13,10 +13,17 @@ finite float64 stays finite (the law clamps to [0, 1] anyway): on the device in 
 kernel (``backend.narrow_quality``; CuPy's conversion flushes subnormals). Ids of any integer
 dtype are converted to int64. These are inputs, so converting them is safe; weights updated in
 place are never converted (see ``writable_weights``).
+
+Shapes and kinds, the same on every backend: dense qualities are a scalar or 1-D of length n
+(the functional form also takes exactly its weights' shape); any other shape of n elements,
+(n, 1) or a grid, is a ``ValueError``, never flattened. A bool is neither an id nor a quality,
+inside a list too (NumPy would make ``[True, 5]`` the ids ``[1, 5]``): ``TypeError``. A finite
+real number beyond float64's range (``10**400``) is a ``ValueError``, not an OverflowError.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from types import ModuleType
 
@@ -27,8 +34,26 @@ from .backends import _xp
 _INT64_MAX = np.iinfo(np.int64).max
 
 
+def _as_float(value, argument: str) -> float:
+    """A real number as a Python float; ``ValueError`` for a finite one beyond float64's
+    range (an int like 10**400, a Fraction, a long double), which ``float`` would make an
+    OverflowError or an infinity."""
+    try:
+        with np.errstate(over="ignore"):
+            result = float(value)
+    except OverflowError:
+        result = math.inf
+    if math.isinf(result) and value != result:
+        text = str(value)
+        shown = (f"an integer of {int(value).bit_length()} bits"
+                 if isinstance(value, numbers.Integral) else text[:40] + "..." * (len(text) > 40))
+        raise ValueError(f"{argument} = {shown} is beyond the range of a float64: not a "
+                         f"usable {argument}")
+    return result
+
+
 def _scalar_quality(value, check_finite: bool) -> float:
-    value = float(value)
+    value = _as_float(value, "quality")
     if check_finite and not np.isfinite(value):
         raise ValueError(f"quality must be finite, got {value!r}")
     return float(np.float32(min(max(value, -1.0), 2.0)))  # NaN passes through min/max
@@ -38,8 +63,13 @@ def _is_scalar(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def quality(q, n: int, backend: ModuleType, *, check_finite: bool = True, weights=None):
+def quality(q, n: int, backend: ModuleType, *, check_finite: bool = True, weights=None,
+            shape: tuple | None = None):
     """Qualities as a float32 C-contiguous 1-D array of length n (or a float for a scalar).
+
+    The shape must be ``(n,)``, or exactly ``shape`` (the functional form passes its weights'
+    shape): never another shape of n elements, e.g. (n, 1) or a transposed grid, which would
+    pair qualities with memories by an accident of layout.
 
     An array that may share memory with ``weights`` is copied first: the kernels read q while
     they write w, so overlapping inputs would make the result depend on the backend.
@@ -49,12 +79,15 @@ def quality(q, n: int, backend: ModuleType, *, check_finite: bool = True, weight
     arr = _as_float32(_import(q, "quality", backend), "quality", backend)
     if arr.ndim == 0:
         return _scalar_quality(arr, check_finite)
-    if arr.ndim != 1:
-        if arr.size != n:
-            raise ValueError(f"quality must be 1-D of length {n}, got shape {arr.shape}")
-        arr = arr.reshape(-1)
-    if arr.shape[0] != n:
-        raise ValueError(f"quality has length {arr.shape[0]}, expected one per memory ({n})")
+    if arr.ndim != 1 or arr.shape[0] != n:
+        if shape is not None and tuple(arr.shape) == tuple(shape):
+            arr = arr.reshape(-1)  # the weights' own shape: element for element
+        elif arr.ndim == 1:
+            raise ValueError(f"quality has length {arr.shape[0]}, expected one per memory ({n})")
+        else:
+            also = ("" if shape is None or len(shape) == 1
+                    else f" or of the weights' shape {tuple(shape)}")
+            raise ValueError(f"quality must be 1-D of length {n}{also}, got shape {arr.shape}")
     arr = _unshared(_to_backend(arr, backend), weights, backend.xp)
     if check_finite:
         _require_finite(arr, "quality", backend)
@@ -120,11 +153,19 @@ def _unshared(q, weights, xp):
 
 
 def repeat_count(k) -> int:
-    """``decay``'s k: a non-negative integer (bool refused)."""
+    """``decay``'s k: an integer in [0, 2^64 - 1] (bool refused).
+
+    Larger k are a ValueError on every backend (the C++ core and the kernels take a u64, the
+    log stores one): none is needed, since every weight reaches its fixpoint within
+    nap_gpu.durable.decay_rounds_bound(d) <= 3 * 2^24 + 2 rounds."""
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise TypeError(f"k must be an integer, got {type(k).__name__}")
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
+    if k > 2**64 - 1:
+        raise ValueError(f"k = {k} is beyond 2**64 - 1, the largest decay count: no more is "
+                         "needed (every weight reaches its fixpoint within 3 * 2**24 + 2 "
+                         "rounds: nap_gpu.durable.decay_rounds_bound)")
     return int(k)
 
 
@@ -163,7 +204,7 @@ def initial_weights(init, n: int, seed) -> np.ndarray:
             raise ValueError(f"init must be 'uniform', a number or an array, got {init!r}")
         return np.random.default_rng(seed).random(n, dtype=np.float32)
     if isinstance(init, numbers.Real) and not isinstance(init, bool):
-        if not 0.0 <= float(init) <= 1.0:  # NaN fails too
+        if not 0.0 <= _as_float(init, "init") <= 1.0:  # NaN fails too
             raise ValueError(f"init must lie in [0, 1], got {init!r}")
         return np.full(n, np.float32(init) + np.float32(0.0), np.float32)
     arr = _import_host(init, "init")
@@ -195,9 +236,10 @@ def is_device_array(x) -> bool:
         return True  # it has one, but refuses to give it
 
 
-def writable_weights(w, backend: ModuleType, argument: str = "weights"):
+def writable_weights(w, backend: ModuleType, argument: str = "weights", *, flat: bool = True):
     """The caller's weights as an array of ``backend`` sharing their memory, to be updated in
-    place: never a copy, which would leave the caller's array stale."""
+    place: never a copy, which would leave the caller's array stale. Flattened (a view),
+    unless ``flat=False``: in their own shape, which qualities may have too (``quality``)."""
     module = type(w).__module__.split(".")[0]
     if module in ("jax", "jaxlib"):
         raise TypeError(f"{argument}: JAX arrays are immutable and cannot be updated in place; "
@@ -230,12 +272,29 @@ def writable_weights(w, backend: ModuleType, argument: str = "weights"):
                          f"(got strides {view.strides}); pass a contiguous copy and keep it")
     if not getattr(view.flags, "writeable", True):
         raise ValueError(f"{argument} is read-only; it cannot be updated in place")
-    return view.reshape(-1)
+    return view.reshape(-1) if flat else view
+
+
+def _refuse_bools(x, argument: str, where: str = "") -> None:
+    """A list or tuple (nested too) holding a bool is refused: NumPy would make True a 1 (an
+    id, a quality) without a trace, while a bool is neither."""
+    kinds = set(map(type, x))  # one C-level pass
+    if bool in kinds or np.bool_ in kinds:
+        i = next(i for i, v in enumerate(x) if isinstance(v, (bool, np.bool_)))
+        kind = "integers" if argument == "ids" else "floating point"
+        raise TypeError(f"{argument} must be {kind}, got {argument}{where}[{i}] = {x[i]!r} "
+                        "(a bool)")
+    if list in kinds or tuple in kinds:
+        for i, v in enumerate(x):
+            if isinstance(v, (list, tuple)):
+                _refuse_bools(v, argument, f"{where}[{i}]")
 
 
 def _import(x, argument: str, backend: ModuleType):
     """A device array of the backend where x lives on a device the backend runs on, else a
     NumPy array (a view where it can): host data is checked on the host."""
+    if isinstance(x, (list, tuple)):
+        _refuse_bools(x, argument)
     try:
         if backend.xp is not np and is_device_array(x):
             return backend.asarray(x)
@@ -260,6 +319,8 @@ def _to_backend(arr, backend: ModuleType):
 
 
 def _import_host(x, argument: str) -> np.ndarray:
+    if isinstance(x, (list, tuple)):
+        _refuse_bools(x, argument)
     try:
         return _xp.host_asarray(x)
     except TypeError as exc:

@@ -24,6 +24,9 @@ flags u8 (bit 0: payload data zlib-compressed), reserved u16, payload. All littl
 from __future__ import annotations
 
 import errno
+import fractions
+import json
+import logging
 import numbers
 import os
 import pathlib
@@ -38,6 +41,7 @@ import numpy as np
 
 from . import __version__, _inputs, backends, snapshot
 from .engine import Engine
+from .monitor import WritesStoppedError
 from .params import Params
 
 try:  # POSIX: one process per state directory
@@ -46,7 +50,10 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 __all__ = ["DurabilityWarning", "DurableEngine", "LOG_FORMAT_VERSION", "RecoveryError",
-           "EngineFailedError", "recover_plan", "recover_report"]
+           "EngineFailedError", "accept_loss", "decay_rounds_bound", "recover_plan",
+           "recover_report"]
+
+log = logging.getLogger("nap_gpu.durable")
 
 LOG_FORMAT_VERSION = 1
 _SEG_MAGIC = b"NAPWAL\r\n"
@@ -71,6 +78,8 @@ _SNAP_RE = re.compile(r"^snap-(\d{20})-([0-9a-f]{8})\.nap$")
 _SEG_RE = re.compile(r"^wal-(\d{20})\.log$")
 _SEG_TMP_RE = re.compile(r"^\.wal-\d{20}\.log\.tmp-\d+$")
 _SNAP_TMP_RE = re.compile(r"^\.snap-\d{20}-[0-9a-f]{8}\.nap\.tmp-\d+$")
+#: What ``accept_loss`` did, one JSON object a line, kept in the state directory.
+LOSS_JOURNAL = "accepted-losses.log"
 
 
 class DurabilityWarning(UserWarning):
@@ -82,17 +91,25 @@ class RecoveryError(ValueError):
     """The state cannot be recovered without losing acknowledged data (or it is from a newer
     nap_gpu); the message names the file and the byte offset at fault."""
 
-    def __init__(self, message: str, path=None, offset: int | None = None) -> None:
+    def __init__(self, message: str, path=None, offset: int | None = None, *,
+                 repair: dict | None = None) -> None:
         super().__init__(message)
         self.path = None if path is None else str(path)
         self.offset = offset
         self.fallback = False
+        # what accept_loss would drop to get past this (None: nothing can: a newer format,
+        # no usable snapshot)
+        self.repair = repair
 
     @classmethod
-    def fallback_error(cls, *args) -> RecoveryError:
-        exc = cls(*args)
+    def fallback_error(cls, *args, **kwargs) -> RecoveryError:
+        exc = cls(*args, **kwargs)
         exc.fallback = True  # already says which snapshot is damaged
         return exc
+
+
+class _UnsnapshotableWeights(ValueError):
+    """The weights are not in [0, 1] (NaN included): a snapshot of them would be rejected."""
 
 
 class EngineFailedError(RuntimeError):
@@ -128,7 +145,16 @@ def _list(directory: pathlib.Path):
 
 
 def _fsync_dir(directory: pathlib.Path) -> None:
-    snapshot._fsync_directory(directory)
+    """Make a creation, rename or removal in ``directory`` durable. Raises OSError when the
+    directory cannot be opened (EMFILE) or synced (EIO): a skipped sync would let a power loss
+    undo the rename, so callers must know (snapshot._fsync_directory skips it silently)."""
+    if os.name == "nt":  # pragma: no cover - directories cannot be opened; renames are durable
+        return
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sync(fd: int) -> None:
@@ -142,6 +168,28 @@ def _write_all(fd: int, data) -> None:
         if written <= 0:  # pragma: no cover - a regular file never returns 0 for a non-empty write
             raise OSError(errno.EIO, "write returned 0")
         view = view[written:]
+
+
+# -- decay(k) -------------------------------------------------------------------------------
+def decay_rounds_bound(decay) -> int:
+    """A number of rounds after which decay(k) changes nothing more: ``decay(k)`` and
+    ``decay(min(k, decay_rounds_bound(d)))`` give the same bits for every weight, so a
+    durable engine logs the smaller k and a replay costs at most this many rounds.
+
+    With d the float32 decay (0 < d <= 1) the bound is 2 + min(floor(3 / (2 d)), 3 * 2^24)
+    (exactly, in rationals); d = 0 is the clamp: 1 round. Why (docs/durability.md):
+    round 1 clamps every weight into [0, 1] (NaN stays NaN); after it a weight w moves only
+    if d is at least half the float32 spacing below it, which is >= w 2^-24, so only
+    w <= 2^25 d moves; a round that moves w and lands above 0 lowers it by at least 2d/3
+    (by at least the spacing u below w, and by at least d - u/2 after rounding to nearest:
+    max(u, d - u/2) >= 2d/3); a round that lands on 0 is the last. So at most
+    1 + floor(min(1, 2^25 d) * 3 / (2 d)) rounds after the first move anything. (1/d rounds
+    do not suffice: d = 1.4 * 2^-24 takes 14,100,130 rounds from w = 1, 1.18 / d.)
+    """
+    d = fractions.Fraction(float(np.float32(decay)))
+    if d <= 0:
+        return 1
+    return 2 + min(int(fractions.Fraction(3, 2) / d), 3 << 24)
 
 
 # -- records --------------------------------------------------------------------------------
@@ -210,8 +258,26 @@ def _apply(eng: Engine, kind: int, args) -> None:
 
 
 # -- the log writer -------------------------------------------------------------------------
+class _SegmentLeftBehind(OSError):
+    """A new segment could be neither used nor removed durably: appending to the old one
+    would put records where recovery does not read them (it starts at the newest segment
+    whose first sequence is not past the snapshot's), so the log must stop."""
+
+
+def _withdraw_segment(path: pathlib.Path, cause: OSError) -> None:
+    """Remove a new segment that will not be used, durably; raise _SegmentLeftBehind when
+    that fails (the segment may then survive a crash beside records recovery would skip)."""
+    try:
+        path.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+    except OSError as again:
+        raise _SegmentLeftBehind(cause.errno, f"{path} was created but cannot be used ({cause}) "
+                                 f"nor durably removed ({again})") from cause
+
+
 def _create_segment(directory: pathlib.Path, first: int) -> pathlib.Path:
-    """A new empty segment, created atomically (temporary file, fsync, rename, fsync dir)."""
+    """A new empty segment, created atomically (temporary file, fsync, rename, fsync dir).
+    On failure no segment named ``first`` is left (or _SegmentLeftBehind is raised)."""
     path = directory / _seg_name(first)
     tmp = directory / f".{path.name}.tmp-{os.getpid()}"
     head = _SEG_HEADER.pack(_SEG_MAGIC, LOG_FORMAT_VERSION, 0, first, 0)
@@ -226,7 +292,11 @@ def _create_segment(directory: pathlib.Path, first: int) -> pathlib.Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    try:
+        _fsync_dir(directory)
+    except OSError as exc:  # its name may not survive a power loss: records there could vanish
+        _withdraw_segment(path, exc)
+        raise
     return path
 
 
@@ -286,8 +356,9 @@ class _Log:
         """Write one record; on any failure truncate back to where it started and raise."""
         with self.lock:
             if self.error is not None:
-                raise EngineFailedError(f"an earlier fsync of {self.path} failed "
-                                        f"({self.error}); close and reopen the engine")
+                raise EngineFailedError(f"the log failed earlier ({self.error}; fsync of "
+                                        f"{self.path} or its rotation); close and reopen "
+                                        "the engine")
             start = self.offset
             try:
                 if sum(len(p) for p in parts) <= 1 << 20:
@@ -312,14 +383,33 @@ class _Log:
             self.dirty = self.fsync != "always"
 
     def rotate(self, first: int) -> None:
-        """Continue in a new segment starting at ``first`` (the old one is synced first)."""
+        """Continue in a new segment starting at ``first`` (the old one is synced first).
+
+        If the new segment cannot be created, or opened once created, it is removed and the
+        old one stays active: recovery then reads on from the old one, which ends where the
+        new one would have begun, so appending there stays where recovery reads. If it cannot
+        be removed either, the log fails (EngineFailedError from now on)."""
         with self.lock:
             if first == self.first:
                 return
             if self.dirty:
                 self._fsync()
                 self.dirty = False
-            self._open(first, reuse=False)
+            try:
+                path = _create_segment(self.directory, first)
+                try:
+                    fd = os.open(path, os.O_WRONLY)
+                except OSError as exc:  # e.g. EMFILE: the segment exists but is not ours
+                    _withdraw_segment(path, exc)
+                    raise
+            except _SegmentLeftBehind as exc:
+                self.error = exc
+                raise EngineFailedError(f"log rotation to {_seg_name(first)} failed and could "
+                                        f"not be undone ({exc}); close and reopen the engine "
+                                        "(every acknowledged call is in the log)") from exc
+            self.offset = os.lseek(fd, 0, os.SEEK_END)
+            old, self.fd, self.path, self.first = self.fd, fd, path, first
+            os.close(old)
 
     def close(self) -> None:
         self._stop.set()
@@ -392,6 +482,96 @@ def _records(path: pathlib.Path, fh, size: int):
         offset += _REC_HEADER.size + length
 
 
+def _intact_records(fh, size: int):
+    """Offsets of a segment's records as far as their headers are intact (header checksum,
+    length inside the file); bodies are not read. Used on segments that are not replayed,
+    where only the count matters and damage is no error."""
+    offset = _SEG_HEADER_SIZE
+    while offset + _REC_HEADER.size <= size:
+        fh.seek(offset)
+        head = fh.read(_REC_HEADER.size)
+        length, _, head_crc = _REC_HEADER.unpack(head)
+        if (head_crc != zlib.crc32(head[:12]) or length < _BODY_HEAD.size
+                or offset + _REC_HEADER.size + length > size):
+            return
+        yield offset
+        offset += _REC_HEADER.size + length
+
+
+def _record_offset(path: pathlib.Path, index: int) -> int | None:
+    """Byte offset of the ``index``-th record (from 0) of a segment, if its headers reach it."""
+    with open(path, "rb") as fh:
+        for i, offset in enumerate(_intact_records(fh, path.stat().st_size)):
+            if i == index:
+                return offset
+    return None
+
+
+def _last_sequence(path: pathlib.Path, first: int) -> int:
+    """The sequence of a segment's last record as far as intact headers show (first - 1 for
+    none): how far dropping it reaches, for the journal."""
+    try:
+        with open(path, "rb") as fh:
+            return first + sum(1 for _ in _intact_records(fh, os.fstat(fh.fileno()).st_size)) - 1
+    except OSError:
+        return first - 1
+
+
+def _cut(path: pathlib.Path, offset: int, from_sequence: int) -> dict:
+    """accept_loss's repair for a break at ``offset`` of ``path``: keep what is before it,
+    drop the rest of the segment and every later one."""
+    return {"kind": "cut", "file": str(path), "offset": offset, "from_sequence": from_sequence}
+
+
+def _overlap_error(segs, a: int, b: int) -> RecoveryError:
+    """Segment ``a`` holds records at or past segment ``b``'s first sequence: two segments
+    claim the same sequence numbers (e.g. a rotation failed and the log went on in the old
+    segment). Recovery cannot know which holds the acknowledged calls, so it refuses."""
+    (first_a, path_a), (first_b, path_b) = segs[a], segs[b]
+    offset = _record_offset(path_a, first_b - first_a)
+    later = segs[b:]
+    if all(p.stat().st_size <= _SEG_HEADER_SIZE for _, p in later):
+        # the later segments hold no record: the trace of a failed rotation; dropping them
+        # loses nothing
+        repair = {"kind": "drop", "files": [str(p) for _, p in later], "from_sequence": None}
+    elif offset is None:
+        repair = None
+    else:  # the later segment wins (what recovery reads); the older one's overlap is dropped
+        repair = {"kind": "trim", "file": str(path_a), "offset": offset, "from_sequence": first_b}
+    return RecoveryError(
+        f"{path_a} and {path_b} overlap: {path_a.name} holds a record with sequence "
+        f"{first_b} (offset {offset}) or later, but {path_b.name} starts at sequence "
+        f"{first_b}: the log forked (two segments claim the same sequence numbers); "
+        "recovery cannot tell which holds the acknowledged calls", path_a, offset,
+        repair=repair)
+
+
+def _check_older_segment(segs, i: int) -> None:
+    """A segment before the one replay starts in: its records are covered by the snapshot,
+    so damage in it is no error (it matters only for a fallback, and is reported then); but
+    an intact one that runs past the next segment's start, or whose header names another
+    first sequence, means the log is not one sequence: RecoveryError naming the files."""
+    first, path = segs[i]
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            try:
+                header_first = _read_segment_header(path, fh, size)
+            except RecoveryError:
+                return  # damaged: the snapshot covers it
+            if header_first != first:
+                raise RecoveryError(f"{path}: header says first sequence {header_first}, the "
+                                    f"file name {first}: out of order (offset 16)", path, 16,
+                                    repair={"kind": "drop", "files": [str(path)],
+                                            "from_sequence": None})
+            holds = segs[i + 1][0] - first  # records it may hold before the next one starts
+            for count, _ in enumerate(_intact_records(fh, size), 1):
+                if count > holds:
+                    raise _overlap_error(segs, i, i + 1)
+    except OSError:
+        return
+
+
 class _Recovery:
     """What open would do: the snapshot it starts from and the log it replays. With
     ``engine_factory`` the snapshot is loaded and the log applied; without it (the dry run)
@@ -462,7 +642,7 @@ class _Recovery:
             raise RecoveryError(
                 f"{bad[1]}: snapshot is damaged ({bad[2]}); falling back to "
                 f"{pathlib.Path(chosen.path).name} needs the log after it, which cannot be "
-                f"replayed: {exc}", exc.path, exc.offset) from None
+                f"replayed: {exc}", exc.path, exc.offset, repair=exc.repair) from None
 
     def _replay(self, chosen, engine, failures):
         segs = self.segments
@@ -474,6 +654,8 @@ class _Recovery:
         for i, (first, _) in enumerate(segs):
             if first <= sequence + 1:
                 start = i
+        for i in range(start):  # not replayed, but they must not overlap what is
+            _check_older_segment(segs, i)
         for i in range(start, len(segs)):
             first, path = segs[i]
             last_segment = i == len(segs) - 1
@@ -483,14 +665,20 @@ class _Recovery:
             if first > sequence + 1:
                 raise RecoveryError(f"{path}: the log has a gap: records {sequence + 1}.."
                                     f"{first - 1} are missing before this segment (offset 0)",
-                                    path, 0)
-            if i > start and first != sequence + 1:
-                raise RecoveryError(f"{path}: segment starts at sequence {first}, but the "
-                                    f"previous one ends at {sequence} (offset 0)", path, 0)
+                                    path, 0, repair=_cut(path, 0, first))
+            if i > start and first <= sequence:
+                raise _overlap_error(segs, i - 1, i)
             with open(path, "rb") as fh:
-                if _read_segment_header(path, fh, size) != first:
-                    raise RecoveryError(f"{path}: header says another first sequence than "
-                                        "the file name (offset 16)", path, 16)
+                try:
+                    header_first = _read_segment_header(path, fh, size)
+                except RecoveryError as exc:
+                    if "upgrade nap_gpu" not in str(exc):
+                        exc.repair = _cut(path, 0, first)
+                    raise
+                if header_first != first:
+                    raise RecoveryError(f"{path}: header says first sequence {header_first}, "
+                                        f"the file name {first}: out of order (offset 16)",
+                                        path, 16, repair=_cut(path, 0, first))
                 expected = first
                 for item in _records(path, fh, size):
                     if item[0] == "bad":
@@ -506,11 +694,14 @@ class _Recovery:
                         where = "" if last_segment else " (not the last segment)"
                         raise RecoveryError(f"{path}: corrupt log record at offset {offset}: "
                                             f"{reason}{where}; records from sequence {expected} "
-                                            "on cannot be replayed", path, offset)
+                                            "on cannot be replayed", path, offset,
+                                            repair=_cut(path, offset, expected))
                     offset, rec_seq, kind, flags, payload = item
+                    cut = _cut(path, offset, expected)
                     if rec_seq != expected:
                         raise RecoveryError(f"{path}: record at offset {offset} has sequence "
-                                            f"{rec_seq}, expected {expected}", path, offset)
+                                            f"{rec_seq}, expected {expected}", path, offset,
+                                            repair=cut)
                     expected += 1
                     seg_entry["records"] += 1
                     if rec_seq <= sequence:
@@ -519,14 +710,15 @@ class _Recovery:
                         args = _decode(kind, flags, payload)
                     except (ValueError, struct.error, zlib.error) as exc:
                         raise RecoveryError(f"{path}: undecodable record at offset {offset} "
-                                            f"(sequence {rec_seq}): {exc}", path, offset) from None
+                                            f"(sequence {rec_seq}): {exc}", path, offset,
+                                            repair=cut) from None
                     if kind == UPDATE and len(args[0]) and (args[0].min() < 0 or args[0].max() >= chosen.n):
                         raise RecoveryError(f"{path}: record at offset {offset} names ids "
-                                            f"outside [0, {chosen.n})", path, offset)
+                                            f"outside [0, {chosen.n})", path, offset, repair=cut)
                     if kind == STEP and args.size != chosen.n:
                         raise RecoveryError(f"{path}: record at offset {offset} holds "
                                             f"{args.size} qualities for {chosen.n} memories",
-                                            path, offset)
+                                            path, offset, repair=cut)
                     if engine is not None:
                         _apply(engine, kind, args)
                     if kind in (STEP, STEP_SCALAR):
@@ -543,7 +735,9 @@ class _Recovery:
                 f"{bad[1]}: snapshot is damaged ({bad[2]}) and the log from "
                 f"{pathlib.Path(chosen.path).name} reaches only sequence {sequence}, not "
                 f"{bad[0]}: falling back would lose acknowledged calls; restore the file from "
-                "a backup", bad[1], 0)
+                "a backup", bad[1], 0,
+                repair={"kind": "snapshot", "file": bad[1], "from_sequence": sequence + 1,
+                        "to_sequence": bad[0]})
         for s, path, msg in failures:
             self.damaged.append(path)
             self.warn(f"{path}: damaged snapshot bypassed ({msg}); recovered from "
@@ -569,7 +763,9 @@ def recover_plan(directory) -> dict:
     try:
         rec.run(load=False)
     except RecoveryError as exc:
-        report.update(status="error", error=str(exc), error_file=exc.path, error_offset=exc.offset)
+        report.update(status="error", error=str(exc), error_file=exc.path, error_offset=exc.offset,
+                      accept_loss=None if exc.repair is None
+                      else _repair_plan(directory, exc.repair)["text"])
         return report
     actions = report["actions"]
     if report["status"] == "empty":
@@ -615,9 +811,168 @@ def recover_report(directory) -> str:
         lines.append(f"warning: {w}")
     if plan.get("error"):
         lines.append(f"error: {plan['error']}")
+        if plan.get("accept_loss"):
+            lines.append(f"open refuses; nap-gpu recover DIR --accept-loss would: "
+                         f"{plan['accept_loss']} (then check again: there may be more)")
+        elif plan.get("status") == "error":
+            lines.append("no repair can get past this without a backup")
     for a in plan.get("actions", []):
         lines.append(f"open would: {a}")
     return "\n".join(lines)
+
+
+# -- accepting a loss -----------------------------------------------------------------------
+def _repair_plan(directory: pathlib.Path, repair: dict) -> dict:
+    """What a repair changes: the segments moved aside whole, the segment cut (path, offset),
+    the snapshot renamed, the sequences lost (first, last as far as intact headers show, or
+    None), and a sentence saying so."""
+    kind = repair["kind"]
+    move, cut, snap, lost = [], None, None, None
+    if kind == "snapshot":
+        snap = pathlib.Path(repair["file"])
+        lost = (repair["from_sequence"], repair["to_sequence"])
+    elif kind == "drop":
+        move = [pathlib.Path(f) for f in repair["files"]]
+    else:
+        path, offset = pathlib.Path(repair["file"]), repair["offset"]
+        segs = _list(directory)[1]
+        mine = next(first for first, p in segs if p == path)
+        if kind == "cut":  # this segment from offset, and every later one
+            move = [p for first, p in segs if first > mine]
+        last = max([_last_sequence(p, first) for first, p in segs if p in move]
+                   + [_last_sequence(path, mine)])
+        if offset < _SEG_HEADER_SIZE:
+            move.insert(0, path)
+        else:
+            cut = (path, offset)
+        first_lost = repair["from_sequence"]
+        lost = (first_lost, last) if last >= first_lost else None
+    parts = []
+    if lost:
+        parts.append(f"drop sequences {lost[0]}..{lost[1]}")
+    if snap is not None:
+        parts.append(f"rename {snap.name} to {snap.name}.damaged (the log does not reach it)")
+    if cut is not None:
+        parts.append(f"cut {cut[0].name} at offset {cut[1]} ({cut[0].stat().st_size - cut[1]} "
+                     f"bytes, kept as {cut[0].name}.dropped-from-{cut[1]})")
+    if move:
+        parts.append("move aside (*.dropped) " + ", ".join(p.name for p in move)
+                     + ("" if lost else ": they hold no record the log needs"))
+    return {"move": move, "cut": cut, "snapshot": snap, "sequences": lost,
+            "text": "; ".join(parts)}
+
+
+def _aside(path: pathlib.Path, suffix: str) -> pathlib.Path:
+    """A free name for evidence kept beside the state (never overwriting earlier evidence)."""
+    target, i = path.with_name(path.name + suffix), 0
+    while target.exists():
+        i += 1
+        target = path.with_name(f"{path.name}{suffix}.{i}")
+    return target
+
+
+def _apply_repair(directory: pathlib.Path, exc: RecoveryError) -> dict:
+    plan = _repair_plan(directory, exc.repair)
+    evidence = []
+    for path in reversed(plan["move"]):  # newest first: a crash midway leaves a shorter log
+        target = _aside(path, ".dropped")
+        os.replace(path, target)
+        evidence.append(target.name)
+    if plan["cut"] is not None:
+        path, offset = plan["cut"]
+        target = _aside(path, f".dropped-from-{offset}")
+        with open(path, "r+b") as fh, open(target, "wb") as out:
+            fh.seek(offset)
+            while chunk := fh.read(1 << 22):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+            fh.truncate(offset)
+            fh.flush()
+            os.fsync(fh.fileno())
+        evidence.append(target.name)
+    if plan["snapshot"] is not None:
+        target = _aside(plan["snapshot"], ".damaged")
+        os.replace(plan["snapshot"], target)
+        evidence.append(target.name)
+    _fsync_dir(directory)
+    lost = plan["sequences"]
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": "accept_loss",
+             "directory": str(directory), "refused_because": str(exc),
+             "dropped_sequences": None if lost is None else {"from": lost[0], "to": lost[1]},
+             "done": plan["text"], "evidence": evidence}
+    line = json.dumps(entry)
+    log.warning(line)
+    fd = os.open(directory / LOSS_JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        _write_all(fd, (line + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return entry
+
+
+def accept_loss(directory) -> dict:
+    """Make a state that ``open`` refuses openable at its newest consistent point, dropping
+    what stands in the way; never done by ``open`` itself (``nap-gpu recover DIR
+    --accept-loss``). Each break recovery finds is repaired in turn, with the least loss:
+
+    * a corrupt or out-of-order record, a damaged segment header, a gap: the log is cut
+      there (the rest of that segment and every later segment dropped);
+    * two segments claiming the same sequences: later segments that hold no record (a
+      failed rotation's trace) are dropped, else the older segment's overlapping tail;
+    * a damaged newest snapshot the log does not reach: renamed ``*.damaged`` (the calls
+      after the log's end up to it are lost).
+
+    Nothing is deleted: dropped segments become ``*.dropped``, a cut tail
+    ``*.dropped-from-OFFSET``. Every repair is logged (logger ``nap_gpu.durable``, WARNING,
+    one JSON object: the refusal, the sequences dropped, the files) and appended to
+    ``LOSS_JOURNAL`` in the directory. Returns ``{"directory", "dropped": [those objects],
+    "plan": recover_plan afterwards}``. Raises RecoveryError when nothing can get past the
+    refusal (a newer format: upgrade; no usable snapshot), RuntimeError while an engine has
+    the directory open, FileNotFoundError for a missing directory."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such state directory")
+    lock = _lock_directory(directory)
+    try:
+        dropped = []
+        # each repair removes a file, a tail or a snapshot from what recovery reads: bounded
+        for _ in range(2 * sum(1 for _ in os.scandir(directory)) + 2):
+            try:
+                _Recovery(directory).run(load=False)
+                break
+            except RecoveryError as exc:
+                if exc.repair is None:
+                    raise RecoveryError(f"{exc} (accept_loss cannot get past this)", exc.path,
+                                        exc.offset) from None
+                dropped.append(_apply_repair(directory, exc))
+        else:  # pragma: no cover - every repair shrinks what recovery reads
+            raise RuntimeError(f"{directory}: accept_loss made no progress")
+    finally:
+        if lock is not None:
+            lock.close()
+    return {"directory": str(directory), "dropped": dropped, "plan": recover_plan(directory)}
+
+
+def _lock_directory(directory: pathlib.Path):
+    """The directory's LOCK held exclusively (an open file: closing it releases the flock),
+    or None without flock. Waits up to _LOCK_WAIT for a killed owner's forked child."""
+    if fcntl is None:  # pragma: no cover
+        return None
+    fh = open(directory / "LOCK", "a+b")
+    deadline = time.monotonic() + _LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fh
+        except OSError:
+            if time.monotonic() < deadline:
+                time.sleep(0.01)
+                continue
+            fh.close()
+            raise RuntimeError(f"{directory} is open in another DurableEngine (LOCK is held); "
+                               "close that one first") from None
 
 
 # -- the engine -----------------------------------------------------------------------------
@@ -652,9 +1007,12 @@ class DurableEngine:
         after the newest snapshot are lost on a crash). fsync: ``"always"`` (a call returns
         once its record is on disk) or ``"group"`` (in the OS page cache when the call
         returns, on disk within ``group_ms``). compress: zlib payloads where a sample shows
-        it pays. wal_retention: ``"kept"`` keeps the log back to the oldest kept snapshot
-        (any kept snapshot can be recovered from), ``"newest"`` only after the newest one
-        (less disk; a damaged newest snapshot is then an error).
+        it pays. wal_retention: ``"kept"`` (default) keeps the log back to the oldest kept
+        snapshot, so every kept snapshot is a recovery point (disk: up to keep x
+        snapshot_every records); ``"newest"`` only after the newest one (up to snapshot_every
+        records), so the older snapshots are not recovery points: a damaged newest snapshot
+        is then a RecoveryError, and only ``accept_loss`` gets past it, losing the calls
+        after the previous snapshot. docs/durability.md has the table.
         """
         if fsync not in ("always", "group"):
             raise ValueError(f"fsync must be 'always' or 'group', got {fsync!r}")
@@ -682,6 +1040,7 @@ class DurableEngine:
         self._lockfile = None
         self._closed = False
         self._failed = None
+        self._stopped = None  # why writes were stopped (stop_writes), if they were
         self._snapshot_every = int(snapshot_every or 0)
         self._keep = int(keep)
         self._wal = bool(wal)
@@ -697,23 +1056,7 @@ class DurableEngine:
         return self
 
     def _acquire_lock(self) -> None:
-        if fcntl is None:  # pragma: no cover
-            return
-        fh = open(self._directory / "LOCK", "a+b")
-        deadline = time.monotonic() + _LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                # a killed owner's forked child may hold it for a moment (until it execs)
-                if time.monotonic() < deadline:
-                    time.sleep(0.01)
-                    continue
-                fh.close()
-                raise RuntimeError(f"{self._directory} is open in another DurableEngine (LOCK "
-                                   "is held); close that one first") from None
-        self._lockfile = fh
+        self._lockfile = _lock_directory(self._directory)
 
     def _release_lock(self) -> None:
         if self._lockfile is not None:
@@ -753,12 +1096,20 @@ class DurableEngine:
                 os.fsync(fh.fileno())
         for path in rec.damaged:
             os.replace(path, path.with_name(path.name + ".damaged"))
+        if rec.damaged:
+            _fsync_dir(directory)
         self._eng = eng
         self._bk = backends.get(eng.backend)
         self._sequence = rec.sequence
         self._snap_seq = rec.sequence
         if fresh or rec.damaged:
-            self._write_snapshot()
+            try:
+                self._write_snapshot()
+            except _UnsnapshotableWeights as exc:
+                if fresh:
+                    raise ValueError(f"{directory}: the initial {exc}") from None
+                warnings.warn(f"{directory}: no fresh snapshot after the fallback: {exc}",
+                              DurabilityWarning, stacklevel=3)
         snaps, segs = _list(directory)
         self._snap_seq = snaps[0][0] if snaps else 0
         self._snap_time = snaps[0][2].stat().st_mtime if snaps else None
@@ -866,19 +1217,37 @@ class DurableEngine:
             self._call(UPDATE, flags, [_U64.pack(hi.size), data], (ids_, q))
 
     def decay(self, k: int = 1) -> None:
-        """Passive decay ``k`` times (see ``Engine.decay``), durable when it returns."""
+        """Passive decay ``k`` times (see ``Engine.decay``: 0 <= k <= 2^64 - 1), durable when
+        it returns. The log records min(k, decay_rounds_bound(params.decay)), which gives the
+        same weights, so replaying it is bounded however large k was."""
         k = _inputs.repeat_count(k)
-        self._call(DECAY, 0, [_U64.pack(k)], k)
+        with self._lock:  # the bound depends on the parameters the call will run under
+            k = min(k, decay_rounds_bound(self._eng.params.decay))
+            self._call(DECAY, 0, [_U64.pack(k)], k)
 
     def _host(self, a) -> np.ndarray:
         return a if self._bk.xp is np else self._bk.to_host(a)
 
     # -- durability ----------------------------------------------------------------------
-    def _check_open(self) -> None:
+    def _check_open(self, writing: bool = True) -> None:
         if self._closed:
             raise ValueError(f"DurableEngine on {self._directory} is closed")
         if self._failed is not None:
             raise EngineFailedError(self._failed)
+        if writing and self._stopped is not None:
+            raise WritesStoppedError(self._stopped)
+
+    def stop_writes(self, reason: str) -> None:
+        """Refuse every later mutating call (``WritesStoppedError`` with ``reason``) until
+        the engine is closed: the incident playbook's answer to corruption that restoring
+        from disk does not repair. Reads, ``recover()`` and ``close()`` still work."""
+        with self._lock:
+            self._stopped = str(reason)
+
+    @property
+    def writes_stopped(self) -> str | None:
+        """Why writes were stopped (``stop_writes``), or None."""
+        return self._stopped
 
     def _call(self, kind: int, flags: int, payload, args) -> None:
         """Log (the record is durable per the fsync policy), then apply, then maybe snapshot."""
@@ -904,7 +1273,13 @@ class DurableEngine:
     def _auto_checkpoint(self) -> None:
         try:
             self._checkpoint()
-        except OSError as exc:  # the call itself is already durable in the log
+        except EngineFailedError as exc:  # the call is durable; the next one is refused
+            self._failed = str(exc)
+            warnings.warn(f"{self._directory}: automatic checkpoint at sequence "
+                          f"{self._sequence} failed and the log cannot go on ({exc}); this "
+                          "call is in the log, later ones are refused", DurabilityWarning,
+                          stacklevel=4)
+        except (OSError, _UnsnapshotableWeights) as exc:  # the call is already durable
             self._snap_seq = self._sequence  # try again after snapshot_every more calls
             warnings.warn(f"{self._directory}: automatic snapshot at sequence {self._sequence} "
                           f"failed ({exc}); the log still holds every call", DurabilityWarning,
@@ -915,9 +1290,17 @@ class DurableEngine:
         host = eng.weights
         if not isinstance(host, np.ndarray):
             host = eng.to_numpy()
+        if host.size and not (host.min() >= 0 and host.max() <= 1):  # NaN fails too
+            # recovery rejects such a file as damaged (snapshot.read): writing it would make a
+            # later open fall back past it, or fail under wal_retention="newest"
+            bad = int(np.argmax(~((host >= 0) & (host <= 1))))
+            raise _UnsnapshotableWeights(f"weight {bad} = {float(host[bad])!r} is not in [0, 1]: "
+                                         "no snapshot is written of weights recovery would "
+                                         "reject")
         name = _snap_name(self._sequence, eng.n, eng.params, eng.iteration)
         path = snapshot.write(self._directory / name, host, eng.params, iteration=eng.iteration,
                               sequence=self._sequence, backend=eng.backend, version=__version__)
+        _fsync_dir(self._directory)  # snapshot.write skips it when the directory cannot be opened
         self._snap_seq = self._sequence
         self._snap_time = time.time()
         return path
@@ -933,10 +1316,16 @@ class DurableEngine:
 
     def checkpoint(self) -> pathlib.Path:
         """Write a snapshot of the current state into the directory now, start a new log
-        segment and apply retention. Returns the snapshot's path."""
+        segment and apply retention. Returns the snapshot's path. Raises OSError if it could
+        not (the log goes on where it was), ValueError for weights outside [0, 1] (nothing
+        written), EngineFailedError if the log cannot go on."""
         with self._lock:
-            self._check_open()
-            return self._checkpoint()
+            self._check_open(writing=False)
+            try:
+                return self._checkpoint()
+            except EngineFailedError as exc:
+                self._failed = str(exc)
+                raise
 
     def _retain(self) -> None:
         snaps, segs = _list(self._directory)
@@ -957,7 +1346,7 @@ class DurableEngine:
         monitor calls it). Every acknowledged call is on disk, so none is lost; without a log
         (``wal=False``) the calls since the newest snapshot would be, so it refuses."""
         with self._lock:
-            self._check_open()
+            self._check_open(writing=False)
             if self._log is None:
                 raise RuntimeError("recover() needs the write-ahead log (opened with wal=False): "
                                    "it would lose the calls since the newest snapshot")

@@ -38,16 +38,19 @@ def _params(params: Params | None) -> Params:
 
 def step(weights, quality, params: Params | None = None, *, backend: str | None = "auto",
          check_finite: bool = True) -> None:
-    """Dense step in place on ``weights``: one quality per element (or one for all).
+    """Dense step in place on ``weights``: one quality per element (or one for all), as a
+    1-D array in the weights' C order or an array of exactly the weights' shape.
 
     ``backend="auto"`` uses ``NAP_BACKEND`` when set, else the best backend for where
     ``weights`` live (cpp or numpy on the host, cuda on a GPU).
     """
     p = _params(params)
     be = _backend_for(weights, backend)
-    w = _inputs.writable_weights(weights, be)
-    with be.device_of(w):
-        q = _inputs.quality(quality, w.size, be, check_finite=check_finite, weights=w)
+    shaped = _inputs.writable_weights(weights, be, flat=False)
+    w = shaped.reshape(-1)
+    with be.device_of(w):  # qualities: 1-D, one per element, or the weights' own shape
+        q = _inputs.quality(quality, w.size, be, check_finite=check_finite, weights=w,
+                            shape=shaped.shape)
         if isinstance(q, float):
             be.step_scalar(w, q, p)
         else:

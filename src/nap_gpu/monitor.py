@@ -11,10 +11,14 @@ object per line, into ``mon.history`` (bounded), and — when a rule fails — t
 
 The playbook (from the deployment guide), run by the monitor itself:
 * the law never produces a non-finite weight or one outside [0, 1], so either means corruption
-  in memory. A durable engine (``Engine.open``) is restored from its last good snapshot and
-  log (``recover()``: nothing acknowledged is lost) and writes go on. A plain engine has
-  nothing to restore from: out-of-bounds weights are clamped back (``Engine.clamp``);
-  non-finite ones stop writes (``mon.step`` refuses). The event says what was done.
+  in memory, or a logged call that produced it (``step(q, check_finite=False)`` with NaN
+  qualities). A durable engine (``Engine.open``) is restored from its last good snapshot and
+  log (``recover()``: nothing acknowledged is lost), then checked again: if the weights are
+  good, writes go on; if the log replays to the same damage, or the restore fails, writes
+  stop (``mon.step`` refuses, and so does the engine: ``DurableEngine.stop_writes``). A
+  plain engine has nothing to restore from: out-of-bounds weights are clamped back
+  (``Engine.clamp``); non-finite ones stop writes (``mon.step`` refuses). The event says
+  what was done.
 """
 
 from __future__ import annotations
@@ -136,21 +140,50 @@ class Monitor:
         return event
 
     def _playbook(self, m: _metrics.Metrics) -> list[str]:
-        out_of_bounds = not m.nonfinite and m.n and not (m.min >= 0.0 and m.max <= 1.0)
-        if not (m.nonfinite or out_of_bounds):
+        what = _corruption(m)
+        if what is None:
             return []
-        what = (f"{m.nonfinite} non-finite weights" if m.nonfinite
-                else f"weights outside [0, 1] (min {m.min}, max {m.max})")
         recover = getattr(self.engine, "recover", None)
         if recover is not None:  # a durable engine: every acknowledged call is on disk
-            recover()
-            return [f"{what}: restored from the last good snapshot and the log; writes continue"]
-        if out_of_bounds:
+            try:
+                recover()
+            except Exception as exc:  # noqa: BLE001 - whatever it is, the weights stay bad
+                return [self._stop_writes(f"{what}: restoring from the last good snapshot and "
+                                          f"the log failed ({exc}); writes stopped")]
+            # The repair holds only if the log replays to good weights: a logged call that
+            # produced the damage (step(q_nan, check_finite=False)) is replayed with the rest.
+            still = _corruption(self.engine.metrics(self.labels))
+            if still is None:
+                return [f"{what}: restored from the last good snapshot and the log (checked: "
+                        "finite, in [0, 1]); writes continue"]
+            return [self._stop_writes(
+                f"{what}: restored from the last good snapshot and the log, but the restored "
+                f"weights still hold {still}: a logged call produces them (e.g. a step with "
+                "check_finite=False and non-finite qualities), so the log cannot repair them; "
+                "writes stopped")]
+        if not m.nonfinite:
             self.engine.clamp()
             return [f"{what}: clamped"]
+        return [self._stop_writes(f"{what}: writes stopped (this engine has no durable state "
+                                  "to restore from; open it with Engine.open)")]
+
+    def _stop_writes(self, reason: str) -> str:
+        """Stop writes here (``step`` refuses) and, where the engine can, at the engine too,
+        so that writes not made through the monitor (a service's) are refused as well."""
         self.writes_stopped = True
-        return [f"{what}: writes stopped (this engine has no durable state to restore from; "
-                "open it with Engine.open)"]
+        stop = getattr(self.engine, "stop_writes", None)
+        if stop is not None:
+            stop(f"the monitor stopped writes: {reason}")
+        return reason
+
+
+def _corruption(m: _metrics.Metrics) -> str | None:
+    """What is wrong with weights the law can never produce, or None."""
+    if m.nonfinite:
+        return f"{m.nonfinite} non-finite weights"
+    if m.n and not (m.min >= 0.0 and m.max <= 1.0):
+        return f"weights outside [0, 1] (min {m.min}, max {m.max})"
+    return None
 
 
 def _number(x: float) -> float | None:

@@ -21,19 +21,27 @@ import numbers
 import os
 import pathlib
 import re
+import signal
 import threading
 import time
 import uuid
+import warnings
 from typing import NoReturn
 
 import numpy as np
 
-from . import __version__, _inputs, backends, metrics as _metrics, snapshot
-from .durable import DurableEngine, RecoveryError
+from . import __version__, _inputs, backends, durable, metrics as _metrics, snapshot
+from .durable import DurabilityWarning, DurableEngine, RecoveryError
 from .engine import Engine
 from .params import Params
 
-__all__ = ["MANIFEST", "ShardActor", "ShardedEngine", "ShardsLostError", "shard_bounds"]
+try:  # POSIX: a rollback holds the shard's LOCK while it cuts the log
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+__all__ = ["MANIFEST", "CallTimeoutError", "ShardActor", "ShardedEngine", "ShardsLostError",
+           "shard_bounds"]
 
 #: The manifest of a sharded snapshot, written last: a save without it never happened.
 MANIFEST = "manifest.json"
@@ -46,6 +54,11 @@ LAYOUT_FORMAT = "nap-sharded-state"
 _SHARD_FILE = re.compile(r"^shard-\d{4}-[0-9a-f]{12}\.nap$")
 _PING_TIMEOUT = 10.0  # seconds a live worker has to answer "are you there?" after a failure
 _WORKER_TIMEOUT = 60.0  # seconds to wait for a worker to place a shard on
+#: Default ``call_timeout``: seconds a shard has to answer any call before it counts as
+#: stalled (far above a healthy call's milliseconds, below Dask's own 5-minute worker TTL).
+CALL_TIMEOUT = 60.0
+_FENCE_WAIT = 10.0  # seconds a reopen waits for a killed worker's LOCK to be released
+_SNAPSHOT_EVERY = 50  # DurableEngine.open's default, kept for state_options["snapshot_every"]
 
 
 class ShardsLostError(RuntimeError):
@@ -62,8 +75,27 @@ class ShardsLostError(RuntimeError):
         super().__init__(f"{len(shards)} shard(s) lost, the population is incomplete: {listed}")
 
 
+class CallTimeoutError(TimeoutError):
+    """A call did not finish within ``call_timeout``: some shards did not answer. With
+    ``state=`` the engine has already fenced their workers (killed through their nanny, so a
+    stalled process can never write again), reopened their shards elsewhere and rolled the
+    call back on every shard: it had no effect, and the engine goes on. ``shards`` maps each
+    shard that did not answer to its id range, ``workers`` says what became of each worker."""
+
+    def __init__(self, message: str, shards: dict[int, range], workers: dict[str, str],
+                 timeout: float) -> None:
+        super().__init__(message)
+        self.shards = dict(shards)
+        self.workers = dict(workers)
+        self.timeout = timeout
+
+
 class _Unrecoverable(Exception):
     """A lost shard could not be brought back with nothing acknowledged lost (the reason)."""
+
+
+class _Stalled(Exception):
+    """A shard did not answer within the call's deadline."""
 
 
 def shard_bounds(n: int, shards: int) -> tuple[int, ...]:
@@ -116,11 +148,14 @@ class ShardActor:
 
     def __init__(self) -> None:
         self._eng = None
+        self._options: dict = {}  # a durable shard's DurableEngine.open options (reopen)
+        self._every = 0  # checkpoint every this many acknowledged calls (durable)
+        self._next_try = 0  # after a failed checkpoint: the sequence to try again at
 
     def _report(self) -> dict:
         eng = self._eng
         return {"backend": eng.backend, "iteration": eng.iteration, "params": eng.params,
-                "sequence": self._sequence()}
+                "sequence": self._sequence(), "pid": os.getpid()}
 
     def _sequence(self) -> int | None:
         return getattr(self._eng, "sequence", None)
@@ -131,9 +166,12 @@ class ShardActor:
         return self._report()
 
     def open(self, directory: str, init, size: int, backend: str, params: Params | None,
-             options: dict) -> dict:
+             options: dict, every: int = 0) -> dict:
         """Open (recover) or create a durable shard; ``init=None`` means "recover only": a
-        directory without state is then an error (no ``n``), never a fresh population."""
+        directory without state is then an error (no ``n``), never a fresh population.
+        ``options`` go to ``DurableEngine.open`` (its own snapshots off: see ``mutate``)."""
+        self._options, self._every = dict(options, snapshot_every=0), int(every)
+        options = self._options
         if init is None:
             self._eng = DurableEngine.open(directory, backend=backend, params=params, **options)
         else:
@@ -163,6 +201,49 @@ class ShardActor:
         return self._report()
 
     # -- the law (inputs validated by the client)
+    def mutate(self, expected: int | None, method: str, *args) -> int | None:
+        """Apply one mutating call (``method(*args)``). A durable shard must be at log
+        sequence ``expected``, the one the client knows acknowledged by every shard; it
+        checkpoints here, before the call, never after: a snapshot then never covers a call
+        that another shard may not have, so a call cut short can always be rolled back by
+        cutting it off the log (``rollback``)."""
+        if expected is not None:
+            eng = self._eng
+            if eng.sequence != expected:
+                raise RecoveryError(f"{eng.directory} is at log sequence {eng.sequence}, the "
+                                    f"client expected {expected}")
+            if (self._every and eng.sequence - eng.snapshot_sequence >= self._every
+                    and eng.sequence >= self._next_try):
+                try:
+                    eng.checkpoint()
+                except OSError:  # the log still holds every call: try again later
+                    self._next_try = eng.sequence + self._every
+        return getattr(self, method)(*args)
+
+    def rollback(self, sequence: int) -> dict:
+        """Undo this durable shard's last call, ``sequence + 1``, which was never
+        acknowledged (a call cut short across shards): close, cut its record off the end of
+        the log, reopen at ``sequence``."""
+        eng = self._eng
+        if eng.sequence == sequence:
+            return self._report()
+        if eng.sequence != sequence + 1:
+            raise RecoveryError(f"{eng.directory} is at log sequence {eng.sequence}: cannot "
+                                f"roll back to {sequence} (only one call can be cut short)")
+        if eng.snapshot_sequence > sequence:
+            raise RecoveryError(f"{eng.directory}: a snapshot covers sequence "
+                                f"{eng.snapshot_sequence}, so the call cannot be rolled back "
+                                f"to {sequence}")
+        directory, backend = eng.directory, eng.backend
+        eng.close()
+        self._eng = None
+        _cut_log(directory, sequence)
+        self._eng = DurableEngine.open(directory, backend=backend, **self._options)
+        if self._eng.sequence != sequence:
+            raise RecoveryError(f"{directory}: reopened at sequence {self._eng.sequence} after "
+                                f"the rollback, not {sequence}")
+        return self._report()
+
     def step(self, quality, check_finite: bool = False) -> int | None:
         self._eng.step(quality, check_finite=check_finite)
         return self._sequence()
@@ -202,6 +283,56 @@ class ShardActor:
             self._eng.close()
 
 
+def _cut_log(directory: pathlib.Path, sequence: int) -> None:
+    """Truncate a closed durable state's log just before record ``sequence + 1``, its last
+    one, holding the directory's LOCK meanwhile. (The log format is durable.py's; its
+    reader is reused, not restated.)"""
+    lock = open(directory / "LOCK", "a+b")
+    try:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if anyone holds it
+        _, segments = durable._list(directory)
+        later = [path for first, path in segments if first > sequence + 1]
+        for path in later:  # each open after the call started one, empty
+            if path.stat().st_size > durable._SEG_HEADER_SIZE:
+                raise RecoveryError(f"{path}: records after {sequence + 1}", path, 0)
+        for path in later:
+            path.unlink()
+        holding = [path for first, path in segments if first <= sequence + 1]
+        if not holding:
+            raise RecoveryError(f"{directory}: no log segment holds record {sequence + 1}")
+        path = holding[-1]
+        with open(path, "r+b") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            durable._read_segment_header(path, fh, size)
+            cut = None
+            for item in durable._records(path, fh, size):
+                if item[0] == "bad":  # open already dropped a torn tail; anything else raised
+                    raise RecoveryError(f"{path}: {item[2]} at offset {item[1]}", path, item[1])
+                if item[1] == sequence + 1:
+                    cut = item[0]
+                elif item[1] > sequence + 1:
+                    raise RecoveryError(f"{path}: record {item[1]} follows {sequence + 1}")
+            if cut is None:
+                raise RecoveryError(f"{path}: no record {sequence + 1} to roll back")
+            fh.truncate(cut)
+            os.fsync(fh.fileno())
+        snapshot._fsync_directory(directory)  # the unlinked empty segments
+    finally:
+        lock.close()
+
+
+def _stop_worker_process(pid: int, dask_worker=None) -> bool:
+    """Run on a worker's nanny (``client.run(..., nanny=True)``): SIGKILL its worker process
+    if that is still ``pid``, the one that stopped answering. SIGKILL ends even a stopped
+    process, and its flock on a shard's LOCK goes with it. False: not that process any more
+    (it died, and the nanny may have started another)."""
+    if pid is None or getattr(dask_worker, "pid", None) != pid:
+        return False
+    os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+    return True
+
+
 def _first_nonfinite(block) -> tuple[int, float] | None:
     """Dask task, where a block of a dask array of qualities lives: (index, value) of its
     first non-finite quality, after the Engine's float32 conversion; None if all finite."""
@@ -211,9 +342,9 @@ def _first_nonfinite(block) -> tuple[int, float] | None:
     return None if bad < 0 else (int(bad), float(q[bad]))
 
 
-def _step_with_block(actor, block) -> int | None:
+def _step_with_block(actor, expected, block) -> int | None:
     """Dask task on a shard's worker: step the shard with its block of a dask array."""
-    return actor.step(block, False).result()
+    return actor.mutate(expected, "step", block, False).result()
 
 
 # -- the client side ------------------------------------------------------------------------
@@ -246,11 +377,29 @@ class _Shard:
     future: object  # holds the actor alive
     backend: str = ""
     sequence: int | None = None  # the last acknowledged log sequence (durable shards)
+    pid: int | None = None  # the worker's process (what its nanny kills to fence it)
 
 
 def _call(method: str, *args):
     """A part of a call: invoke ``method`` on a shard's actor (returns a future)."""
     return lambda shard: getattr(shard.actor, method)(*args)
+
+
+def _mutation(method: str, *args):
+    """A part of a mutating call: ``ShardActor.mutate`` at the shard's acknowledged sequence."""
+    return lambda shard: shard.actor.mutate(shard.sequence, method, *args)
+
+
+def _wait(future, deadline: float | None):
+    """A shard future's result; ``_Stalled`` if it has none by ``deadline`` (monotonic)."""
+    if deadline is None or future.done():
+        return future.result()
+    try:  # a timeout of 0 would fail even a finished future: at least a millisecond
+        return future.result(timeout=max(deadline - time.monotonic(), 1e-3))
+    except TimeoutError:
+        if future.done():  # the shard itself raised a TimeoutError
+            return future.result()
+        raise _Stalled() from None
 
 
 def _serialized(method):
@@ -286,7 +435,17 @@ class ShardedEngine:
         Make every shard durable: ``DurableEngine.open(state/shard-XXXX, ...)`` (write-ahead
         log + snapshots) on a filesystem every worker reaches. A shard lost with its worker
         is then recovered on a surviving worker with nothing acknowledged lost; opening an
-        existing state recovers it. ``state_options`` go to ``DurableEngine.open``.
+        existing state recovers it. ``state_options`` go to ``DurableEngine.open``
+        (``snapshot_every`` is applied by the shards themselves, after a call is
+        acknowledged everywhere, so that a call cut short can always be rolled back).
+    call_timeout : float or None
+        Seconds every shard has to answer each call (default ``CALL_TIMEOUT``, 60 s; None:
+        wait forever). A shard that does not is stalled: the call raises
+        ``CallTimeoutError``; with ``state`` its worker is first killed through its nanny
+        (fenced: it can never write again), its shards reopened elsewhere and the call rolled
+        back on every shard, so it had no effect and the engine goes on; without ``state`` the
+        engine fails (``ShardsLostError``). It bounds every shard call, opening and recovering
+        a shard included: keep it above the slowest (a snapshot or a replay of a large shard).
 
     Every call validates all of its input on the client first (a rejected call reaches no
     shard), runs on the shards concurrently and returns when all have acknowledged. A
@@ -297,7 +456,8 @@ class ShardedEngine:
 
     def __init__(self, n: int, *, shards: int, client=None, backend: str = "auto",
                  seed=None, init="uniform", params: Params | None = None, state=None,
-                 state_options: dict | None = None) -> None:
+                 state_options: dict | None = None,
+                 call_timeout: float | None = CALL_TIMEOUT) -> None:
         if isinstance(n, bool) or not isinstance(n, numbers.Integral):
             raise TypeError(f"n must be an integer, got {type(n).__name__}")
         if n < 1:
@@ -305,7 +465,7 @@ class ShardedEngine:
         if params is not None and not isinstance(params, Params):
             raise TypeError(f"params must be a nap.Params, got {type(params).__name__}")
         self._prepare(int(n), shards, client, backend, params or Params(), iteration=0,
-                      state=state, state_options=state_options)
+                      state=state, state_options=state_options, call_timeout=call_timeout)
         inits = self._initial(init, seed)
         if self._state is None:
             self._start({i: _call("create", inits(r), len(r), backend, self._params)
@@ -314,7 +474,20 @@ class ShardedEngine:
             self._open_state(inits, params)
 
     def _prepare(self, n: int, shards: int, client, backend: str, params: Params | None,
-                 iteration: int, state=None, state_options=None) -> None:
+                 iteration: int, state=None, state_options=None,
+                 call_timeout: float | None = CALL_TIMEOUT) -> None:
+        if call_timeout is not None:
+            if isinstance(call_timeout, bool) or not isinstance(call_timeout, numbers.Real):
+                raise TypeError(f"call_timeout must be a number of seconds or None, got "
+                                f"{type(call_timeout).__name__}")
+            if not 0 < call_timeout < 1e9:  # compared, not float(): 10**400 would overflow
+                raise ValueError(f"call_timeout must be a positive number of seconds (below "
+                                 f"1e9) or None, got {call_timeout!r}")
+        options = dict(state_options or {})
+        every = options.pop("snapshot_every", _SNAPSHOT_EVERY)
+        if every is not None and (isinstance(every, bool) or not isinstance(every, numbers.Integral)
+                                  or every < 0):
+            raise ValueError(f"snapshot_every must be an integer >= 0 or None, got {every!r}")
         if isinstance(shards, bool) or not isinstance(shards, numbers.Integral):
             raise TypeError(f"shards must be an integer, got {type(shards).__name__}")
         if not 1 <= shards <= n:
@@ -329,7 +502,9 @@ class ShardedEngine:
         self._params = params
         self.iteration = iteration
         self._state = None if state is None else pathlib.Path(state).resolve()
-        self._state_options = dict(state_options or {})
+        self._state_options = options
+        self._snapshot_every = int(every or 0)
+        self._call_timeout = None if call_timeout is None else float(call_timeout)
         self._lock = threading.RLock()
         self._lost: tuple[dict, dict] | None = None
         self._closed = False
@@ -362,13 +537,35 @@ class ShardedEngine:
             time.sleep(0.1)
         return workers
 
-    def _spawn(self, placement: dict[int, str]) -> dict[int, _Shard]:
-        """Empty shard actors, created concurrently: shard index -> worker."""
-        futures = {i: self._client.submit(self._actor, actor=True, workers=[worker], pure=False,
-                                          key=f"nap-shard-{i:04d}-{uuid.uuid4().hex[:8]}")
-                   for i, worker in placement.items()}
-        return {i: _Shard(i, self._ranges[i], placement[i],
-                          future.result(timeout=_WORKER_TIMEOUT), future)
+    def _spawn(self, placement: dict[int, str],
+               avoid: frozenset = frozenset()) -> dict[int, _Shard]:
+        """Empty shard actors, created concurrently: shard index -> worker. An actor whose
+        worker leaves the cluster before the actor exists (one the scheduler still listed
+        just after it died, or a fenced one) is placed again on a live worker, not waited
+        for: a worker restricted to a task that is gone would hold it forever."""
+        placement = dict(placement)
+
+        def submit(i: int):
+            return self._client.submit(self._actor, actor=True, workers=[placement[i]],
+                                       pure=False, key=f"nap-shard-{i:04d}-{uuid.uuid4().hex[:8]}")
+
+        futures = {i: submit(i) for i in placement}
+        deadline = time.monotonic() + _WORKER_TIMEOUT
+        while pending := [f for f in futures.values() if not f.done()]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no worker created a shard actor within "
+                                   f"{_WORKER_TIMEOUT:.0f} s")
+            try:
+                _distributed().wait(pending, timeout=0.5)
+            except TimeoutError:
+                pass
+            live = sorted(set(self._client.scheduler_info()["workers"]) - avoid)
+            for i, future in futures.items():
+                if not future.done() and live and placement[i] not in live:
+                    future.cancel()
+                    placement[i] = live[i % len(live)]
+                    futures[i] = submit(i)
+        return {i: _Shard(i, self._ranges[i], placement[i], future.result(), future)
                 for i, future in futures.items()}
 
     def _start(self, fills: dict) -> dict[int, dict]:
@@ -379,7 +576,15 @@ class ShardedEngine:
             spawned = self._spawn({i: workers[i % len(workers)] for i in range(self.shards)})
             self._shards = [spawned[i] for i in range(self.shards)]
             pending = {i: fill(self._shards[i]) for i, fill in fills.items()}
-            reports = {i: future.result() for i, future in pending.items()}
+            deadline = self._deadline()
+            reports = {}
+            for i, future in pending.items():
+                try:
+                    reports[i] = _wait(future, deadline)
+                except _Stalled:
+                    raise TimeoutError(f"shard {i} (worker {self._shards[i].worker}) did not "
+                                       f"answer within call_timeout = {self._call_timeout:g} s "
+                                       "while starting") from None
         except BaseException:
             self._release()
             raise
@@ -390,35 +595,52 @@ class ShardedEngine:
     def _adopt(self, shard: _Shard, report: dict) -> None:
         shard.backend = report["backend"]
         shard.sequence = report["sequence"]
+        shard.pid = report["pid"]
+
+    def _deadline(self) -> float | None:
+        return None if self._call_timeout is None else time.monotonic() + self._call_timeout
+
+    def _ping_timeout(self) -> float:
+        if self._call_timeout is None:
+            return _PING_TIMEOUT
+        return min(_PING_TIMEOUT, self._call_timeout)
 
     def _run(self, parts: dict, *, mutating: bool) -> dict:
         """Run each shard's part of one call concurrently; return their results once all
-        acknowledged. Failures are recovered from (durable shards) or fail the engine."""
+        acknowledged. Failures are recovered from (durable shards) or fail the engine; a
+        shard that does not answer within ``call_timeout`` is stalled (``_cut_short``)."""
         launched, failures, results = {}, {}, {}
         for i, part in parts.items():
             try:
                 launched[i] = part(self._shards[i])
             except Exception as exc:  # e.g. the actor's worker is already known to be lost
                 failures[i] = exc
+        deadline = self._deadline()  # one for the whole call: its shards run concurrently
         for i, future in launched.items():
             try:
-                results[i] = future.result()
+                results[i] = _wait(future, deadline)
             except Exception as exc:
                 failures[i] = exc
         if failures:
-            results.update(self._recover(failures, parts, mutating))
+            results.update(self._recover(failures, parts, mutating, results))
         if mutating and self._state is not None:
             for i, sequence in results.items():
                 self._shards[i].sequence = sequence
         return results
 
-    def _recover(self, failures: dict, parts: dict, mutating: bool) -> dict:
-        """Find every shard lost (a failed call, or a worker gone), then reopen each from
-        its durable state and finish its part of the call exactly once, or fail the engine."""
-        lost, unreachable = self._find_lost(failures)
+    def _recover(self, failures: dict, parts: dict, mutating: bool, results: dict) -> dict:
+        """Find every shard lost (a failed call, or a worker gone or stalled), fence the
+        workers that do not answer, then reopen each lost shard from its durable state and
+        finish its part of the call exactly once, or fail the engine. A call with stalled
+        shards is not finished but rolled back everywhere (``_cut_short``)."""
+        stalled = {i for i, exc in failures.items() if isinstance(exc, _Stalled)}
+        lost, unreachable = self._find_lost(failures, stalled)
         if self._state is None:
             self._fail(lost)
-        results = {}
+        fenced = self._fence(unreachable)
+        if stalled:
+            self._cut_short(stalled, lost, unreachable, fenced, parts, mutating, results)
+        done = {}
         for i in sorted(lost):
             try:
                 result = self._recover_shard(i, parts.get(i), mutating, unreachable)
@@ -426,17 +648,14 @@ class ShardedEngine:
                 lost[i] = f"{lost[i]}; {exc}"
                 self._fail(lost)
             if i in parts:
-                results[i] = result
-        return results
+                done[i] = result
+        return done
 
     def _recover_shard(self, i: int, part, mutating: bool, unreachable: set):
         """Reopen shard i from its state, then finish its part: a mutating call whose record
         reached the shard's log was applied by the replay; one that did not is run again."""
         acknowledged = self._shards[i].sequence
-        try:
-            shard = self._reopen(i, unreachable)
-        except Exception as exc:
-            raise _Unrecoverable(f"recovery from {self._shard_state(i)} failed: {exc!r}") from exc
+        shard = self._reopen_or_raise(i, unreachable)
         if mutating and part is not None and shard.sequence == acknowledged + 1:
             return shard.sequence
         if shard.sequence != acknowledged:
@@ -445,32 +664,128 @@ class ShardedEngine:
         if part is None:
             return None
         try:
-            return part(shard).result()
+            return _wait(part(shard), self._deadline())
         except Exception as exc:
             raise _Unrecoverable(f"the call failed again after recovery: {exc!r}") from exc
 
-    def _find_lost(self, failures: dict) -> tuple[dict[int, str], set[str]]:
+    def _reopen_or_raise(self, i: int, unreachable: set) -> _Shard:
+        try:
+            return self._reopen(i, unreachable)
+        except Exception as exc:
+            cause = "no answer in time" if isinstance(exc, _Stalled) else repr(exc)
+            raise _Unrecoverable(f"recovery from {self._shard_state(i)} failed: {cause}") from exc
+
+    def _cut_short(self, stalled: set, lost: dict, unreachable: set, fenced: dict, parts: dict,
+                   mutating: bool, results: dict) -> NoReturn:
+        """A call some shards did not answer in time: their workers are fenced already;
+        reopen every lost shard, roll the call back on every shard that has it (its
+        record is the last of their logs, never covered by a snapshot), and raise
+        ``CallTimeoutError``: the call had no effect. Nothing partial is kept: the shards
+        that answered had applied it too."""
+        acknowledged = {i: s.sequence for i, s in enumerate(self._shards)}
+        at = {i: results[i] for i in parts if i in results and mutating}
+        for i in sorted(lost):
+            try:
+                at[i] = self._reopen_or_raise(i, unreachable).sequence
+            except _Unrecoverable as exc:
+                lost[i] = f"{lost[i]}; {exc}"
+                if mutating:  # best effort: keep the reachable shards at what was acknowledged
+                    try:
+                        self._roll_back({j: acknowledged[j] for j, s in at.items()
+                                         if j not in lost and s == acknowledged[j] + 1})
+                    except Exception:
+                        pass
+                self._fail(lost)
+        if mutating:
+            behind = {i: s for i, s in at.items()
+                      if s not in (acknowledged[i], acknowledged[i] + 1)}
+            if behind:
+                self._fail({i: f"{lost.get(i, 'shard')}; recovered at log sequence {s}, but "
+                               f"{acknowledged[i]} calls were acknowledged"
+                            for i, s in behind.items()})
+            try:
+                self._roll_back({i: acknowledged[i] for i, s in at.items()
+                                 if s == acknowledged[i] + 1})
+            except Exception as exc:
+                self._fail({i: f"the call that timed out could not be rolled back: {exc!r}"
+                            for i in parts})
+        t = self._call_timeout
+        listed = ", ".join(f"shard {i} (ids {self._ranges[i].start}..{self._ranges[i].stop - 1})"
+                           for i in sorted(stalled))
+        workers = "; ".join(f"{w}: {note}" for w, note in sorted(fenced.items()))
+        moved = ", ".join(f"shard {i} -> {self._shards[i].worker}" for i in sorted(lost))
+        effect = ("the call was rolled back on every shard: it had no effect" if mutating
+                  else "nothing was changed")
+        raise CallTimeoutError(
+            f"the call did not finish within call_timeout = {t:g} s: {listed} did not "
+            f"answer. Their worker(s) were fenced ({workers}) and the shards on them reopened "
+            f"from their state ({moved}); {effect}. The engine goes on.",
+            {i: self._ranges[i] for i in stalled}, fenced, t)
+
+    def _roll_back(self, targets: dict[int, int]) -> dict[int, dict]:
+        """Roll shards back to the given log sequences (their last call was cut short);
+        returns their reports."""
+        futures = {i: self._shards[i].actor.rollback(sequence) for i, sequence in targets.items()}
+        deadline = self._deadline()
+        reports = {i: _wait(future, deadline) for i, future in futures.items()}
+        for i, report in reports.items():
+            self._adopt(self._shards[i], report)
+        return reports
+
+    def _find_lost(self, failures: dict,
+                   stalled: set = frozenset()) -> tuple[dict[int, str], set[str]]:
         """({shard: cause} for shards whose call failed or whose worker does not answer,
-        the workers that do not answer): all shards of a dead worker are lost, not only
-        those this call reached."""
+        the workers that do not answer): all shards of a dead or stalled worker are lost,
+        not only those this call reached."""
+        suspects = {self._shards[i].worker for i in stalled}
+        lost, unreachable = {}, set(suspects)
+        for shard in self._shards:
+            if shard.worker in suspects:
+                lost[shard.index] = (f"worker {shard.worker} did not answer within "
+                                     f"call_timeout = {self._call_timeout:g} s")
         probes = {}
         for shard in self._shards:
+            if shard.worker in suspects:
+                continue  # a stalled worker would only make the ping wait too
             try:
                 probes[shard.index] = shard.actor.ping()
             except Exception as exc:  # the actor is already known to be lost
                 probes[shard.index] = exc
-        lost, unreachable = {}, set()
+        deadline = time.monotonic() + self._ping_timeout()
         for i, probe in probes.items():
             try:
                 if isinstance(probe, Exception):
                     raise probe
-                probe.result(timeout=_PING_TIMEOUT)
+                _wait(probe, deadline)
             except Exception as exc:
                 lost[i] = f"worker {self._shards[i].worker} lost ({failures.get(i, exc)!r})"
                 unreachable.add(self._shards[i].worker)
         for i, exc in failures.items():
             lost.setdefault(i, f"failed on worker {self._shards[i].worker}: {exc!r}")
         return lost, unreachable
+
+    def _fence(self, workers: set[str]) -> dict[str, str]:
+        """Make sure no worker that stopped answering can write again before its shards are
+        reopened elsewhere: its nanny SIGKILLs it (a stopped process too). The shards' LOCK
+        (DurableEngine's flock) is then the arbiter: a reopen succeeds only once the old
+        process is gone, and waits (``_FENCE_WAIT``) or fails while it holds the LOCK, e.g.
+        a stalled worker without a nanny. Returns what was done, per worker."""
+        notes = {}
+        for worker in sorted(workers):
+            pid = next((s.pid for s in self._shards if s.worker == worker and s.pid), None)
+            try:
+                answers = self._client.run(_stop_worker_process, pid, workers=[worker],
+                                           nanny=True, callback_timeout=self._ping_timeout())
+            except Exception as exc:  # e.g. the scheduler has already removed it
+                notes[worker] = f"its nanny could not be asked to kill it ({type(exc).__name__})"
+                continue
+            if not answers:
+                notes[worker] = "it has no nanny to kill it"
+            elif any(answers.values()):
+                notes[worker] = f"process {pid} killed by its nanny"
+            else:
+                notes[worker] = f"process {pid} already gone"
+        return notes
 
     def _fail(self, lost: dict[int, str]) -> NoReturn:
         """Refuse this call and every later one: the population is incomplete."""
@@ -481,49 +796,91 @@ class ShardedEngine:
         return self._state / f"shard-{i:04d}"
 
     def _reopen(self, i: int, avoid: set) -> _Shard:
-        """Shard i again, from its state, on the answering worker holding fewest shards."""
+        """Shard i again, from its state, on the answering worker holding fewest shards.
+        While a fenced worker's process still holds the shard's LOCK, the open is retried
+        (for ``_FENCE_WAIT``); never opened beside a live old owner."""
         old = self._shards[i]
-        self._retire(old)
+        self._retire(old, close=old.worker not in avoid)
         live = self._workers(frozenset(avoid))
         held = {w: sum(s.worker == w for s in self._shards if s is not old) for w in live}
-        shard = self._spawn({i: min(live, key=lambda w: (held[w], w))})[i]
+        shard = self._spawn({i: min(live, key=lambda w: (held[w], w))}, frozenset(avoid))[i]
         self._shards[i] = shard
-        report = shard.actor.open(str(self._shard_state(i)), None, len(old.ids),
-                                  self._backend, None, self._state_options).result()
+        give_up = time.monotonic() + _FENCE_WAIT
+        while True:
+            try:
+                report = _wait(shard.actor.open(str(self._shard_state(i)), None, len(old.ids),
+                                                self._backend, None, self._state_options,
+                                                self._snapshot_every), self._deadline())
+                break
+            except RuntimeError as exc:
+                if "LOCK is held" not in str(exc) or time.monotonic() > give_up:
+                    raise
         self._adopt(shard, report)
         return shard
 
-    def _retire(self, shard: _Shard) -> None:
+    def _retire(self, shard: _Shard, close: bool = True) -> None:
         """Let go of a shard's actor: close it if its worker still answers (a durable shard
         releases its directory), then release it."""
-        try:
-            shard.actor.close().result(timeout=_PING_TIMEOUT)
-        except Exception:  # its worker is gone: nothing to close
-            pass
+        if close:
+            try:
+                _wait(shard.actor.close(), time.monotonic() + self._ping_timeout())
+            except Exception:  # its worker is gone: nothing to close
+                pass
         shard.future.release()
 
     def _release(self) -> None:
+        closing = {}
+        for shard in self._shards:  # all at once: one deadline, not one per shard
+            try:
+                closing[shard.index] = shard.actor.close()
+            except Exception:
+                pass
+        deadline = time.monotonic() + self._ping_timeout()
+        for future in closing.values():
+            try:
+                _wait(future, deadline)
+            except Exception:
+                pass
         for shard in self._shards:
-            self._retire(shard)
+            shard.future.release()
         self._shards = []
 
     # -- durable state ------------------------------------------------------------------
     def _open_state(self, inits, params: Params | None) -> None:
-        """Open every shard's durable state (creating it on first use); the shards must
-        agree on where they are, or a call was cut short across them."""
+        """Open every shard's durable state (creating it on first use). The shards must
+        agree on where they are; if the client stopped in the middle of a call, some have it
+        and the others not: it was never acknowledged, and is rolled back where it was
+        applied, so that every shard ends at the same point."""
         self._state.mkdir(parents=True, exist_ok=True)
         self._check_layout()
         reports = self._start({i: _call("open", str(self._shard_state(i)), inits(r), len(r),
-                                        self._backend, params, self._state_options)
+                                        self._backend, params, self._state_options,
+                                        self._snapshot_every)
                                for i, r in enumerate(self._ranges)})
+        sequences = {i: r["sequence"] for i, r in reports.items()}
+        low = min(sequences.values())
+        ahead = {i: low for i, s in sequences.items() if s == low + 1}
+        if ahead and max(sequences.values()) == low + 1:
+            try:
+                reports.update(self._roll_back(ahead))
+            except Exception as exc:
+                self._release()
+                raise RecoveryError(f"{self._state}: a call was cut short across shards "
+                                    f"(shard: log sequence {sequences}), and rolling it back "
+                                    f"on shard(s) {sorted(ahead)} failed: {exc}") from exc
+            warnings.warn(f"{self._state}: a call was cut short across shards (the client "
+                          f"stopped mid-call): shard(s) {sorted(ahead)} had applied it, the "
+                          f"others not; it was never acknowledged and was rolled back to log "
+                          f"sequence {low}", DurabilityWarning, stacklevel=3)
         held = {(r["sequence"], r["iteration"], r["params"]) for r in reports.values()}
         if len(held) > 1:
             self._release()
             where = {i: (r["sequence"], r["iteration"]) for i, r in reports.items()}
             raise RecoveryError(f"{self._state}: the shards recovered at different points "
-                                f"(shard: (log sequence, iteration)) {where}: a call was cut "
-                                "short across shards (the client stopped mid-call), so the "
-                                "shards do not hold one population")
+                                f"(shard: (log sequence, iteration)) {where}, more than one "
+                                "call apart: acknowledged calls are missing from some "
+                                "shards (e.g. fsync='group' lost a window), so the shards do "
+                                "not hold one population")
         _, self.iteration, self._params = held.pop()
 
     def _check_layout(self) -> None:
@@ -581,7 +938,7 @@ class ShardedEngine:
 
     @_serialized
     def _set_params(self, value: Params) -> None:
-        self._run(self._everywhere("set_params", value), mutating=True)
+        self._run(self._everywhere_mutation("set_params", value), mutating=True)
         self._params = value
 
     def __repr__(self) -> str:
@@ -598,6 +955,9 @@ class ShardedEngine:
     def _everywhere(self, method: str, *args) -> dict:
         return {i: _call(method, *args) for i in range(self.shards)}
 
+    def _everywhere_mutation(self, method: str, *args) -> dict:
+        return {i: _mutation(method, *args) for i in range(self.shards)}
+
     # -- the law -------------------------------------------------------------------------
     @_serialized
     def step(self, quality, *, check_finite: bool = True) -> None:
@@ -611,19 +971,20 @@ class ShardedEngine:
         else:
             q = _inputs.quality(quality, self._n, _host_backend(), check_finite=check_finite)
             if isinstance(q, float):
-                self._run(self._everywhere("step", q), mutating=True)
+                self._run(self._everywhere_mutation("step", q), mutating=True)
             else:
-                self._run({i: _call("step", q[r.start:r.stop]) for i, r in enumerate(self._ranges)},
-                          mutating=True)
+                self._run({i: _mutation("step", q[r.start:r.stop])
+                           for i, r in enumerate(self._ranges)}, mutating=True)
         self.iteration += 1
 
     def _step_dask(self, quality, check_finite: bool) -> None:
         blocks = self._blocks(self._dask_quality(quality))
         if check_finite:  # pure tasks, not shard calls: Dask reruns them if a worker dies
-            found = self._client.gather([
-                self._client.submit(_first_nonfinite, block, pure=False, workers=[s.worker],
-                                    allow_other_workers=True)
-                for s, block in zip(self._shards, blocks)])
+            checks = [self._client.submit(_first_nonfinite, block, pure=False,
+                                          workers=[s.worker], allow_other_workers=True)
+                      for s, block in zip(self._shards, blocks)]
+            self._wait_for_tasks(checks, "checked")
+            found = self._client.gather(checks)
             hits = [(i, hit) for i, hit in enumerate(found) if hit is not None]
             if hits:  # the Engine's message (_inputs._require_finite), with the global index
                 i, (at, value) = hits[0]
@@ -631,31 +992,41 @@ class ShardedEngine:
         # allow_other_workers: if the shard's worker is gone, the task runs elsewhere and its
         # call to the lost actor fails, which starts recovery (instead of waiting forever)
         self._run({i: (lambda s, b=block: self._client.submit(
-                        _step_with_block, s.actor, b, pure=False, workers=[s.worker],
+                        _step_with_block, s.actor, s.sequence, b, pure=False, workers=[s.worker],
                         allow_other_workers=True))
                    for i, block in enumerate(blocks)}, mutating=True)
 
     def _dask_quality(self, q):
-        """A dask array of qualities as a 1-D float array of length n, by the Engine's
-        shape and dtype rules, checked on its metadata (nothing is computed)."""
-        if q.dtype.kind != "f" or q.size != self._n:
+        """A dask array of qualities, a 1-D float array of length n by the Engine's shape
+        and dtype rules, checked on its metadata (nothing is computed)."""
+        if q.dtype.kind != "f" or q.shape != (self._n,):
             # Engine's own checks on a zero-byte stand-in of the same shape: they raise what
             # the array would (a float32 stand-in for float dtypes: nothing to convert)
             dtype = np.float32 if q.dtype.kind == "f" else q.dtype
             _inputs.quality(np.broadcast_to(np.zeros((), dtype), q.shape), self._n,
                             _host_backend(), check_finite=False)
-        return q.reshape(-1)
+        return q
 
     def _blocks(self, x) -> list:
         """Futures of a dask array's blocks, one per shard (rechunked to the boundaries),
         computed: an error of the array's own graph is raised here, before any shard call."""
         sizes = tuple(len(r) for r in self._ranges)
         blocks = self._client.compute(list(x.rechunk((sizes,)).to_delayed().ravel()))
-        _distributed().wait(blocks)
+        self._wait_for_tasks(blocks, "computed")
         for block in blocks:
             if block.status == "error":
                 block.result()  # raises the graph's error
         return blocks
+
+    def _wait_for_tasks(self, futures: list, what: str) -> None:
+        """Wait for the dask array's own tasks, within ``call_timeout``: no shard has been
+        called yet, so a timeout here changes nothing."""
+        try:
+            _distributed().wait(futures, timeout=self._call_timeout)
+        except TimeoutError:
+            raise TimeoutError(f"the qualities' blocks were not {what} within call_timeout = "
+                               f"{self._call_timeout:g} s (a worker holding them may be "
+                               "stalled); no shard was called") from None
 
     @_serialized
     def update(self, ids, quality, *, check_finite: bool = True) -> None:
@@ -665,7 +1036,7 @@ class ShardedEngine:
         batches = self._partition(ids_, q)
         # Durable shards take every call, empty ones too: their log sequences then stay
         # equal, so a reopen can tell a call cut short across shards.
-        self._run({i: _call("update", *batch) for i, batch in batches.items()
+        self._run({i: _mutation("update", *batch) for i, batch in batches.items()
                    if batch[0].size or self._state is not None}, mutating=True)
 
     def _partition(self, ids: np.ndarray, q: np.ndarray) -> dict[int, tuple]:
@@ -689,7 +1060,7 @@ class ShardedEngine:
     @_serialized
     def decay(self, k: int = 1) -> None:
         """Passive decay only, ``k`` times, for every memory."""
-        self._run(self._everywhere("decay", _inputs.repeat_count(k)), mutating=True)
+        self._run(self._everywhere_mutation("decay", _inputs.repeat_count(k)), mutating=True)
 
     # -- monitoring ----------------------------------------------------------------------
     @_serialized
@@ -732,7 +1103,7 @@ class ShardedEngine:
 
     @classmethod
     def load(cls, directory, *, shards: int | None = None, client=None,
-             backend: str = "auto") -> ShardedEngine:
+             backend: str = "auto", call_timeout: float | None = CALL_TIMEOUT) -> ShardedEngine:
         """The population a sharded save holds, in ``shards`` shards (default: as saved),
         continuing bit for bit. Each new shard reads the old shard files its ids fall in,
         whole, verified against their checksums and the manifest's."""
@@ -741,7 +1112,8 @@ class ShardedEngine:
         old = manifest["bounds"]
         self = cls.__new__(cls)
         self._prepare(manifest["n"], len(old) - 1 if shards is None else shards, client,
-                      backend, manifest["params"], iteration=manifest["iteration"])
+                      backend, manifest["params"], iteration=manifest["iteration"],
+                      call_timeout=call_timeout)
         files = [(str(directory / s["file"]), s["checksum"]) for s in manifest["shards"]]
         self._start({i: _call("load", _pieces(old, files, r), backend, self._params,
                               self.iteration) for i, r in enumerate(self._ranges)})
