@@ -102,3 +102,55 @@ def test_simulate_with_state_continues_where_it_stopped(tmp_path, capsys):
     assert eng.iteration == 7
     assert (eng.to_numpy().view("u4") == twin.to_numpy().view("u4")).all()
     eng.close()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "nap_gpu.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_recover_refuses_damage_and_accept_loss_drops_it_logged(tmp_path):
+    """`nap-gpu recover DIR` on a log with a corrupt final record: exit 1, the error, what
+    --accept-loss would drop, and nothing changed. `--accept-loss`: exit 0, the sequences
+    and files dropped (also logged as JSON on stderr), the tail kept aside, and the state
+    opens at the record before, bit for bit. Run again, it has nothing to do."""
+    import numpy as np
+
+    from nap_gpu import durable
+
+    state, n = tmp_path / "state", 500
+    rng = np.random.default_rng(5)
+    calls = [(rng.integers(0, n, 10), rng.random(10)) for _ in range(10)]
+    twin = nap.Engine(n, backend="numpy", seed=1)
+    with nap.Engine.open(state, n=n, seed=1, backend="numpy", snapshot_every=4) as eng:
+        for i, (ids, q) in enumerate(calls):
+            eng.update(ids, q)
+            if i < 9:
+                twin.update(ids, q)
+    seg = sorted(state.glob("wal-*.log"))[-1]  # records 9 and 10
+    data = bytearray(seg.read_bytes())
+    offset = 32 + 16 + int.from_bytes(data[32:40], "little")  # record 10's
+    data[offset + 40] ^= 0x01  # one of its ids
+    seg.write_bytes(bytes(data))
+    before = {p.name: p.read_bytes() for p in state.iterdir()}
+
+    done = _cli("recover", state)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "status: error" in done.stdout and f"offset {offset}" in done.stdout
+    assert "--accept-loss would: drop sequences 10..10" in done.stdout
+    assert {p.name: p.read_bytes() for p in state.iterdir()} == before
+
+    done = _cli("recover", state, "--accept-loss")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "accept-loss: drop sequences 10..10" in done.stdout
+    assert f"{seg.name}.dropped-from-{offset}" in done.stdout
+    assert "status: ok" in done.stdout and "result: sequence 9" in done.stdout
+    logged = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert [e["dropped_sequences"] for e in logged] == [{"from": 10, "to": 10}]
+    assert json.loads((state / durable.LOSS_JOURNAL).read_text()) == logged[0]
+
+    done = _cli("recover", state, "--accept-loss", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["dropped"] == []
+    with nap.Engine.open(state, backend="numpy") as eng:
+        assert eng.sequence == 9
+        assert (eng.to_numpy().view("u4") == twin.to_numpy().view("u4")).all()

@@ -5,7 +5,7 @@ backends, ``snapshot inspect`` reads a snapshot's metadata and checks it.
                      [--json run.json]
     nap-gpu info [--json]
     nap-gpu snapshot inspect FILE [--json]
-    nap-gpu recover DIR [--json]
+    nap-gpu recover DIR [--json] [--accept-loss]
     nap-gpu report RESULTS.json... [--output docs/SCALING.md]
     nap-gpu serve [--state DIR] [--memories N] [--host H] [--port P] ...   (extra: serve)
 """
@@ -69,14 +69,23 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("file")
     inspect.add_argument("--json", action="store_true", help="print the same as JSON")
 
-    recover = sub.add_parser("recover", help="dry run: what opening a durable state would do")
+    recover = sub.add_parser("recover", help="dry run: what opening a durable state would do",
+                             description="Without --accept-loss a dry run: reads and verifies "
+                                         "everything open would use and changes nothing.")
     recover.add_argument("directory")
     recover.add_argument("--json", action="store_true", help="print the plan as JSON")
+    recover.add_argument("--accept-loss", action="store_true",
+                         help="when open refuses the state (corrupt log, forked segments, a "
+                              "damaged snapshot the log does not reach), drop what stands in "
+                              "the way so that it opens at its newest consistent point; loses "
+                              "the dropped calls, which are logged (and kept aside as "
+                              "*.dropped files)")
 
     serve = sub.add_parser("serve", help="run the HTTP service (extra: serve; docs/serving.md)",
                            description="Every option also reads NAP_<NAME> from the "
                                        "environment or a .env file; flags win. The API token "
-                                       "is read from NAP_API_TOKEN or a file, never a flag.")
+                                       "is read from NAP_API_TOKEN (several: comma-separated) "
+                                       "or a file (--api-token-file), never a flag.")
     for flag, kind, what in _SERVE_FLAGS:
         if kind is bool:
             serve.add_argument(flag, action="store_true", default=None, help=what)
@@ -94,16 +103,36 @@ _SERVE_FLAGS = (
     ("--state-dir", str, "durable state directory [NAP_STATE_DIR, default nap-state]"),
     ("--memories", count, "population size, used when the state is created [NAP_MEMORIES]"),
     ("--seed", int, "seed of the initial weights [NAP_SEED, default 0]"),
+    ("--lr", float, "law: learning rate, set when the state is created [NAP_LR, default 0.05]"),
+    ("--gate", float, "law: quality gate, set when the state is created [NAP_GATE, default 0.5]"),
+    ("--decay", float, "law: passive decay per round, set when the state is created "
+                       "[NAP_DECAY, default 0.02]"),
     ("--backend", str, "auto, cuda, cpp or numpy [NAP_BACKEND, default auto]"),
     ("--host", str, "address to bind [NAP_HOST, default 127.0.0.1]"),
     ("--port", int, "port [NAP_PORT, default 8000]"),
-    ("--api-token-file", str, "file holding the bearer token [NAP_API_TOKEN_FILE]"),
+    ("--api-token-file", str, "file holding the bearer token(s), one a line; re-read on change "
+                              "or SIGHUP [NAP_API_TOKEN_FILE]"),
     ("--public-reads", bool, "GET endpoints need no token [NAP_PUBLIC_READS]"),
     ("--fsync", str, "always (default) or group [NAP_FSYNC]"),
     ("--group-ms", float, "group commit period, ms [NAP_GROUP_MS, default 10]"),
     ("--snapshot-every", int, "snapshot every K log records [NAP_SNAPSHOT_EVERY, default 1000]"),
     ("--keep", int, "snapshots kept [NAP_KEEP, default 3]"),
+    ("--wal-retention", str, "kept (default: the log back to the oldest kept snapshot) or "
+                             "newest [NAP_WAL_RETENTION]"),
+    ("--decay-every-s", float, "a passive decay every S seconds [NAP_DECAY_EVERY_S, default 0: "
+                               "none]"),
     ("--max-body-bytes", int, "largest request body [NAP_MAX_BODY_BYTES, default 16 MiB]"),
+    ("--max-queued-events", int, "events waiting for the writer before 503 "
+                                 "[NAP_MAX_QUEUED_EVENTS, default 10M]"),
+    ("--max-read-ids", int, "ids per weights/rank request [NAP_MAX_READ_IDS, default 100k]"),
+    ("--max-connections", int, "open connections at most (less if RLIMIT_NOFILE is low) "
+                               "[NAP_MAX_CONNECTIONS, default 1000]"),
+    ("--header-timeout-s", float, "seconds a connection has to send a request head "
+                                  "[NAP_HEADER_TIMEOUT_S, default 10]"),
+    ("--body-timeout-s", float, "seconds a request has to send its body "
+                                "[NAP_BODY_TIMEOUT_S, default 60]"),
+    ("--keep-alive-s", float, "idle keep-alive connections close after S seconds "
+                              "[NAP_KEEP_ALIVE_S, default 5]"),
     ("--labels", str, ".npy of R/P labels per memory, for the metrics [NAP_LABELS]"),
     ("--stats-interval", float, "seconds between health checks [NAP_STATS_INTERVAL, default 15]"),
     ("--log-level", str, "debug, info, warning or error [NAP_LOG_LEVEL, default info]"),
@@ -246,9 +275,34 @@ def inspect_snapshot(args) -> int:
 
 
 def recover(args) -> int:
-    """Print what opening the durable state would do; exit 1 when it would fail."""
+    """Print what opening the durable state would do; exit 1 when it would fail. With
+    --accept-loss, first repair what open refuses (durable.accept_loss), saying what was
+    dropped; exit 1 when even that cannot make it openable, 2 when it is open elsewhere."""
     from . import durable  # noqa: PLC0415
 
+    if args.accept_loss:
+        try:
+            done = durable.accept_loss(args.directory)
+        except durable.RecoveryError as exc:
+            print(f"nap-gpu: error: {exc}", file=sys.stderr)
+            return 1
+        except RuntimeError as exc:  # the LOCK is held by a running engine
+            print(f"nap-gpu: error: {exc}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(json.dumps(done, indent=2, default=str))
+            return 1 if done["plan"]["status"] == "error" else 0
+        if not done["dropped"]:
+            print("accept-loss: nothing to drop (open does not refuse this state)")
+        for entry in done["dropped"]:
+            print(f"accept-loss: {entry['done']}")
+            print(f"  because: {entry['refused_because']}")
+            print(f"  kept aside: {', '.join(entry['evidence']) or 'nothing'}")
+        if done["dropped"]:
+            print(f"logged in {args.directory.rstrip('/')}/{durable.LOSS_JOURNAL}")
+        text = durable.recover_report(args.directory)
+        print(text)
+        return 1 if "\nstatus: error" in text else 0
     if args.json:
         plan = durable.recover_plan(args.directory)
         print(json.dumps(plan, indent=2, default=str))

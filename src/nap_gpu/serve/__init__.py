@@ -5,12 +5,14 @@
 Start-up opens (or creates) the durable state, recovering the newest snapshot and the log,
 then starts the writer and the periodic health check, then binds. SIGTERM (or Ctrl-C) stops
 accepting connections, lets requests in flight finish (their writes included), drains the
-write queue, writes a final snapshot and exits 0. See docs/serving.md.
+write queue, writes a final snapshot and exits 0. SIGHUP re-reads the API token file (as does
+a change of the file). See docs/serving.md.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -20,10 +22,12 @@ import numpy as np
 from .. import backends, metrics as _metrics
 from ..durable import DurableEngine
 from ..monitor import Monitor
+from ..params import Params
 from .app import create_app, disk_writable_probe
+from .connections import ACCEPT_BURST, Guard, connection_cap, quiet_accept_errors
 from .observability import ServiceMetrics, configure_logging, gpu_status_cached
-from .settings import Settings
-from .writer import Writer
+from .settings import Settings, read_token_file
+from .writer import Op, QueueFullError, Writer, WriterStoppedError
 
 __all__ = ["ServiceState", "Settings", "create_app", "run"]
 
@@ -32,14 +36,24 @@ log = logging.getLogger("nap_gpu.serve")
 #: Without labels there are no R/P populations: only the rules on the weights themselves
 #: (finite, inside [0, 1]) and latency apply, so the population rules are never due.
 _NEVER = 2**62
+#: A request head (request line + headers) larger than this gets 400 (h11's default, made
+#: explicit: our requests need a few hundred bytes).
+_MAX_HEAD_BYTES = 16 * 1024
+#: How often the token file is looked at for a change (SIGHUP reloads at once).
+_TOKEN_POLL_S = 1.0
 
 
 class ServiceState:
     """Everything the API needs: the engine, its writer, metrics, health and settings."""
 
-    def __init__(self, settings: Settings, engine: DurableEngine) -> None:
+    def __init__(self, settings: Settings, engine: DurableEngine,
+                 guard: Guard | None = None) -> None:
         self.settings = settings
         self.engine = engine
+        self.guard = guard  # the connections (None until the server is set up)
+        self.tokens = settings.tokens()
+        self._token_stamp = _stamp(settings.api_token_file)
+        self._reload = threading.Event()
         self.host_backend = backends.get("numpy")  # validation runs on host arrays
         self.metrics_backend = backends.resolve("cpp" if backends.available_backends()["cpp"]
                                                 is None else "numpy")
@@ -57,12 +71,70 @@ class ServiceState:
                              on_applied=self._applied)
         engine.fsync_observer = self.metrics.fsync_seconds.observe
         self._stop = threading.Event()
-        self._health_thread = threading.Thread(target=self._health_loop, name="nap-health",
-                                               daemon=True)
+        self._threads = [threading.Thread(target=self._health_loop, name="nap-health",
+                                          daemon=True)]
+        if settings.api_token_file is not None:
+            self._threads.append(threading.Thread(target=self._token_loop, name="nap-tokens",
+                                                  daemon=True))
+        if settings.decay_every_s:
+            self._threads.append(threading.Thread(target=self._decay_loop, name="nap-decay",
+                                                  daemon=True))
 
     def start(self) -> None:
         self.writer.start()
-        self._health_thread.start()  # the first check runs at once, beside start-up
+        for thread in self._threads:  # the first health check runs at once, beside start-up
+            thread.start()
+
+    # -- API tokens ------------------------------------------------------------------------
+    def reload_tokens(self) -> None:
+        """Ask for the token file to be read again now (SIGHUP; safe in a signal handler)."""
+        self._reload.set()
+
+    def _token_loop(self) -> None:
+        path = self.settings.api_token_file
+        while not self._stop.is_set():
+            asked = self._reload.wait(_TOKEN_POLL_S)
+            self._reload.clear()
+            if self._stop.is_set():
+                return
+            stamp = _stamp(path)
+            if not asked and stamp == self._token_stamp:
+                continue
+            try:
+                tokens = read_token_file(path)
+            except ValueError as exc:  # keep the tokens in force: better than none at all
+                if asked or stamp != self._token_stamp:
+                    log.error("API token file not reloaded; the previous tokens stay in force",
+                              extra={"error": str(exc), "trigger": "SIGHUP" if asked else "change"})
+                    self.metrics.token_reloads.labels("failed").inc()
+                self._token_stamp = stamp
+                continue
+            self._token_stamp = stamp
+            changed = tokens != self.tokens
+            self.tokens = tokens
+            self.metrics.token_reloads.labels("changed" if changed else "unchanged").inc()
+            log.info("API tokens reloaded", extra={"tokens": len(tokens), "changed": changed,
+                                                    "trigger": "SIGHUP" if asked else "change"})
+
+    # -- scheduled decay ------------------------------------------------------------------
+    def _decay_loop(self) -> None:
+        """A passive decay every ``decay_every_s``: logged and ordered like any write."""
+        period = self.settings.decay_every_s
+        while not self._stop.wait(period):
+            try:
+                future = self.writer.submit(Op("decay", k=1))
+            except QueueFullError as exc:
+                log.warning("scheduled decay skipped", extra={"reason": str(exc)})
+                continue
+            except WriterStoppedError:
+                return
+            try:
+                sequence = future.result()
+            except Exception as exc:  # noqa: BLE001 - logged by the writer; try next time
+                log.warning("scheduled decay failed", extra={"error": repr(exc)})
+                continue
+            self.metrics.scheduled_decays.inc()
+            log.info("scheduled decay", extra={"sequence": sequence, "k": 1})
 
     def readiness(self) -> dict[str, bool]:
         """What /readyz checks: state loaded, writer running, state directory writable."""
@@ -103,22 +175,54 @@ class ServiceState:
     def shutdown(self) -> None:
         """Drain the writes, write a final snapshot, close the state."""
         self._stop.set()
+        self._reload.set()
         self.writer.stop()
         try:
             if self.writer.failure is None:
                 path = self.engine.checkpoint()
                 log.info("final snapshot written", extra={"snapshot": path.name,
                                                           "sequence": self.engine.sequence})
+        except OSError as exc:  # e.g. still no space: every write is in the log all the same
+            log.error("final snapshot failed; the log holds every write",
+                      extra={"error": repr(exc), "sequence": self.engine.sequence})
         finally:
             self.engine.close()
 
 
-def open_state(settings: Settings) -> DurableEngine:
-    return DurableEngine.open(settings.state_dir, n=settings.memories, seed=settings.seed,
-                              backend=settings.backend, fsync=settings.fsync,
-                              group_ms=settings.group_ms, keep=settings.keep,
-                              snapshot_every=settings.snapshot_every or None,
-                              wal_retention="newest")
+def _stamp(path) -> tuple | None:
+    """What tells a changed file (a Kubernetes secret is replaced through a symlink swap)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size, st.st_dev
+
+
+def open_state(settings: Settings, backend: str | None = None) -> DurableEngine:
+    """The durable state; the law's parameters from the settings when it is created, checked
+    against the state's own when it is recovered (they are fixed at creation)."""
+    given = settings.params()
+    # Parameters only for a new state: for an existing one, only the given ones are checked
+    # (open would compare all three, defaults included, with the state's).
+    fresh = not any(settings.state_dir.glob("snap-*.nap"))
+    engine = DurableEngine.open(settings.state_dir, n=settings.memories, seed=settings.seed,
+                                backend=backend or settings.backend, fsync=settings.fsync,
+                                group_ms=settings.group_ms, keep=settings.keep,
+                                snapshot_every=settings.snapshot_every or None,
+                                wal_retention=settings.wal_retention,
+                                params=Params(**given) if given and fresh else None)
+    wanted = Params(**{**vars(engine.params), **given})  # rounded to float32 like the state's
+    differ = {k: (getattr(engine.params, k), getattr(wanted, k)) for k in given
+              if getattr(engine.params, k) != getattr(wanted, k)}
+    if differ:
+        engine.close()
+        raise ValueError(f"{settings.state_dir} holds {engine.params}; the law's parameters are "
+                         f"fixed when the state is created, and "
+                         + ", ".join(f"NAP_{k.upper()}={w} differs from {h}"
+                                     for k, (h, w) in differ.items()))
+    return engine
 
 
 def run(settings: Settings) -> int:
@@ -128,25 +232,68 @@ def run(settings: Settings) -> int:
     configure_logging(settings.log_level)
     log.info("starting", extra={"settings": settings.public()})
     start = time.perf_counter()
-    engine = open_state(settings)
-    state = ServiceState(settings, engine)
+    cap, nofile = connection_cap(settings.max_connections)
+    # Resolved once: "auto" is probed and its choice logged here, not at every resolve.
+    backend = backends.resolve(settings.backend).name
+    engine = open_state(settings, backend)
+    guard = Guard(cap=cap, header_timeout=settings.header_timeout_s,
+                  body_timeout=settings.body_timeout_s)
+    state = ServiceState(settings, engine, guard)
     state.start()
+    bootstrap = time.perf_counter() - start
+    state.metrics.bootstrap_seconds.set(bootstrap)
     log.info("state loaded", extra={"n": engine.n, "backend": engine.backend,
-                                    "sequence": engine.sequence,
-                                    "seconds": round(time.perf_counter() - start, 3)})
-    server = uvicorn.Server(uvicorn.Config(
+                                    "params": repr(engine.params), "sequence": engine.sequence,
+                                    "seconds": round(bootstrap, 3)})
+    log.info("connection limits", extra={
+        "max_connections": cap, "asked": settings.max_connections, "rlimit_nofile": nofile,
+        "header_timeout_s": settings.header_timeout_s, "body_timeout_s": settings.body_timeout_s,
+        "keep_alive_s": settings.keep_alive_s})
+    config = uvicorn.Config(
         create_app(state), host=settings.host, port=settings.port, log_config=None,
-        access_log=False, timeout_graceful_shutdown=30, lifespan="off"))
+        access_log=False, timeout_graceful_shutdown=30, lifespan="off",
+        http=guard.protocol(), timeout_keep_alive=settings.keep_alive_s,
+        h11_max_incomplete_event_size=_MAX_HEAD_BYTES,
+        backlog=ACCEPT_BURST)  # asyncio accepts this many per pass (the kernel queue: below)
+    server = _server(config, guard)
     # uvicorn handles SIGTERM/SIGINT while it runs (stop accepting, finish requests in
     # flight), then re-raises the signal to the handler it found: make that one ours, so the
     # drain and the final snapshot run and the exit code is 0, as an orchestrator expects.
     received = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: received.append(signum))
+    # SIGHUP's default action ends the process (exit 129, no drain): here it reloads tokens.
+    signal.signal(signal.SIGHUP, lambda signum, frame: _hangup(state))
     try:
-        server.run()
+        server.run(sockets=[config.bind_socket()])
     finally:
         state.shutdown()
     log.info("stopped", extra={"sequence": engine.sequence,
                                "signal": signal.Signals(received[0]).name if received else None})
     return 0 if server.started else 1
+
+
+def _hangup(state: ServiceState) -> None:
+    if state.settings.api_token_file is None:
+        log.info("SIGHUP: no token file to reload (NAP_API_TOKEN is read only at start-up)")
+    else:
+        state.reload_tokens()
+
+
+#: The kernel's accept queue (uvicorn's backlog is set small: asyncio accepts that many a pass).
+_KERNEL_BACKLOG = 2048
+
+
+def _server(config, guard: Guard):
+    """uvicorn's server, with the accept errors rate-limited and a long kernel accept queue."""
+    import asyncio  # noqa: PLC0415
+
+    import uvicorn  # noqa: PLC0415 - the serve extra
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            quiet_accept_errors(asyncio.get_running_loop(), guard)
+            await super().startup(sockets=sockets)
+            for sock in sockets or ():
+                sock.listen(_KERNEL_BACKLOG)
+    return Server(config)

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import secrets
 import time
 import uuid
@@ -23,9 +24,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__, _inputs
-from .observability import request_id, throttled
+from .observability import method_label, request_id, throttled
 from .writer import Op, QueueFullError, WriterStoppedError
 
 __all__ = ["Rejected", "create_app"]
@@ -34,6 +36,9 @@ log = logging.getLogger("nap_gpu.serve")
 
 BINARY = "application/octet-stream"
 _RID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+#: An id in a query: ASCII digits, optionally negative (then refused as outside [0, n)).
+#: int() alone also takes "1_0", "+5", " 5" and other scripts' digits.
+_QUERY_ID = re.compile(r"-?[0-9]+")
 
 
 class Rejected(Exception):
@@ -52,12 +57,16 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise Rejected(413, "too_large", f"body of {int(declared):,} bytes exceeds the limit "
                                          f"of {limit:,} bytes (NAP_MAX_BODY_BYTES)")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Rejected(413, "too_large", f"body exceeds the limit of {limit:,} bytes "
-                                             "(NAP_MAX_BODY_BYTES)")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Rejected(413, "too_large", f"body exceeds the limit of {limit:,} bytes "
+                                                 "(NAP_MAX_BODY_BYTES)")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client left, or the body deadline closed the connection
+        raise Rejected(408, "request_timeout", "the body did not arrive in time "
+                                               "(NAP_BODY_TIMEOUT_S)") from None
     return b"".join(chunks)
 
 
@@ -65,10 +74,29 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are unique: json would silently keep the last of two."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
 def parse_json(body: bytes, fields: dict[str, bool]) -> dict:
     """A JSON object with only the given fields (name -> required); 400/422 otherwise."""
     try:
-        obj = json.loads(body or b"{}", parse_constant=_no_constants)
+        obj = json.loads(body or b"{}", parse_constant=_no_constants,
+                         object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise Rejected(422, "duplicate_field", f"field {exc.args[0]!r} is given twice") from None
+    except RecursionError:  # json's decoder recurses per nesting level
+        raise Rejected(400, "malformed_json", "the body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise Rejected(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -93,6 +121,47 @@ def _numbers(values, name: str):
         raise Rejected(422, "wrong_type", f"{name} must be a list of numbers, got "
                                           f"{type(values).__name__}")
     return values
+
+
+def _too_big(value: int, name: str) -> Rejected:
+    return Rejected(422, "nonfinite", f"{name}: the integer {str(value)[:12]}... "
+                                      f"({len(str(abs(value)))} digits) is beyond any float")
+
+
+def _floats(values, name: str):
+    """JSON numbers (a list, or one) as float64. JSON does not tell 1 from 1.0 (JavaScript
+    writes 1.0 as 1), so integers are numbers like any other; one too large for a float is
+    refused like 1e999, as not finite."""
+    values = _numbers(values, name)
+    if isinstance(values, int):
+        try:
+            return float(values)
+        except OverflowError:
+            raise _too_big(values, name) from None
+    if isinstance(values, float):
+        return values
+    try:
+        arr = np.asarray(values)
+    except (ValueError, OverflowError) as exc:  # ragged, or nested beyond NumPy's 32 dims
+        raise Rejected(422, "invalid_value", f"{name} must be a flat list of numbers: "
+                                             f"{exc}") from None
+    if arr.dtype.kind == "f":
+        return arr
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.float64)
+    if arr.dtype != object:
+        raise Rejected(422, "wrong_type", f"{name} must be numbers, got {arr.dtype.name} values")
+    out = []
+    for i, v in enumerate(arr.reshape(-1).tolist() if arr.ndim else [arr.item()]):
+        if isinstance(v, list):
+            raise Rejected(422, "invalid_value", f"{name} must be a flat list of numbers")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise Rejected(422, "wrong_type", f"{name}[{i}] = {v!r} is not a number")
+        try:
+            out.append(float(v))
+        except OverflowError:
+            raise _too_big(v, f"{name}[{i}]") from None
+    return np.asarray(out, np.float64).reshape(arr.shape)
 
 
 def validated_events(ids, quality, n: int, host_backend):
@@ -122,7 +191,7 @@ def feedback_events(body: bytes, content_type: str, n: int, host_backend):
         quality = np.frombuffer(body, "<f4", m, offset=8 * m)
     elif content_type == "application/json":
         obj = parse_json(body, {"ids": True, "quality": True})
-        ids, quality = _numbers(obj["ids"], "ids"), _numbers(obj["quality"], "quality")
+        ids, quality = _numbers(obj["ids"], "ids"), _floats(obj["quality"], "quality")
         if not isinstance(ids, list):
             raise Rejected(422, "wrong_type", "ids must be a list of integers")
     else:
@@ -140,8 +209,10 @@ def _ids_query(text: str | None, n: int, limit: int, host_backend) -> np.ndarray
         raise Rejected(422, "too_many_ids", f"{len(parts):,} ids; at most {limit:,} a request "
                                             "(NAP_MAX_READ_IDS)")
     try:
+        if not all(_QUERY_ID.fullmatch(p) for p in parts):
+            raise ValueError
         values = [int(p, 10) for p in parts]
-    except ValueError:
+    except ValueError:  # also beyond Python's 4,300 digits
         raise Rejected(422, "wrong_type", f"ids must be comma-separated integers, got "
                                           f"{text[:80]!r}") from None
     return validated_events(values, 0.0, n, host_backend)[0]
@@ -151,7 +222,6 @@ def _ids_query(text: str | None, n: int, limit: int, host_backend) -> np.ndarray
 def create_app(state) -> FastAPI:
     """The API over a ``ServiceState`` (engine, writer, metrics, health, settings)."""
     settings = state.settings
-    token = settings.token()
     app = FastAPI(title="nap_gpu", version=__version__,
                   description="Feedback-weighted memories: post feedback events, read weights, "
                               "rank candidates by similarity × weight. Writes need a bearer "
@@ -159,13 +229,17 @@ def create_app(state) -> FastAPI:
     app.state.nap = state
 
     def authorize(request: Request, kind: str) -> None:
-        if token is None or (kind == "read" and settings.public_reads):
+        tokens = state.tokens  # read per request: a reload swaps the whole tuple
+        if not tokens or (kind == "read" and settings.public_reads):
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given:
             raise Rejected(401, "unauthorized", "a bearer token is required (Authorization: "
                                                 "Bearer <token>)", {"WWW-Authenticate": "Bearer"})
-        if not secrets.compare_digest(given.encode(), token.encode()):
+        given_bytes, match = given.encode(), False
+        for token in tokens:  # every one compared, in constant time: no early exit
+            match |= secrets.compare_digest(given_bytes, token.encode())
+        if not match:
             raise Rejected(401, "unauthorized", "the bearer token is wrong",
                            {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
@@ -196,10 +270,11 @@ def create_app(state) -> FastAPI:
             response = await call_next(request)
             elapsed = time.perf_counter() - start
             route = getattr(request.scope.get("route"), "path", "unmatched")
-            state.metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+            state.metrics.requests.labels(route, method_label(request.method),
+                                          str(response.status_code)).inc()
             state.metrics.request_seconds.labels(route).observe(elapsed)
             response.headers["X-Request-ID"] = rid
-            log.info("request", extra={"method": request.method, "route": route,
+            log.info("request", extra={"method": method_label(request.method), "route": route,
                                        "status": response.status_code,
                                        "duration_ms": round(elapsed * 1e3, 3)})
             return response
@@ -247,6 +322,18 @@ def create_app(state) -> FastAPI:
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
+    @app.get("/health", tags=["operations"],
+             summary="Alive and ready in one answer (for checkers that probe one path), with "
+                     "the last health check's verdict",
+             responses={503: {"description": "not ready; the body says which check failed"}})
+    def health():
+        checks = state.readiness()
+        ok = all(checks.values())
+        last = state.last_health
+        return JSONResponse({"status": "ok" if ok else "unavailable", "ready": ok,
+                             "checks": checks, "healthy": None if last is None else last["ok"]},
+                            status_code=200 if ok else 503)
+
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text format)",
              response_class=Response)
     def metrics(request: Request):
@@ -261,11 +348,11 @@ def create_app(state) -> FastAPI:
         body = await read_body(request, settings.max_body_bytes)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         ids, q = feedback_events(body, content_type, state.engine.n, state.host_backend)
-        if ids.size == 0:
-            return {"accepted": 0, "sequence": state.engine.sequence}
-        sequence = await write(Op("feedback", ids=ids, quality=q))
+        if ids.size == 0:  # nothing applied, so no place in the order
+            return {"accepted": 0, "sequence": state.engine.sequence, "index": None}
+        sequence, index = await write(Op("feedback", ids=ids, quality=q))
         state.metrics.events.inc(ids.size)
-        return {"accepted": int(ids.size), "sequence": sequence}
+        return {"accepted": int(ids.size), "sequence": sequence, "index": index}
 
     @app.post("/v1/decay", tags=["writes"], summary="Passive decay, k times, of every memory",
               openapi_extra=_json_body({"k": {"type": "integer", "minimum": 0,
@@ -313,8 +400,10 @@ def create_app(state) -> FastAPI:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise Rejected(422, "invalid_value", f"k must be an integer >= 1, got {k!r}")
         ids = _numbers(obj["ids"], "ids")
-        sims = _numbers(obj["similarities"], "similarities")
-        if not isinstance(ids, list) or not isinstance(sims, list):
+        if not isinstance(obj["similarities"], list):
+            raise Rejected(422, "wrong_type", "ids and similarities must be lists")
+        sims = _floats(obj["similarities"], "similarities")
+        if not isinstance(ids, list):
             raise Rejected(422, "wrong_type", "ids and similarities must be lists")
         if len(ids) > settings.max_read_ids:
             raise Rejected(422, "too_many_ids", f"{len(ids):,} candidates; at most "
@@ -332,7 +421,11 @@ def create_app(state) -> FastAPI:
                 "snapshot_age_s": None if eng.snapshot_time is None
                 else round(time.time() - eng.snapshot_time, 3),
                 "queued_events": state.writer.queued_events, "labels": state.has_labels,
-                "health": state.last_health}
+                # float32 values, shortest form (0.05, not 0.05000000074505806)
+                "params": dict(zip(("lr", "gate", "decay"),
+                                   (float(str(v)) for v in eng.params.float32()))),
+                "decay_every_s": settings.decay_every_s or None,
+                "last_write_error": state.writer.last_error, "health": state.last_health}
 
     return app
 

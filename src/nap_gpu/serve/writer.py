@@ -5,6 +5,14 @@ queued, merges consecutive feedback requests into one ordered batch (one log rec
 fsync for all of them: group commit across requests), applies it through the durable engine,
 and only then resolves each request's future, so a request is answered once its events are
 in the log. Reads take ``lock`` too, so they never see half of a batch.
+
+The applied order is (sequence, index): requests merged into one record share its sequence
+and each learns the index of its first event in the record, so a client can rebuild the
+exact order of every write.
+
+The queue is bounded in events; a decay or a snapshot touches every memory, so each counts
+as ``n`` events (at most the whole limit: one always fits in an empty queue), and a snapshot
+asked for while another is the last thing queued shares that one (nothing can come between).
 """
 
 from __future__ import annotations
@@ -18,12 +26,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..durable import EngineFailedError
+
 __all__ = ["Op", "QueueFullError", "Writer", "WriterStoppedError"]
 
 log = logging.getLogger("nap_gpu.serve")
 
 #: Events merged into one batch at most (bounds one record's size and the lock's hold time).
 MAX_BATCH_EVENTS = 1 << 20
+#: Errors after which the engine is as it was before the call (the durable engine rolls a
+#: failed append back; the input is validated before it is queued): the writer goes on.
+_CONSISTENT = (OSError, ValueError, TypeError, IndexError)
 
 
 class QueueFullError(RuntimeError):
@@ -37,13 +50,15 @@ class WriterStoppedError(RuntimeError):
 @dataclass
 class Op:
     """One mutating request: ``kind`` is "feedback" (ids, qualities), "decay" (k) or
-    "snapshot"; ``future`` receives the log sequence after it (or the snapshot path)."""
+    "snapshot"; ``future`` receives (sequence, index of the first event in the record) for
+    feedback, the sequence for decay, the snapshot's path for a snapshot."""
 
     kind: str
     ids: np.ndarray | None = None
     quality: np.ndarray | None = None
     k: int = 1
     future: Future = field(default_factory=Future)
+    cost: int = 0  # queue units it holds (set by submit)
 
     @property
     def events(self) -> int:
@@ -57,6 +72,7 @@ class Writer:
         self.max_queued = max_queued
         self.on_applied = on_applied  # callable(kind, events, seconds) after each apply
         self.failure: BaseException | None = None
+        self.last_error: str | None = None  # the last failed write (the writer went on)
         self._queue: collections.deque[Op] = collections.deque()
         self._queued_events = 0
         self._cond = threading.Condition()
@@ -79,11 +95,19 @@ class Writer:
         with self._cond:
             if self._stopping or self.failure is not None:
                 raise WriterStoppedError("the service is shutting down or its writer failed")
-            if self._queued_events + op.events > self.max_queued:
+            if op.kind == "snapshot" and self._queue and self._queue[-1].kind == "snapshot":
+                return self._queue[-1].future  # taken after this request arrived: it serves
+            cost = op.events if op.kind == "feedback" else min(self.engine.n, self.max_queued)
+            if self._queued_events + cost > self.max_queued:
                 raise QueueFullError(f"{self._queued_events:,} events are queued (limit "
-                                     f"{self.max_queued:,}); retry later")
+                                     f"{self.max_queued:,}; a decay or snapshot counts as "
+                                     f"{min(self.engine.n, self.max_queued):,}); retry later")
+            # Running from now on: a cancelled request task cannot cancel the future under
+            # the writer (whose set_result would then raise and kill the thread).
+            op.future.set_running_or_notify_cancel()
+            op.cost = cost
             self._queue.append(op)
-            self._queued_events += op.events
+            self._queued_events += cost
             self._cond.notify()
         return op.future
 
@@ -115,7 +139,7 @@ class Writer:
                    and events + self._queue[0].events <= MAX_BATCH_EVENTS):
                 group.append(self._queue.popleft())
                 events += group[-1].events
-        self._queued_events -= sum(op.events for op in group)
+        self._queued_events -= sum(op.cost for op in group)
         return group
 
     def _apply(self, group: list[Op]) -> None:
@@ -128,14 +152,26 @@ class Writer:
                     self.on_applied(kind, sum(op.events for op in group),
                                     time.perf_counter() - start)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
-            log.error("write failed", extra={"kind": kind, "error": repr(exc)})
-            if not isinstance(exc, (ValueError, TypeError, IndexError)):
-                self.failure = exc  # e.g. the disk: the engine refuses writes until reopened
+            if isinstance(exc, EngineFailedError) or not isinstance(exc, _CONSISTENT):
+                # The engine refuses writes until reopened (e.g. a rollback that did not
+                # reach the disk): stop taking writes, /readyz says so.
+                self.failure = exc
+                log.error("write failed; the writer stops", extra={"kind": kind,
+                                                                   "error": repr(exc)})
+            else:  # rolled back: nothing of it was applied, the next write may succeed
+                self.last_error = repr(exc)
+                log.error("write failed; nothing of it was applied", extra={
+                    "kind": kind, "error": repr(exc)})
             for op in group:
                 op.future.set_exception(exc)
             return
-        for op in group:
-            op.future.set_result(result)
+        if kind == "feedback":
+            index = 0
+            for op in group:
+                op.future.set_result((result, index))
+                index += op.events
+        else:
+            group[0].future.set_result(result)
 
     def _call(self, kind: str, group: list[Op]):
         eng = self.engine
