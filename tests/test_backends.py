@@ -14,6 +14,7 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 
 import nap_gpu as nap
+from nap_gpu import _threads
 from conftest import REAL_CUDA_REASON, _real_environment, assert_same_bits
 
 CPP_USABLE = nap.available_backends()["cpp"] is None
@@ -246,6 +248,224 @@ def test_nap_num_threads_not_an_integer_is_an_error():
     proc = run_python(code, clean_env(NAP_NUM_THREADS="two"))
     assert "NAP_NUM_THREADS" in proc.stdout and "two" in proc.stdout, proc.stdout
 
+
+
+# -- default threads: affinity and cgroup CPU quota (nap_gpu/_threads.py) --------------------------
+
+OPENMP_VARIABLES = ("OMP_NUM_THREADS", *_threads.WAIT_VARIABLES, "OMP_DISPLAY_ENV")
+
+
+def openmp_env(**extra: str) -> dict:
+    """clean_env without any OpenMP setting of the caller's: the defaults decide."""
+    env = {k: v for k, v in clean_env().items() if k not in OPENMP_VARIABLES}
+    env.update(extra)
+    return env
+
+
+def write_tree(root, files: dict) -> None:
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_cgroup_v2_quota_of_the_process_own_cgroup(tmp_path):
+    root = tmp_path / "cgroup"
+    write_tree(root, {"cgroup.controllers": "cpuset cpu io memory pids\n",
+                      "cpu.max": "max 100000\n",  # (the root has none; a stray one is ignored)
+                      "user.slice/cpu.max": "max 100000\n",
+                      "user.slice/app.scope/cpu.max": "150000 100000\n",
+                      "other.slice/cpu.max": "10000 100000\n"})  # another cgroup's: not ours
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text("0::/user.slice/app.scope\n")
+    assert _threads.cgroup_cpu_limit(root, proc) == 1.5
+    (root / "user.slice/app.scope/cpu.max").write_text("max 100000\n")
+    assert _threads.cgroup_cpu_limit(root, proc) is None
+    (root / "user.slice/cpu.max").write_text("50000 100000\n")  # an ancestor's quota binds too
+    assert _threads.cgroup_cpu_limit(root, proc) == 0.5
+    (root / "user.slice/app.scope/cpu.max").write_text("20000 100000\n")  # the smallest wins
+    assert _threads.cgroup_cpu_limit(root, proc) == 0.2
+
+
+def test_cgroup_v2_hybrid_and_container_without_namespace(tmp_path):
+    root = tmp_path / "cgroup"
+    # Hybrid: v2 mounted at <root>/unified, no v1 cpu controller line.
+    write_tree(root, {"unified/cgroup.controllers": "cpu\n",
+                      "unified/svc/cpu.max": "400000 100000\n"})
+    proc = tmp_path / "cgroup_hybrid"
+    proc.write_text("1:name=systemd:/svc\n0::/svc\n")
+    assert _threads.cgroup_cpu_limit(root, proc) == 4.0
+    # A container without a cgroup namespace sees the host's path; its own cgroup is the root.
+    container = tmp_path / "container"
+    write_tree(container, {"cgroup.controllers": "cpu\n", "cpu.max": "250000 100000\n"})
+    proc.write_text("0::/system.slice/docker-0123abcd.scope\n")
+    assert _threads.cgroup_cpu_limit(container, proc) == 2.5
+
+
+def test_cgroup_v1_cfs_quota(tmp_path):
+    root = tmp_path / "cgroup"
+    write_tree(root, {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "200000\n",
+                      "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+                      "cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+                      "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+                      "memory/docker/abc/memory.limit_in_bytes": "1073741824\n"})
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text("12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n"
+                    "0::/docker/abc\n")
+    assert _threads.cgroup_cpu_limit(root, proc) == 2.0
+    (root / "cpu,cpuacct/docker/abc/cpu.cfs_quota_us").write_text("-1\n")
+    assert _threads.cgroup_cpu_limit(root, proc) is None
+    # The controller mounted as plain "cpu" (e.g. this machine), the path not under it.
+    other = tmp_path / "other"
+    write_tree(other, {"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"})
+    proc.write_text("3:cpu:/not/mounted/here\n")
+    assert _threads.cgroup_cpu_limit(other, proc) == 0.5
+
+
+def test_cgroup_absent_or_garbled_means_no_quota(tmp_path):
+    assert _threads.cgroup_cpu_limit(tmp_path / "nothing", tmp_path / "no_such_file") is None
+    root = tmp_path / "cgroup"
+    write_tree(root, {"cgroup.controllers": "cpu\n", "a/cpu.max": "lots 100000\n"})
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text("garbage\n0::/a\n")
+    assert _threads.cgroup_cpu_limit(root, proc) is None
+
+
+def test_this_machine_cgroup_quota_reads():
+    """The real files: whatever they say, they parse (None or a positive number of CPUs)."""
+    quota = _threads.cgroup_cpu_limit()
+    assert quota is None or quota > 0
+
+
+@pytest.mark.parametrize("affinity, quota, threads", [
+    (4, 1.5, 2), (4, None, 4), (2, 8.0, 2), (16, 0.2, 1), (1, None, 1), (8, 3.0, 3)])
+def test_default_threads_are_min_of_affinity_and_quota(affinity, quota, threads):
+    got, why = _threads.choose_threads({}, affinity=affinity, quota=quota)
+    assert got == threads
+    assert f"affinity {affinity} CPU" in why
+    assert ("no cgroup CPU quota" in why) if quota is None else (f"quota {quota:g}" in why)
+
+
+def test_nap_num_threads_and_omp_num_threads_win():
+    assert _threads.choose_threads({"NAP_NUM_THREADS": "3", "OMP_NUM_THREADS": "7"},
+                                   affinity=1, quota=0.5) == (3, "NAP_NUM_THREADS=3")
+    got, why = _threads.choose_threads({"OMP_NUM_THREADS": "7"}, affinity=2, quota=None)
+    assert got is None and "OMP_NUM_THREADS=7" in why  # left to OpenMP, as before
+    for bad in ("0", "-2", "two", "1.5"):
+        with pytest.raises(ValueError, match="NAP_NUM_THREADS"):
+            _threads.choose_threads({"NAP_NUM_THREADS": bad})
+
+
+THREAD_REPORT = """
+import json, os
+import nap_gpu as nap
+cpp = nap.backends.get("cpp")
+print(json.dumps({**cpp.thread_config(), "num_threads": cpp.num_threads(),
+                  "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}}))
+"""
+
+
+def thread_report(env: dict, preexec_fn=None, prelude: str = "") -> tuple[dict, str]:
+    proc = subprocess.run([sys.executable, "-c", prelude + THREAD_REPORT], capture_output=True,
+                          text=True, env=env, timeout=120, preexec_fn=preexec_fn)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+@needs_cpp
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no sched_setaffinity here")
+def test_a_process_pinned_to_one_cpu_defaults_to_one_thread():
+    cpu = min(os.sched_getaffinity(0))
+    report, _ = thread_report(openmp_env(), preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    assert report["num_threads"] == 1 and report["threads"] == "1", report
+    assert "affinity 1 CPU" in report["threads_from"], report
+    unpinned, _ = thread_report(openmp_env())  # positive control: the whole mask
+    assert unpinned["num_threads"] == min(len(os.sched_getaffinity(0)),
+                                          math.ceil(_threads.cgroup_cpu_limit() or 1e9))
+
+
+# -- OpenMP's wait policy ----------------------------------------------------------------------
+
+def runtime_spin_count(stderr: str) -> str | None:
+    """libgomp's spin count as it printed it under OMP_DISPLAY_ENV=VERBOSE (None: not libgomp).
+    Its OMP_WAIT_POLICY line says PASSIVE when the policy is unset too: the count tells."""
+    found = re.search(r"GOMP_SPINCOUNT\s*=\s*'(\d+)'", stderr)
+    return found.group(1) if found else None
+
+
+@needs_cpp
+def test_wait_policy_default_is_read_by_the_runtime_and_then_withdrawn():
+    # OMP_DISPLAY_ENV makes libgomp / libomp print the settings it read when it was loaded.
+    report, stderr = thread_report(openmp_env(OMP_DISPLAY_ENV="VERBOSE"))
+    assert report["wait_policy"] == "OMP_WAIT_POLICY=PASSIVE", report
+    assert "nap_gpu's default" in report["wait_from"] and "read by lib" in report["wait_from"]
+    assert re.search(r"OMP_WAIT_POLICY\s*=\s*'PASSIVE'", stderr, re.I), stderr
+    assert runtime_spin_count(stderr) in ("0", None), stderr  # passive: no spinning at all
+    # Withdrawn once the core is loaded: later runtimes and child processes see the user's env.
+    assert report["env"] == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}, report
+
+
+@needs_cpp
+@pytest.mark.parametrize("variable, value, libgomp_spins", [
+    ("OMP_WAIT_POLICY", "ACTIVE", "30000000000"),
+    ("GOMP_SPINCOUNT", "1000", "1000"),
+    ("KMP_BLOCKTIME", "0", "300000")])  # libgomp ignores KMP_BLOCKTIME: its own default then
+def test_wait_policy_set_by_the_user_is_left_alone(variable, value, libgomp_spins):
+    report, stderr = thread_report(openmp_env(**{variable: value}, OMP_DISPLAY_ENV="VERBOSE"))
+    assert report["wait_policy"] == f"{variable}={value}", report
+    assert "the environment" in report["wait_from"], report
+    assert runtime_spin_count(stderr) in (libgomp_spins, None), stderr
+    assert report["env"][variable if variable != "KMP_BLOCKTIME" else "GOMP_SPINCOUNT"] == (
+        value if variable != "KMP_BLOCKTIME" else None), report  # the user's: kept, unchanged
+    if variable != "OMP_WAIT_POLICY":
+        assert report["env"]["OMP_WAIT_POLICY"] is None, report  # nothing added beside it
+
+
+@needs_cpp
+def test_wait_policy_changed_after_import_is_what_is_reported():
+    """The runtime reads the environment when the core loads, not when nap_gpu is imported."""
+    prelude = "import os, nap_gpu\nos.environ['OMP_WAIT_POLICY'] = 'ACTIVE'\n"
+    report, stderr = thread_report(openmp_env(OMP_DISPLAY_ENV="VERBOSE"), prelude=prelude)
+    assert report["wait_policy"] == "OMP_WAIT_POLICY=ACTIVE", report
+    assert "the environment" in report["wait_from"], report
+    assert runtime_spin_count(stderr) in ("30000000000", None), stderr
+    assert report["env"]["OMP_WAIT_POLICY"] == "ACTIVE", report  # the user's: not withdrawn
+
+
+@needs_cpp
+def test_a_runtime_loaded_before_nap_gpu_is_reported():
+    first, _ = thread_report(openmp_env())
+    runtime = first["wait_from"].split("read by ")[-1].split(" when")[0]  # libgomp.so.1.0.0
+    if not runtime.startswith("libgomp"):
+        pytest.skip(f"the core uses {runtime}, not libgomp")
+    # Another library loads the core's runtime first (here ctypes, by the soname).
+    report, _ = thread_report(openmp_env(), prelude="import ctypes\nctypes.CDLL('libgomp.so.1')\n")
+    assert "already loaded by another library" in report["wait_from"], report
+    assert "libgomp" in report["wait_from"], report
+    assert report["wait_policy"].startswith("unknown"), report
+
+
+def test_loaded_runtimes_reads_maps(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0\n"
+        "7f01-7f02 r--p 00001000 08:01 1 /usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0\n"
+        "7f02-7f03 r-xp 00000000 08:01 2 /opt/torch.libs/libgomp-a34b3233.so.1\n"
+        "7f03-7f04 r-xp 00000000 08:01 3 /opt/llvm/lib/libomp.so.5\n"
+        "7f04-7f05 rw-p 00000000 00:00 0 \n"
+        "7f05-7f06 r-xp 00000000 08:01 4 /usr/lib/libgompish.so\n")
+    assert _threads.loaded_runtimes(maps) == ["/usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0",
+                                              "/opt/llvm/lib/libomp.so.5"]
+
+
+@needs_cpp
+def test_show_config_shows_threads_and_wait_policy(capsys):
+    nap.show_config()
+    out = capsys.readouterr().out
+    for key in ("threads", "threads_from", "wait_policy", "wait_from"):
+        assert re.search(rf"^\s+{key}\s+\S", out, re.M), out
+    info = nap._config.config()["cpp"]
+    assert int(info["threads"]) == nap.backends.get("cpp").num_threads()
 
 WORKLOAD = """
 import json, sys

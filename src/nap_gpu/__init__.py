@@ -18,6 +18,10 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
+from . import _threads
+
+_threads.prepare()  # OpenMP's wait policy, before anything can load the C++ core
+
 from .backends import BackendUnavailableError, available_backends
 from .engine import Engine
 from .durable import DurabilityWarning, DurableEngine, EngineFailedError, RecoveryError

@@ -27,7 +27,7 @@ def config() -> dict:
         info["auto"] = f"error: {exc}"
     if backends.available_backends()["cpp"] is None:
         cpp = backends.get("cpp")
-        info["cpp"] = {**cpp.compile_options(), "threads": str(cpp.num_threads())}
+        info["cpp"] = {**cpp.compile_options(), **cpp.thread_config()}
     info["cuda_kernels"] = _kernel_build()
     info["gpu"] = gpu_status()
     return info
@@ -59,7 +59,7 @@ def show_config(file=None) -> None:
     if "cpp" in info:
         print("C++ core:", file=out)
         for key, value in info["cpp"].items():
-            print(f"  {key:<10} {value}", file=out)
+            print(f"  {key:<12} {value}", file=out)
     print("CUDA kernels (NVRTC):", file=out)
     for key, value in info["cuda_kernels"].items():
         print(f"  {key:<10} {value}", file=out)

@@ -7,11 +7,10 @@ not float32/int64 C-contiguous instead of converting it).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .. import _core  # ImportError here means the core was not built: the registry says so
+from .. import _threads
 from ..params import Params
 from . import _xp
 
@@ -22,15 +21,14 @@ asarray, from_host, to_host, synchronize, read_only, device_of, narrow_quality =
     _xp.host_read_only, _xp.host_device_of, _xp.host_narrow_quality)
 
 
-def _threads_from_env() -> None:
-    value = os.environ.get("NAP_NUM_THREADS", "").strip()
-    if value:
-        if not value.isdigit() or int(value) < 1:
-            raise ValueError(f"NAP_NUM_THREADS must be a positive integer, got {value!r}")
-        _core.set_num_threads(int(value))
-
-
-_threads_from_env()
+# The thread count nap_gpu chose for the core (docs: nap_gpu/_threads.py): NAP_NUM_THREADS, else
+# OMP_NUM_THREADS (left to OpenMP: 0), else min(affinity, cgroup CPU quota). set_num_threads(0)
+# comes back to it.
+_threads.core_loaded(dict(item.split("=", 1) for item in
+                          _core.compile_options().split(";")).get("compiler", ""))
+_default_threads, threads_reason = _threads.choose_threads()  # ValueError: bad NAP_NUM_THREADS
+_core.set_num_threads(_default_threads or 0)
+_default_count = _core.num_threads()
 
 
 def step(w: np.ndarray, q: np.ndarray, p: Params) -> None:
@@ -62,7 +60,22 @@ def exact_sums(w: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 num_threads = _core.num_threads
-set_num_threads = _core.set_num_threads
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the core's loops use from now on; ``n < 1`` restores nap_gpu's default (the one
+    ``nap-gpu info`` shows: NAP_NUM_THREADS, else min(affinity, cgroup CPU quota))."""
+    _core.set_num_threads(int(n) if int(n) >= 1 else (_default_threads or 0))
+
+
+def thread_config() -> dict[str, str]:
+    """The thread count, the wait policy, and why: ``nap-gpu info`` shows them."""
+    wait, wait_from = _threads.wait_policy()
+    threads = num_threads()
+    why = threads_reason if threads == _default_count else (
+        f"set_num_threads({threads}); the default {_default_count}: {threads_reason}")
+    return {"threads": str(threads), "threads_from": why, "wait_policy": wait,
+            "wait_from": wait_from}
 
 
 def compile_options() -> dict[str, str]:
