@@ -82,7 +82,9 @@ PKG_ROOT = str(pathlib.Path(nap.__file__).resolve().parents[1])
 
 def child_env() -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = PKG_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    # after what is there: the simulated device's cupy (tests/conftest.py) must stay ahead of
+    # an installed CuPy, which sits beside the installed nap_gpu
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH", ""), PKG_ROOT]))
     env.pop("NAP_BACKEND", None)
     return env
 
