@@ -413,6 +413,7 @@ def test_decay_accepts_numpy_integers_and_zero(backend):
     (float("nan"), ValueError), (float("inf"), ValueError), (float("-inf"), ValueError),
     (np.float32("nan"), ValueError), (np.float64("inf"), ValueError),
     (-0.1, ValueError), (-1e-30, ValueError), (1.5, ValueError), (2, ValueError), (1.001, ValueError),
+    (10**400, ValueError), (-(10**400), ValueError), (1e300, ValueError), (np.float64(-1e39), ValueError),
     ("0.1", TypeError), (None, TypeError), (True, TypeError), ([0.1], TypeError), (0.1j, TypeError),
 ], ids=repr)
 def test_bad_params_name_the_parameter(field, value, exc):

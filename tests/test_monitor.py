@@ -54,6 +54,50 @@ def test_latency_budget_is_a_rule():
     assert all(any("latency p50" in f for f in e["failures"]) for e in events)
 
 
+def test_one_slow_step_never_holds_the_p99_over_budget():
+    """A single outlier (a page fault, a snapshot beside a step) stays in the window for
+    ``latency_window`` steps; it must not fail the budget at any of them. Two in a hundred do."""
+    eng = nap.Engine(100, backend="numpy", seed=0)
+    mon = nap.Monitor(eng, np.arange(100) % 2, warmup=10**9, settle=10**9,
+                      latency_budget_ms=(5.0, 20.0), latency_window=100)
+    mon.observe_latency(500.0)  # the outlier comes first: it is in every window below
+    verdicts = []
+    for _ in range(99):
+        mon.observe_latency(1.0)
+        verdicts.append(mon.check()["ok"])
+    assert all(verdicts) and len(mon._latencies) == 100
+    assert mon.latency_ms() == (1.0, 1.0)
+    mon.observe_latency(500.0)  # two slow steps in the last hundred: now they are the p99
+    mon.observe_latency(500.0)
+    event = mon.check()
+    assert not event["ok"] and event["failures"] == ["latency p99 500.000 ms > budget 20.0 ms"]
+
+
+def test_latency_percentiles_are_lower_order_statistics():
+    eng = nap.Engine(10, backend="numpy", seed=0)
+    mon = nap.Monitor(eng, np.arange(10) % 2)
+    assert mon.latency_ms() is None
+    mon.observe_latency(7.0)
+    assert mon.latency_ms() == (7.0, 7.0)
+    samples = np.random.default_rng(3).exponential(2.0, 1000)
+    for x in samples:
+        mon.observe_latency(float(x))
+    assert mon.latency_ms() == tuple(float(np.quantile(samples, f, method="lower"))
+                                     for f in (0.5, 0.99))
+
+
+def test_the_rules_can_count_another_clock():
+    """A service counts its logged writes, not dense steps: ``check(iteration=...)``."""
+    eng = nap.Engine(N, backend="numpy", seed=1)
+    mon = nap.Monitor(eng, np.arange(N) % 2, warmup=3, settle=5)  # random weights: no learning
+    assert mon.check(iteration=2)["ok"]
+    event = mon.check(iteration=3)
+    assert event["iteration"] == 3 and not event["ok"]
+    assert [f.split()[0] for f in event["failures"]] == ["separation"]
+    assert [f.split()[0] for f in mon.check(iteration=5)["failures"]] == ["separation",
+                                                                          "inversion"]
+
+
 def test_non_finite_weight_stops_writes_on_a_plain_engine():
     eng, mon, _ = run(iterations=3)
     eng._w[17] = np.nan  # corruption from outside the law

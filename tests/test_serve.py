@@ -1000,6 +1000,53 @@ def test_law_parameters_are_set_at_creation_and_shown(tmp_path):
         assert srv.stop() == 0
 
 
+def _health_after(c: httpx.Client, sequence: int, timeout: float = 30.0) -> dict:
+    """The first health check that saw the state at ``sequence`` logged writes or later."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = c.get("/v1/stats").json()["health"]
+        if health is not None and health["iteration"] >= sequence:
+            return health
+        time.sleep(0.1)
+    raise AssertionError(f"no health check saw sequence {sequence} in {timeout} s")
+
+
+def test_a_labelled_service_applies_the_guides_warm_up(tmp_path):
+    """Healthy at boot and through the warm-up (the weights are still the random initial
+    ones), the failed rule once past it without learning, the grace not renewed by a restart,
+    healthy again once the populations separate."""
+    labels = (np.arange(N) % 2).astype(np.uint8)
+    np.save(tmp_path / "labels.npy", labels)
+    srv = Server(tmp_path / "s", NAP_LABELS=str(tmp_path / "labels.npy"),
+                 NAP_HEALTH_WARMUP="3", NAP_HEALTH_SETTLE="6", NAP_STATS_INTERVAL="0.2").start()
+    noise = {"ids": [0], "quality": [0.7]}
+    try:
+        with srv.client(headers=AUTH) as c:
+            assert c.get("/v1/stats").json()["labels"] is True
+            at_boot = _health_after(c, 0)
+            assert at_boot["ok"] and at_boot["separation"] < 0.2, at_boot
+            for sequence in (1, 2):
+                assert c.post("/v1/feedback", json=noise).json()["sequence"] == sequence
+                assert _health_after(c, sequence)["ok"]
+            assert c.post("/v1/feedback", json=noise).json()["sequence"] == 3
+            past = _health_after(c, 3)
+            assert not past["ok"] and [f.split()[0] for f in past["failures"]] == ["separation"]
+    finally:
+        assert srv.stop() == 0, srv.output()[-3000:]
+    srv.start()  # the count is the state's, so the restarted service is past its warm-up
+    try:
+        with srv.client(headers=AUTH) as c:
+            assert not _health_after(c, 3)["ok"]
+            teach = {"ids": list(range(N)), "quality": labels.astype(float).tolist()}
+            for _ in range(8):
+                sequence = c.post("/v1/feedback", json=teach).json()["sequence"]
+            learned = _health_after(c, sequence)
+            assert sequence >= 6 and learned["ok"], learned
+            assert learned["separation"] > 0.2 and learned["inversion_ratio"] > 0.9
+    finally:
+        assert srv.stop() == 0, srv.output()[-3000:]
+
+
 def test_scheduled_decay(tmp_path):
     srv = Server(tmp_path / "s", NAP_DECAY_EVERY_S="0.2").start()
     try:

@@ -244,6 +244,35 @@ def test_failed_save_keeps_the_previous_snapshot(tmp_path):
     assert nap.load(tmp_path / "after.nap").iteration == eng.iteration + 2
 
 
+@pytest.mark.parametrize("fault", ["open", "fsync"])
+def test_a_failed_directory_fsync_is_raised_never_skipped(tmp_path, monkeypatch, fault):
+    """The rename is durable only once its directory is synced: when the directory cannot be
+    opened (EMFILE) or synced (EIO), the save says so instead of returning as if it were."""
+    import errno  # noqa: PLC0415
+    eng, _ = trained("numpy", n=100)
+    real_open, real_fsync, directory_fds = os.open, os.fsync, set()
+
+    def fake_open(path, flags, *args, **kwargs):
+        if pathlib.Path(path) == tmp_path:
+            if fault == "open":
+                raise OSError(errno.EMFILE, "Too many open files", os.fspath(path))
+            fd = real_open(path, flags, *args, **kwargs)
+            directory_fds.add(fd)
+            return fd
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_fsync(fd):
+        if fd in directory_fds:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "fsync", fake_fsync)
+    with pytest.raises(OSError) as raised:
+        eng.save(tmp_path / "pop.nap")
+    assert raised.value.errno == (errno.EMFILE if fault == "open" else errno.EIO)
+
+
 def test_missing_directory_is_an_error_and_changes_nothing(tmp_path):
     eng, _ = trained("numpy", n=100)
     before = eng.to_numpy()

@@ -29,7 +29,7 @@ from .functional import step, update
 from .metrics import Health, Metrics, PopulationStats, health
 from .monitor import Monitor, WritesStoppedError
 from .params import Params
-from .sharded import ShardedEngine, ShardsLostError
+from .sharded import CallTimeoutError, ShardedEngine, ShardsLostError
 from .snapshot import SnapshotError
 from .workload import ReferenceWorkload
 from ._config import show_config
@@ -37,7 +37,7 @@ from ._config import show_config
 load = Engine.load
 
 __all__ = [
-    "BackendUnavailableError", "DurabilityWarning", "DurableEngine", "Engine",
+    "BackendUnavailableError", "CallTimeoutError", "DurabilityWarning", "DurableEngine", "Engine",
     "EngineFailedError", "Health", "RecoveryError", "Metrics", "Params", "PopulationStats",
     "Monitor", "ReferenceWorkload", "ShardedEngine", "ShardsLostError", "SnapshotError",
     "WritesStoppedError", "available_backends",

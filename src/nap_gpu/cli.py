@@ -135,6 +135,10 @@ _SERVE_FLAGS = (
                               "[NAP_KEEP_ALIVE_S, default 5]"),
     ("--labels", str, ".npy of R/P labels per memory, for the metrics [NAP_LABELS]"),
     ("--stats-interval", float, "seconds between health checks [NAP_STATS_INTERVAL, default 15]"),
+    ("--health-warmup", int, "with labels: logged writes before the separation rule applies "
+                             "[NAP_HEALTH_WARMUP, default 10]"),
+    ("--health-settle", int, "with labels: logged writes before the inversion-ratio rule "
+                             "applies [NAP_HEALTH_SETTLE, default 50]"),
     ("--log-level", str, "debug, info, warning or error [NAP_LOG_LEVEL, default info]"),
 )
 

@@ -144,19 +144,6 @@ def _list(directory: pathlib.Path):
     return snaps, segs
 
 
-def _fsync_dir(directory: pathlib.Path) -> None:
-    """Make a creation, rename or removal in ``directory`` durable. Raises OSError when the
-    directory cannot be opened (EMFILE) or synced (EIO): a skipped sync would let a power loss
-    undo the rename, so callers must know (snapshot._fsync_directory skips it silently)."""
-    if os.name == "nt":  # pragma: no cover - directories cannot be opened; renames are durable
-        return
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sync(fd: int) -> None:
     (getattr(os, "fdatasync", None) or os.fsync)(fd)
 
@@ -269,7 +256,7 @@ def _withdraw_segment(path: pathlib.Path, cause: OSError) -> None:
     that fails (the segment may then survive a crash beside records recovery would skip)."""
     try:
         path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        snapshot.fsync_directory(path.parent)
     except OSError as again:
         raise _SegmentLeftBehind(cause.errno, f"{path} was created but cannot be used ({cause}) "
                                  f"nor durably removed ({again})") from cause
@@ -293,7 +280,7 @@ def _create_segment(directory: pathlib.Path, first: int) -> pathlib.Path:
         tmp.unlink(missing_ok=True)
         raise
     try:
-        _fsync_dir(directory)
+        snapshot.fsync_directory(directory)
     except OSError as exc:  # its name may not survive a power loss: records there could vanish
         _withdraw_segment(path, exc)
         raise
@@ -895,7 +882,7 @@ def _apply_repair(directory: pathlib.Path, exc: RecoveryError) -> dict:
         target = _aside(plan["snapshot"], ".damaged")
         os.replace(plan["snapshot"], target)
         evidence.append(target.name)
-    _fsync_dir(directory)
+    snapshot.fsync_directory(directory)
     lost = plan["sequences"]
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": "accept_loss",
              "directory": str(directory), "refused_because": str(exc),
@@ -1097,7 +1084,7 @@ class DurableEngine:
         for path in rec.damaged:
             os.replace(path, path.with_name(path.name + ".damaged"))
         if rec.damaged:
-            _fsync_dir(directory)
+            snapshot.fsync_directory(directory)
         self._eng = eng
         self._bk = backends.get(eng.backend)
         self._sequence = rec.sequence
@@ -1300,7 +1287,7 @@ class DurableEngine:
         name = _snap_name(self._sequence, eng.n, eng.params, eng.iteration)
         path = snapshot.write(self._directory / name, host, eng.params, iteration=eng.iteration,
                               sequence=self._sequence, backend=eng.backend, version=__version__)
-        _fsync_dir(self._directory)  # snapshot.write skips it when the directory cannot be opened
+        snapshot.fsync_directory(self._directory)  # snapshot.write skips it when the directory cannot be opened
         self._snap_seq = self._sequence
         self._snap_time = time.time()
         return path

@@ -99,19 +99,27 @@ class Monitor:
         self._latencies.append(ms)
 
     def latency_ms(self) -> tuple[float, float] | None:
-        """(p50, p99) of the step latencies in the window, or None before the first step."""
+        """(p50, p99) of the step latencies in the window, or None before the first step.
+
+        Each is the lower order statistic (NumPy's ``method="lower"``): the value at rank
+        floor(f * (count - 1)). From two samples on, the single slowest call is never the
+        p99, so one outlier (a page fault, a snapshot beside the step) cannot fail the budget
+        while it stays in the window; slow calls that are over 1% of it (two in a hundred) do."""
         if not self._latencies:
             return None
         ordered = sorted(self._latencies)
-        pick = lambda f: ordered[min(len(ordered) - 1, math.ceil(f * len(ordered)) - 1)]  # noqa: E731
+        pick = lambda f: ordered[math.floor(f * (len(ordered) - 1))]  # noqa: E731
         return pick(0.50), pick(0.99)
 
-    def check(self, metrics: _metrics.Metrics | None = None) -> dict:
+    def check(self, metrics: _metrics.Metrics | None = None, *,
+              iteration: int | None = None) -> dict:
         """Evaluate the rules now, run the playbook if needed, and return the event.
 
         ``metrics``: the engine's metrics if already computed (a service computes them from a
-        copy of the weights, so that writes need not wait for the sort)."""
-        iteration = self.engine.iteration
+        copy of the weights, so that writes need not wait for the sort). ``iteration``: what
+        the warm-up and settle rules count (default ``engine.iteration``, the dense steps; a
+        service counts its logged writes)."""
+        iteration = self.engine.iteration if iteration is None else iteration
         m = self.engine.metrics(self.labels) if metrics is None else metrics
         verdict = _metrics.health(m, iteration, warmup=self.rules["warmup"],
                                   settle=self.rules["settle"],

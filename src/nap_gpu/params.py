@@ -39,9 +39,15 @@ class Params:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"Params.{name} must be a real number, got {type(value).__name__}")
-            if not math.isfinite(float(value)):
+            try:
+                real = float(value)
+            except OverflowError:  # an integer or Fraction beyond float64 (10**400)
+                raise ValueError(f"Params.{name} must lie in [0, 1], got {value!r}") from None
+            if not math.isfinite(real):
                 raise ValueError(f"Params.{name} must be finite, got {value!r}")
-            as32 = float(np.float32(value)) + 0.0  # round to float32; -0.0 -> 0.0
+            if not -1.0 <= real <= 2.0:  # far outside: float32 rounding would overflow
+                raise ValueError(f"Params.{name} must lie in [0, 1], got {value!r}")
+            as32 = float(np.float32(real)) + 0.0  # round to float32; -0.0 -> 0.0
             if not 0.0 <= as32 <= 1.0:
                 raise ValueError(f"Params.{name} must lie in [0, 1], got {value!r}")
             object.__setattr__(self, name, as32)

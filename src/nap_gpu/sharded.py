@@ -317,7 +317,7 @@ def _cut_log(directory: pathlib.Path, sequence: int) -> None:
                 raise RecoveryError(f"{path}: no record {sequence + 1} to roll back")
             fh.truncate(cut)
             os.fsync(fh.fileno())
-        snapshot._fsync_directory(directory)  # the unlinked empty segments
+        snapshot.fsync_directory(directory)  # the unlinked empty segments
     finally:
         lock.close()
 
@@ -1157,7 +1157,7 @@ def _write_json(path: pathlib.Path, document: dict) -> pathlib.Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    snapshot._fsync_directory(path.parent)
+    snapshot.fsync_directory(path.parent)
     return path
 
 

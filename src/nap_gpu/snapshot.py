@@ -142,7 +142,7 @@ def write(path, weights: np.ndarray, params: Params, *, iteration: int = 0, sequ
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return path
 
 
@@ -211,11 +211,14 @@ def _read_into(path: pathlib.Path, fh, buffer: memoryview, offset: int) -> None:
         done += got
 
 
-def _fsync_directory(directory: pathlib.Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened; rename is durable there
+def fsync_directory(directory: pathlib.Path) -> None:
+    """Make a creation, rename or removal in ``directory`` durable. Raises OSError when the
+    directory cannot be opened (EMFILE) or synced (EIO): a skipped sync would let a power loss
+    undo the rename, so callers must know. (Windows: directories cannot be opened, and a
+    rename is durable there.)"""
+    if os.name == "nt":  # pragma: no cover
         return
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
     finally:

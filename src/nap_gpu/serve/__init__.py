@@ -63,9 +63,12 @@ class ServiceState:
         self.has_labels = settings.labels is not None
         labels = (np.load(settings.labels, allow_pickle=False) if self.has_labels
                   else np.ones(engine.n, np.uint8))
-        # The operator gave populations: their rules apply from the start.
-        due = 0 if self.has_labels else _NEVER
-        self.monitor = Monitor(engine, labels, warmup=due, settle=due)
+        # With populations given, the guide's rules apply once the state has taken
+        # ``health_warmup`` / ``health_settle`` logged writes (counted from its creation, so a
+        # restart does not start a new grace period); without them, only corruption counts.
+        self.monitor = Monitor(
+            engine, labels, warmup=settings.health_warmup if self.has_labels else _NEVER,
+            settle=settings.health_settle if self.has_labels else _NEVER)
         self.last_health: dict | None = None
         self.writer = Writer(engine, max_queued=settings.max_queued_events,
                              on_applied=self._applied)
@@ -153,7 +156,7 @@ class ServiceState:
         m = _metrics.compute(host, self.monitor.labels, self.metrics_backend)
         del host
         with self.writer.lock:
-            event = self.monitor.check(m)
+            event = self.monitor.check(m, iteration=self.engine.sequence)
         gauges = self.metrics.population
         for name, value in (("separation", m.separation), ("inversion_ratio", m.inversion_ratio),
                             ("saturation", m.saturation), ("weight_min", m.min),

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
                                                        "after this")
     labels: pathlib.Path | None = Field(None, description=".npy of R/P labels (1/0) per memory")
     stats_interval: float = Field(15.0, gt=0, description="seconds between health checks")
+    health_warmup: int = Field(10, ge=0, description="logged writes before the separation rule "
+                                                     "applies (with labels)")
+    health_settle: int = Field(50, ge=0, description="logged writes before the inversion-ratio "
+                                                     "rule applies (with labels)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
