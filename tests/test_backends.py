@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -584,3 +585,33 @@ def test_thread_count_changes_no_bit_in_process():
     reference.decay(2)
     for threads, w in zip((1, 2, 5), results):
         assert_same_bits(w, reference.to_numpy(), f"cpp with {threads} threads vs numpy")
+
+
+# -- the C++ core absent, or present but not loadable ---------------------------------------------
+def test_an_absent_core_says_it_was_not_built():
+    from nap_gpu import backends  # noqa: PLC0415
+    reason = backends._probe_cpp("nap_gpu._no_such_core")
+    assert reason.startswith("C++ core not built") and "C++ compiler" in reason
+
+
+def test_a_core_that_fails_to_load_names_the_missing_library(tmp_path, monkeypatch):
+    """A wheel whose core needs a runtime the machine lacks (a Windows wheel without the OpenMP
+    DLL, a Linux one without libgomp) must say which library failed, not "not built"."""
+    import shutil  # noqa: PLC0415
+    patchelf = shutil.which("patchelf")
+    spec = importlib.util.find_spec("nap_gpu._core")
+    if patchelf is None or spec is None or not sys.platform.startswith("linux"):
+        pytest.skip("needs Linux, the built C++ core and patchelf (test extra)")
+    package = tmp_path / "brokencore"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    core = package / pathlib.Path(spec.origin).name
+    shutil.copy(spec.origin, core)
+    subprocess.run([patchelf, "--add-needed", "libnap_test_missing_omp.so.1", str(core)],
+                   check=True)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from nap_gpu import backends  # noqa: PLC0415
+    reason = backends._probe_cpp("brokencore._core")
+    assert reason.startswith("C++ core built but failed to load"), reason
+    assert "libnap_test_missing_omp.so.1" in reason and str(core) in reason
+    assert "reinstall" not in reason

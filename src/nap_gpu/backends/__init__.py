@@ -53,11 +53,26 @@ def _probe_cuda() -> str | None:
     return None
 
 
-def _probe_cpp() -> str | None:
+def _probe_cpp(module: str = "nap_gpu._core") -> str | None:
+    """Why the C++ core is unusable: not built (reinstalling with a compiler helps) or built
+    but failing to load (a library it needs is missing: reinstalling does not help, and the
+    loader's message names the library)."""
     try:
-        importlib.import_module("nap_gpu._core")
+        spec = importlib.util.find_spec(module)
     except ImportError as exc:
-        return f"C++ core not built ({exc}); reinstall with a C++ compiler present"
+        spec, missing = None, exc
+    else:
+        missing = None
+    if spec is None:
+        return (f"C++ core not built: this install has no {module} ("
+                f"{missing or 'built without a C++ compiler'}); reinstall from source with a "
+                "C++ compiler present")
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - ImportError, or whatever the module init raised
+        return (f"C++ core built but failed to load ({spec.origin}): {exc}. A library it "
+                "links against is missing or incompatible (the OpenMP runtime: libgomp, "
+                "libomp or vcomp); install that library, or use the numpy backend")
     return None
 
 
