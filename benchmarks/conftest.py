@@ -34,7 +34,6 @@ it would in a training loop.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 

@@ -5,12 +5,13 @@
 Dense-step groups: each benchmark's median, its ratio to the floor of the same group (the
 smaller median of ``floor`` and ``floor-repeat``: the conservative choice, it never flatters a
 ratio), its paired ratio (median of its time over the floor's, the two run in alternation:
-robust to a machine that drifts between benchmarks), its ratio to the fastest bit-exact peer, its effective bandwidth (the 12 bytes a memory that
-a step must move, over the median), whether it is bit-exact, and the share of the machine's
-CPU that other processes used meanwhile (``foreign CPU``; a high value means the measurement
-was taken on a busy machine). Metrics groups: medians and scikit-learn/nap per data kind.
-Then the targets of the performance issue, each met or missed: judged on the paired ratios
-where the JSON has them (on the group medians otherwise), both shown.
+robust to a machine that drifts between benchmarks), its ratio to the fastest bit-exact peer,
+its effective bandwidth (the 12 bytes a memory that a step must move, over the median), whether
+it is bit-exact, and the share of the machine's CPU that other processes used meanwhile
+(``foreign CPU``; a high value means the measurement was taken on a busy machine). Metrics
+groups: medians and scikit-learn/nap per data kind. Then the targets of the performance issue,
+each met or missed: judged on the paired ratios where the JSON has them (on the group medians
+otherwise), both shown.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def dense_table(name: str, rows: list[dict], out: list[str], summary: dict) -> N
         foreign = info.get("foreign_cpu")
         paired = 1.0 if info.get("role") == "floor" else info.get("paired_floor_ratio")
         out.append(f"| {info['impl']} | {fmt_time(m)} | {fmt_ratio(m / floor if floor else None)} | "
-                   f"{fmt_ratio(paired)} | {fmt_ratio(m / best if best else None)} | {'' if gbs is None else f'{gbs:.1f}'} | "
+                   f"{fmt_ratio(paired)} | {fmt_ratio(m / best if best else None)} | "
+                   f"{'' if gbs is None else f'{gbs:.1f}'} | "
                    f"{r['stats']['rounds']} | {exact} | "
                    f"{'' if foreign is None else f'{foreign:.0%}'} |")
     out.append("")
@@ -130,7 +132,7 @@ def targets(summary: dict, out: list[str]) -> None:
         if kind == "dense-step":
             med, paired, floor = s["median"], s["paired"], s["floor"]
 
-            def both(a, b, med_b=None):
+            def both(a, b, med_b=None, med=med, paired=paired):
                 """a / b from the group medians, and from the paired floor ratios."""
                 m = med.get(a) / (med_b if med_b else med.get(b)) if med.get(a) and (
                     med_b or med.get(b)) else None

@@ -26,10 +26,10 @@ bytes (``w += s*w``: read and write w, 8 bytes a memory).
 from __future__ import annotations
 
 import numpy as np
+from peers import DECAY, GATE, LR, PARAMS, TRIAD_S, _backend, _core, _import
 
 import nap_gpu as nap
 from nap_gpu import backends
-from peers import DECAY, GATE, LR, PARAMS, Unavailable, _import, _backend, _core, TRIAD_S
 
 ZERO, ONE = np.float32(0.0), np.float32(1.0)
 

@@ -23,10 +23,10 @@ and sigma, whether the backends that ran agree.
 from __future__ import annotations
 
 import pytest
-
-import nap_gpu as nap
 import scale_support
 from scale_support import CpuContention, convergence, size_label
+
+import nap_gpu as nap
 
 SIGMAS = (0.0, 0.1, 0.2)
 

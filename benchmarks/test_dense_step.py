@@ -13,10 +13,10 @@ the law's special values; one that is not bit-exact is still timed and carries
 
 from __future__ import annotations
 
-import pytest
-
 import peers
+import pytest
 import scale_support
+
 from nap_gpu import backends
 
 # JAX and torch may warn on import or compile on some versions; they are peers, not nap.

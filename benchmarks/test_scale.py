@@ -23,17 +23,17 @@ state was built: ``mem_peak_bytes_per_memory``) in ``extra_info``.
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 
 import numpy as np
-import pytest
-
-import nap_gpu as nap
 import peers
+import pytest
 import scale_peers
 import scale_support
 from scale_support import CpuContention, size_label
+
+import nap_gpu as nap
 from nap_gpu import backends
 
 pytestmark = [
@@ -244,7 +244,7 @@ def test_scale_metrics(benchmark, measure, tier, metrics_data, impl):
             return e.metrics(labels)
         target_state = eng
     state = build() if impl == "sklearn" else target_state
-    info.update(measure(lambda: None, lambda: op(state), tier, budget_scale=0.4))
+    info.update(measure(lambda: None, functools.partial(op, state), tier, budget_scale=0.4))
     del state
     info.update(scale_support.per_memory(scale_support.measure_peak(build, op), tier))
     benchmark.extra_info.update(info)

@@ -25,10 +25,10 @@ import time
 
 import numpy as np
 import pytest
-
-import nap_gpu as nap
 import scale_support
 from scale_support import size_label
+
+import nap_gpu as nap
 
 httpx = pytest.importorskip("httpx", reason="httpx is not installed")
 pytest.importorskip("fastapi", reason="the serve extra is not installed")

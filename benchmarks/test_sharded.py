@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import nap_gpu as nap
 import scale_support
 from scale_support import size_label
+
+import nap_gpu as nap
 
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed "
                                                          "(pip install 'nap_gpu[dask]')")

@@ -31,11 +31,11 @@ import time
 
 import numpy as np
 import pytest
+from scale_support import CpuContention
 
 import nap_gpu as nap
 from nap_gpu import backends
 from nap_gpu.params import Params
-from scale_support import CpuContention
 
 N = 1_000_000
 ROUNDS = 400       # per benchmark (the 1M step takes 0.1-0.3 ms idle, up to ~20 ms loaded)
@@ -111,8 +111,9 @@ def summary(request, cpp):
         one = medians.get((r["condition"], "1-thread"))
         ratio = r["p50_ms"] / one if r["label"] == "default" and one else None
         r["info"]["ratio_to_1_thread"] = ratio
-        text = f"  {r['condition']:<7} {r['label']:<8} ({r['threads']} thread{'s' * (r['threads'] != 1)}) p50 " \
-               f"{r['p50_ms']:8.3f} ms  foreign CPU {r['info']['foreign_cpu']}"
+        threads = f"{r['threads']} thread{'s' * (r['threads'] != 1)}"
+        text = (f"  {r['condition']:<7} {r['label']:<8} ({threads}) p50 "
+                f"{r['p50_ms']:8.3f} ms  foreign CPU {r['info']['foreign_cpu']}")
         if ratio is not None:
             paired = r["info"].get("paired_ratio")
             text += f"   x{ratio:.2f} of 1 thread" + (

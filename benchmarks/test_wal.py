@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import nap_gpu as nap
 import scale_support
 from scale_support import size_label
+
+import nap_gpu as nap
 
 BATCH = 1_000
 BATCHES = 200

@@ -10,7 +10,6 @@ math), and ``NAP_NUM_THREADS`` sets its thread count without changing a single b
 from __future__ import annotations
 
 import importlib.util
-
 import io
 import json
 import logging
@@ -27,6 +26,7 @@ import pytest
 
 import nap_gpu as nap
 from nap_gpu import _threads
+
 from conftest import REAL_CUDA_REASON, _real_environment, assert_same_bits
 
 CPP_USABLE = nap.available_backends()["cpp"] is None
@@ -63,7 +63,8 @@ def test_available_backends_lists_every_backend_with_reasons():
 def test_cuda_reason_here_mentions_cupy():
     """What this machine's real environment (without the simulated device) says."""
     reason = REAL_CUDA_REASON
-    spec = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('cupy') is None)"],
+    spec = subprocess.run([sys.executable, "-c",
+                           "import importlib.util as u; print(u.find_spec('cupy') is None)"],
                           env=_real_environment(), capture_output=True, text=True, check=True)
     if spec.stdout.strip() == "True":
         assert "CuPy" in reason and "pip install" in reason, reason

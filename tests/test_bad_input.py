@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nap_gpu as nap
+
 from conftest import assert_same_bits, bits, on_backend, to_host
 
 # On a failure Hypothesis imports libcst (to print a patch of the failing example), and
@@ -609,7 +610,8 @@ def test_real_numbers_within_float64_are_qualities(target, value, like):
 @pytest.mark.parametrize("init", [-0.0, np.float32(-0.0), "array32", "array64", "list"])
 def test_negative_zero_init_stored_as_positive_zero(backend, init):
     if init in ("array32", "array64", "list"):
-        arr = np.array([0.5, -0.0, 0.25, -0.0, 0.0, 1.0, -0.0], np.float32 if init == "array32" else np.float64)
+        arr = np.array([0.5, -0.0, 0.25, -0.0, 0.0, 1.0, -0.0],
+                       np.float32 if init == "array32" else np.float64)
         value = arr.tolist() if init == "list" else arr
     else:
         value = init
@@ -624,9 +626,12 @@ def test_negative_zero_init_array_is_not_modified_in_caller(backend):
     assert (bits(arr) == before).all(), "the caller's init array was modified"
 
 
+_ABOVE_HALF = float(np.nextafter(np.float32(0.5), np.float32(1)))
+
+
 @HYPOTHESIS
 @given(value=st.one_of(st.floats(-2, 2), st.sampled_from([0.5, 0.0, 1.0, -0.0, 1e300, -1e300,
-                                                          float(np.nextafter(np.float32(0.5), np.float32(1)))])),
+                                                          _ABOVE_HALF])),
        kind=st.sampled_from(["float", "np.float32", "np.float64"]))
 def test_scalar_quality_equals_full_array(backend, value, kind):
     if kind == "np.float32" and abs(value) > 2:

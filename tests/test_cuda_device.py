@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 import nap_gpu as nap
-from conftest import _forget_probes, assert_same_bits, needs_cuda, needs_simulated_device
 from nap_gpu import _inputs, _nvrtc
-from nap_gpu.backends import _kernels, numpy as reference
+from nap_gpu.backends import _kernels
+from nap_gpu.backends import numpy as reference
+
+from conftest import _forget_probes, assert_same_bits, needs_cuda, needs_simulated_device
 
 pytestmark = [pytest.mark.gpu, needs_cuda]
 

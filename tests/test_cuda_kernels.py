@@ -20,10 +20,13 @@ import subprocess
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nap_gpu as nap
-from nap_gpu.backends import _device, _kernels, _xp, numpy as reference
+from nap_gpu.backends import _device, _kernels, _xp
+from nap_gpu.backends import numpy as reference
+
 from conftest import GOLDEN_DIR, assert_same_bits, bits, f32, finishes_within
 from cuda_shim.host import ShimKernels, build
 
@@ -127,7 +130,8 @@ def test_arch_choice_for_devices_nvrtc_does_not_name():
 # -- nvcc ---------------------------------------------------------------------------------
 
 def _nvcc_or_skip() -> str:
-    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    default = "/usr/local/cuda/bin/nvcc"
+    nvcc = shutil.which("nvcc") or (default if os.path.exists(default) else None)
     if nvcc is None:
         pytest.skip("nvcc not installed")
     return nvcc
@@ -158,7 +162,8 @@ def _sass(cubin: pathlib.Path) -> str:
     import nvidia  # the nvidia-cuda-cuobjdump / nvidia-cuda-nvdisasm wheels
 
     bins = [pathlib.Path(p) / "cu13" / "bin" for p in nvidia.__path__]
-    cuobjdump = shutil.which("cuobjdump") or next((str(b / "cuobjdump") for b in bins if (b / "cuobjdump").exists()), None)
+    cuobjdump = shutil.which("cuobjdump") or next(
+        (str(b / "cuobjdump") for b in bins if (b / "cuobjdump").exists()), None)
     if cuobjdump is None:
         pytest.skip("cuobjdump not installed (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     env = {**os.environ, "PATH": os.pathsep.join([*map(str, bins), os.environ.get("PATH", "")])}

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import nap_gpu as nap
-from conftest import REAL_CUDA_REASON, _real_environment, needs_cuda
 from nap_gpu.telemetry import gpu_status
+
+from conftest import REAL_CUDA_REASON, _real_environment, needs_cuda
 
 needs_real_unusable = pytest.mark.skipif(REAL_CUDA_REASON is None, reason="a real GPU is usable here")
 

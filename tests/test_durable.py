@@ -33,6 +33,7 @@ import pytest
 import nap_gpu as nap
 from nap_gpu import durable, snapshot
 from nap_gpu.durable import DurabilityWarning, DurableEngine, RecoveryError
+
 from conftest import assert_same_bits
 
 CALLS = textwrap.dedent("""
@@ -931,7 +932,7 @@ def test_sigkill_after_failed_rotations(tmp_path):
                                  str(rng.randrange(1 << 30)), "twice" if rounds % 2 else "once"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=child_env())
-        timer = threading.Timer(rng.uniform(0.8, 2.0), lambda: proc.send_signal(signal.SIGKILL))
+        timer = threading.Timer(rng.uniform(0.8, 2.0), proc.send_signal, (signal.SIGKILL,))
         timer.start()
         try:
             out, err = proc.communicate(timeout=60)
@@ -1108,7 +1109,7 @@ def test_decay_rounds_bound_is_sound():
         bound = durable.decay_rounds_bound(d)
         w, d32 = starts.view(np.float32).copy(), np.float32(d)
         with np.errstate(invalid="ignore"):
-            for rounds in range(bound + 1):
+            for rounds in range(bound + 1):  # noqa: B007 - read after the loop
                 nxt = np.minimum(np.float32(1), np.maximum(np.float32(0), w - d32)) + np.float32(0)
                 nxt[np.isnan(w)] = w[np.isnan(w)]  # NaN passes through the law's clamp
                 if (nxt.view(np.uint32) == w.view(np.uint32)).all():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import nap_gpu as nap
+
 from conftest import assert_same_bits, bits, data_pointer, on_backend, to_host
 
 N = 1000

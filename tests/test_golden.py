@@ -28,7 +28,6 @@ import nap_gpu as nap
 
 from conftest import GOLDEN_DIR, assert_same_bits, bits, f32, load_shared_golden, on_backend
 
-
 # -- the project's TSV tables --------------------------------------------------------------------
 
 def read_tsv(path: pathlib.Path) -> list[dict[str, str]]:

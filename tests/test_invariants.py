@@ -259,7 +259,7 @@ ITERATIONS = 50
 SIGMAS = (0.0, 0.1, 0.2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def profile(backend: str, sigma: float, seed: int = 0):
     """The 10k profile: 50 steps of the reference workload. Returns the final weights and the
     metrics before the first step and after each step (index = iteration)."""

@@ -68,6 +68,7 @@ def test_wheel_carries_the_license_and_the_typing_marker(wheel_without_compiler)
     wheel = zipfile.ZipFile(wheel_without_compiler)
     names = wheel.namelist()
     assert "nap_gpu/py.typed" in names
+    assert "nap_gpu/_core.pyi" in names  # the extension's types, even where it is not built
     license_file = next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))
     assert "Apache License" in wheel.read(license_file).decode()
     metadata = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()

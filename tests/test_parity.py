@@ -23,7 +23,8 @@ import contextlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import nap_gpu as nap
@@ -253,16 +254,20 @@ def test_programs_match_numpy_and_oracle(backend, program):
     expect = w0 + ZERO  # the engine stores -0.0 as +0.0
     for i, op in enumerate(ops):
         if op[0] == "step":
-            eng.step(op[1]); ref.step(op[1])
+            eng.step(op[1])
+            ref.step(op[1])
             expect = oracle.step_all(expect, op[1])
         elif op[0] == "step_scalar":
-            eng.step(float(op[1])); ref.step(float(op[1]))
+            eng.step(float(op[1]))
+            ref.step(float(op[1]))
             expect = oracle.step_all(expect, op[1])
         elif op[0] == "update":
-            eng.update(op[1], op[2]); ref.update(op[1], op[2])
+            eng.update(op[1], op[2])
+            ref.update(op[1], op[2])
             expect = oracle.update_all(expect, op[1], op[2])
         else:
-            eng.decay(op[1]); ref.decay(op[1])
+            eng.decay(op[1])
+            ref.decay(op[1])
             expect = oracle.decay_all(expect, op[1])
         context = f"{backend} op {i} ({op[0]}) with {p}"
         assert_same_bits(ref.to_numpy(), expect, f"numpy vs oracle: {context}")
@@ -316,7 +321,8 @@ def test_every_quality_kind_on_one_weight(backend, p, w, data):
     q = np.array(QUALITY_SPECIALS + [g, down(g), up(g), data.draw(ANY_FINITE)], np.float32)
     w0 = np.full(q.size, w, np.float32)
     eng, ref = pair(q.size, backend, p, w0)
-    eng.step(q); ref.step(q)
+    eng.step(q)
+    ref.step(q)
     assert_same_bits(ref.to_numpy(), Oracle(p).step_all(w0, q), f"numpy vs oracle {p}")
     assert_same_bits(eng.to_numpy(), ref.to_numpy(), f"{backend} {p}")
 
@@ -393,17 +399,20 @@ def test_parallel_dense_matches_numpy(backend, seed, n, threads, p, ks):
     with cpp_threads(threads):
         for it in range(3):
             q = qualities_for(rng, n, p)
-            eng.step(q); ref.step(q)
+            eng.step(q)
+            ref.step(q)
             expect = law_arrays_step(expect, q, p)
             assert_same_bits(ref.to_numpy(), expect, f"numpy vs array law, step {it}, {p}")
             assert_same_bits(eng.to_numpy(), ref.to_numpy(), f"{backend} step {it} n={n} {p}")
         qs = float(rng.choice(np.array(QUALITY_SPECIALS + [F(p.gate), up(p.gate)], np.float32)))
-        eng.step(qs); ref.step(qs)
+        eng.step(qs)
+        ref.step(qs)
         expect = law_arrays_step(expect, np.full(n, qs, np.float32), p)
         assert_same_bits(ref.to_numpy(), expect, f"numpy vs array law, scalar step {qs!r}, {p}")
         assert_same_bits(eng.to_numpy(), ref.to_numpy(), f"{backend} scalar step {qs!r} {p}")
         for k in ks:
-            eng.decay(k); ref.decay(k)
+            eng.decay(k)
+            ref.decay(k)
             assert_same_bits(eng.to_numpy(), ref.to_numpy(), f"{backend} decay({k}) n={n} {p}")
 
 
@@ -430,7 +439,8 @@ def test_decay_k_equals_k_single_decays(backend, d):
         eng.decay(k)
         got = eng.to_numpy()
         assert_same_bits(got, expect, f"{backend} decay({k}) d={d}")
-        assert_same_bits(got[sample], oracle.decay_all(w0[sample], k), f"{backend} decay({k}) d={d} vs oracle")
+        assert_same_bits(got[sample], oracle.decay_all(w0[sample], k),
+                         f"{backend} decay({k}) d={d} vs oracle")
     single = nap.Engine(n, backend=backend, init=w0, params=p)
     batched = nap.Engine(n, backend=backend, init=w0, params=p)
     for _ in range(37):
@@ -439,7 +449,7 @@ def test_decay_k_equals_k_single_decays(backend, d):
     assert_same_bits(single.to_numpy(), batched.to_numpy(), f"{backend} 37 x decay(1) vs decay(37)")
 
 
-# -- NaN propagates: NaN in the same places everywhere (payloads unspecified, see conftest) ---------------------------------------------
+# -- NaN propagates: NaN in the same places everywhere (payloads unspecified, see conftest) -----
 
 def quiet_nans(rng, count: int) -> np.ndarray:
     """Quiet NaNs of both signs with random payloads."""
@@ -489,7 +499,8 @@ def test_nan_quality_unchecked(backend):
     bad = rng.random(n) < 0.2
     q[bad] = quiet_nans(rng, int(bad.sum()))
     eng, ref = pair(n, backend, p, w0)
-    eng.step(q, check_finite=False); ref.step(q, check_finite=False)
+    eng.step(q, check_finite=False)
+    ref.step(q, check_finite=False)
     assert_same_bits(eng.to_numpy(), ref.to_numpy(), f"{backend} step with NaN qualities", nan_payloads=False)
     assert np.isnan(eng.to_numpy()[bad]).all()
     assert not np.isnan(eng.to_numpy()[~bad]).any()
@@ -502,8 +513,10 @@ def test_nan_quality_unchecked(backend):
     first = np.unique(ids, return_index=True)[1]
     poisoned = first[rng.random(first.size) < 0.5]
     eq[poisoned] = quiet_nans(rng, poisoned.size)
-    eng.update(ids, eq, check_finite=False); ref.update(ids, eq, check_finite=False)
-    assert_same_bits(eng.to_numpy(), ref.to_numpy(), f"{backend} update with NaN qualities", nan_payloads=False)
+    eng.update(ids, eq, check_finite=False)
+    ref.update(ids, eq, check_finite=False)
+    assert_same_bits(eng.to_numpy(), ref.to_numpy(), f"{backend} update with NaN qualities",
+                     nan_payloads=False)
     assert np.isnan(eng.to_numpy()).sum() == poisoned.size
 
 

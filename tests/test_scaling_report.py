@@ -88,9 +88,9 @@ def test_not_bit_exact_peer_is_shown_and_never_fastest(tmp_path, data):
         if b["extra_info"].get("impl") == "numpy-add-at":
             b["stats"]["median"] = 1e-9
     text = _render(tmp_path, data)
-    line = next(l for l in text.splitlines() if l.startswith("| `numpy-add-at` |"))
+    line = next(row for row in text.splitlines() if row.startswith("| `numpy-add-at` |"))
     assert "**no**" in line
-    line = next(l for l in text.splitlines() if l.startswith("| `numba-seq` |"))
+    line = next(row for row in text.splitlines() if row.startswith("| `numba-seq` |"))
     assert "| 1.00× |" in line  # numba-seq stays the reference peer
 
 
@@ -126,7 +126,7 @@ def test_superlinear_operation_is_flagged(tmp_path, data):
     _bench(bad, "dense-step", "cpp-raw", 100_000)["stats"]["median"] = small * 1e4
     text = _render(tmp_path, bad)
     growth = text.split("## Cost growth")[1]
-    line = next(l for l in growth.splitlines() if l.startswith("| dense-step |  | `cpp-raw`"))
+    line = next(row for row in growth.splitlines() if row.startswith("| dense-step |  | `cpp-raw`"))
     assert "**superlinear**" in line
     assert "- dense-step  `cpp-raw`: top-decade time slope 4.00" in growth
 

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 import nap_gpu as nap
+
 from conftest import assert_same_bits
 
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (test extra)")

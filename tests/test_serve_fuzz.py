@@ -14,7 +14,6 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
-
 from test_serve import AUTH, N, Server, everything  # noqa: E402
 
 

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import nap_gpu as nap
 from nap_gpu import sharded, snapshot
 from nap_gpu.durable import DurabilityWarning, RecoveryError, recover_plan
+
 from conftest import assert_same_bits
 
 distributed = pytest.importorskip(

@@ -18,6 +18,7 @@ import pytest
 import nap_gpu as nap
 from nap_gpu import snapshot
 from nap_gpu.cli import main as cli_main
+
 from conftest import BACKENDS, assert_same_bits
 
 N = 10_007

@@ -710,7 +710,7 @@ def _parity_windows(ctx, sec, rows, n, spans, marks, P) -> None:
          lambda r: r.step(0.3)),
         ("update(ids) again", lambda: eng.update(ids[::-1].copy(), qs[::-1].copy()),
          lambda r, lo: _window_update(np, r, lo, ids[::-1], qs[::-1]), None),
-        (f"decay(2**40)", lambda: eng.decay(big_k), lambda r, lo: r.decay(big_k),
+        ("decay(2**40)", lambda: eng.decay(big_k), lambda r, lo: r.decay(big_k),
          lambda r: r.decay(big_k)),
     ]
     all_ok = True
@@ -815,6 +815,7 @@ def _parity_full(ctx, sec, P) -> None:
 def sec_dense(ctx: Ctx, sec: Section) -> None:
     cupy, np, nap = ctx.cupy, ctx.np, ctx.nap
     from gpu_floor import STEP_BYTES_PER_MEMORY, CopyFloor  # noqa: PLC0415 - beside this file
+
     from nap_gpu.backends import numpy as reference  # noqa: PLC0415
 
     cuda, P = ctx.cuda, nap.Params()

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpu_floor import STEP_BYTES_PER_MEMORY, CopyFloor  # benchmarks/gpu/gpu_floor.py (shared)
 
 import nap_gpu as nap
 from nap_gpu.backends import numpy as reference
-
-from gpu_floor import STEP_BYTES_PER_MEMORY, CopyFloor  # benchmarks/gpu/gpu_floor.py (shared)
 
 P = nap.Params()
 

@@ -16,11 +16,30 @@ and by ``benchmarks/gpu/run.sh --simulated``.
 from __future__ import annotations
 
 import numpy as np
-from numpy import (bool_, complex64, complex128, dtype, float16, float32, float64, int8, int16,  # noqa: F401
-                   int32, int64, intp, nan, inf, newaxis, uint8, uint16, uint32, uint64)
+from numpy import (  # noqa: F401
+    bool_,
+    complex64,
+    complex128,
+    dtype,
+    float16,
+    float32,
+    float64,
+    inf,
+    int8,
+    int16,
+    int32,
+    int64,
+    intp,
+    nan,
+    newaxis,
+    uint8,
+    uint16,
+    uint32,
+    uint64,
+)
 
 from . import _state, cuda  # noqa: F401
-from ._ndarray import DeviceCapsule, ndarray, buffer_at
+from ._ndarray import DeviceCapsule, buffer_at, ndarray
 from ._ops import *  # noqa: F403 - the namespace
 from ._ops import _EXACT, _FLUSHING, astype, copyto, may_share_memory, shares_memory  # noqa: F401
 from ._raw import RawKernel, RawModule  # noqa: F401
