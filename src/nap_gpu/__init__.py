@@ -11,7 +11,8 @@ decay, clamped to [0, 1], with bit-identical results on every backend (CUDA, C++
 Importing this package imports no GPU or deep-learning library.
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("nap_gpu")
@@ -22,9 +23,10 @@ from . import _threads
 
 _threads.prepare()  # OpenMP's wait policy, before anything can load the C++ core
 
+from ._config import show_config
 from .backends import BackendUnavailableError, available_backends
-from .engine import Engine
 from .durable import DurabilityWarning, DurableEngine, EngineFailedError, RecoveryError
+from .engine import Engine
 from .functional import step, update
 from .metrics import Health, Metrics, PopulationStats, health
 from .monitor import Monitor, WritesStoppedError
@@ -32,7 +34,6 @@ from .params import Params
 from .sharded import CallTimeoutError, ShardedEngine, ShardsLostError
 from .snapshot import SnapshotError
 from .workload import ReferenceWorkload
-from ._config import show_config
 
 load = Engine.load
 

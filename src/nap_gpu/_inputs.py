@@ -128,7 +128,7 @@ def _ids(ids, n: int, backend: ModuleType):
         for i, v in enumerate(values):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"ids must be integers, got ids[{i}] = {v!r}")
-            if not 0 <= v < n:
+            if not 0 <= int(v) < n:  # int(): the stubs compare no Integral with an int
                 raise IndexError(f"ids[{i}] = {v} is outside [0, {n})")
         arr = np.asarray(values, dtype=np.int64).reshape(arr.shape)
     if arr.size == 0 and arr.dtype.kind == "f":  # [] arrives as float64
@@ -162,7 +162,7 @@ def repeat_count(k) -> int:
         raise TypeError(f"k must be an integer, got {type(k).__name__}")
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
-    if k > 2**64 - 1:
+    if int(k) > 2**64 - 1:  # int(): the stubs compare no Integral with an int
         raise ValueError(f"k = {k} is beyond 2**64 - 1, the largest decay count: no more is "
                          "needed (every weight reaches its fixpoint within 3 * 2**24 + 2 "
                          "rounds: nap_gpu.durable.decay_rounds_bound)")

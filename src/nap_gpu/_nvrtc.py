@@ -21,8 +21,12 @@ class NvrtcError(RuntimeError):
     """NVRTC failed; for a compilation error the message carries NVRTC's log."""
 
 
+class _Nvrtc(ctypes.CDLL):
+    nap_path: str  # the library file loaded, or the name the system's loader resolved
+
+
 @functools.cache
-def _lib() -> ctypes.CDLL:
+def _lib() -> _Nvrtc:
     path = None
     try:
         import cuda.pathfinder as pathfinder  # noqa: PLC0415 - optional, only when compiling
@@ -34,7 +38,7 @@ def _lib() -> ctypes.CDLL:
     errors = []
     for name in names:
         try:
-            lib = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            lib = _Nvrtc(name, mode=ctypes.RTLD_GLOBAL)
             break
         except OSError as exc:
             errors.append(str(exc))

@@ -27,6 +27,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 #: The variables that decide how idle OpenMP threads wait (libgomp, LLVM libomp / Intel).
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -120,7 +121,7 @@ def affinity_cpus() -> int:
 
 
 def choose_threads(environ=None, affinity: int | None = None,
-                   quota: float | None | str = "read") -> tuple[int | None, str]:
+                   quota: float | None | Literal["read"] = "read") -> tuple[int | None, str]:
     """(threads, why). ``threads`` is None when OMP_NUM_THREADS decides (left to OpenMP).
     Raises ValueError for a NAP_NUM_THREADS that is not a positive integer."""
     environ = os.environ if environ is None else environ

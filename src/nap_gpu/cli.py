@@ -226,7 +226,8 @@ def _simulate(args, eng, workload) -> int:
     bar = _progress(args.iterations, args.no_progress)
     emit = bar.write if bar is not None else print
     emit(header)
-    rows, event = [], None
+    rows: list[dict] = []
+    event: dict | None = None
     for it in range(1, args.iterations + 1):
         checked = monitor.step(workload.next_quality())  # timed after a device synchronise
         if checked is None and it == args.iterations:
@@ -245,7 +246,10 @@ def _simulate(args, eng, workload) -> int:
             bar.update()
     if bar is not None:
         bar.close()
-    p50, p99 = monitor.latency_ms()
+    # iterations >= 1: a step was timed, and the last one is always checked
+    latency = monitor.latency_ms()
+    assert latency is not None and event is not None
+    p50, p99 = latency
     print(f"latency: p50 {p50:.3f} ms/iter, p99 {p99:.3f} ms/iter")
     print("health: OK" if event["ok"] else "health: FAILED — " + "; ".join(event["failures"]))
     if args.json:

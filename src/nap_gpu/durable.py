@@ -36,6 +36,7 @@ import threading
 import time
 import warnings
 import zlib
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -47,7 +48,7 @@ from .params import Params
 try:  # POSIX: one process per state directory
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # no fcntl module to type: mypy checks POSIX
 
 __all__ = ["DurabilityWarning", "DurableEngine", "LOG_FORMAT_VERSION", "RecoveryError",
            "EngineFailedError", "accept_loss", "decay_rounds_bound", "recover_plan",
@@ -517,6 +518,7 @@ def _overlap_error(segs, a: int, b: int) -> RecoveryError:
     (first_a, path_a), (first_b, path_b) = segs[a], segs[b]
     offset = _record_offset(path_a, first_b - first_a)
     later = segs[b:]
+    repair: dict[str, Any] | None
     if all(p.stat().st_size <= _SEG_HEADER_SIZE for _, p in later):
         # the later segments hold no record: the trace of a failed rotation; dropping them
         # loses nothing
@@ -573,7 +575,7 @@ class _Recovery:
             "iteration": None, "n": None, "params": None, "warnings": [], "actions": [],
             "error": None,
         }
-        self.torn = None  # (path, offset, size)
+        self.torn: tuple[pathlib.Path, int, int] | None = None  # (path, offset, size)
         self.damaged: list[pathlib.Path] = []
 
     def warn(self, message: str) -> None:
@@ -631,7 +633,8 @@ class _Recovery:
                 f"{pathlib.Path(chosen.path).name} needs the log after it, which cannot be "
                 f"replayed: {exc}", exc.path, exc.offset, repair=exc.repair) from None
 
-    def _replay(self, chosen, engine, failures):
+    def _replay(self, chosen: snapshot.SnapshotInfo, engine: Engine | None,
+                failures: list[tuple[int, pathlib.Path, str]]) -> Engine | None:
         segs = self.segments
         sequence, iteration, params = chosen.sequence, chosen.iteration, chosen.params
         kinds: dict[str, int] = {}
@@ -725,7 +728,7 @@ class _Recovery:
                 "a backup", bad[1], 0,
                 repair={"kind": "snapshot", "file": bad[1], "from_sequence": sequence + 1,
                         "to_sequence": bad[0]})
-        for s, path, msg in failures:
+        for _, path, msg in failures:
             self.damaged.append(path)
             self.warn(f"{path}: damaged snapshot bypassed ({msg}); recovered from "
                       f"{pathlib.Path(chosen.path).name} and the log")
@@ -859,6 +862,7 @@ def _aside(path: pathlib.Path, suffix: str) -> pathlib.Path:
 
 
 def _apply_repair(directory: pathlib.Path, exc: RecoveryError) -> dict:
+    assert exc.repair is not None, "accept_loss repairs only a refusal that has a repair"
     plan = _repair_plan(directory, exc.repair)
     evidence = []
     for path in reversed(plan["move"]):  # newest first: a crash midway leaves a shorter log
@@ -970,7 +974,36 @@ class DurableEngine:
     ``metrics``, ``weights``, ``n``, ``backend``, ``iteration``, ``save``) plus ``sequence``
     (the log sequence of the last acknowledged call), ``checkpoint()`` and ``close()``; a
     context manager. Calls are serialised by a lock (log order is apply order).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import nap_gpu as nap
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> state = pathlib.Path(tmp.name) / "state"
+    >>> with nap.DurableEngine.open(state, n=1000, seed=0) as eng:  # created
+    ...     eng.step(0.9)
+    ...     eng.update([3, 3], [0.9, 0.1])
+    ...     before = eng.to_numpy()
+    >>> with nap.DurableEngine.open(state) as eng:  # recovered: snapshot + log replay
+    ...     bool((eng.to_numpy() == before).all()), eng.iteration, eng.sequence
+    (True, 1, 2)
+    >>> tmp.cleanup()
     """
+
+    # Set by open(), on an instance made with __new__ (__init__ refuses).
+    _directory: pathlib.Path
+    _lock: threading.RLock
+    _log: _Log | None  # None: wal=False
+    _lockfile: BinaryIO | None  # the held LOCK (None: released, or no flock)
+    _closed: bool
+    _failed: str | None  # why the engine failed (EngineFailedError), if it did
+    _stopped: str | None
+    _snapshot_every: int
+    _keep: int
+    _wal: bool
+    _compress: bool
+    _retention: str
 
     def __init__(self, *args, **kwargs) -> None:
         raise TypeError("use DurableEngine.open(directory, ...)")
@@ -989,17 +1022,32 @@ class DurableEngine:
         given, must match the recovered state (``seed``/``init`` are ignored); any
         ``backend`` may be used (replay is bit-identical on every backend).
 
-        snapshot_every: a snapshot every this many logged calls (``None``/0: only on
-        ``checkpoint()``). keep: snapshots kept (>= 1). wal: log every call (False: calls
-        after the newest snapshot are lost on a crash). fsync: ``"always"`` (a call returns
-        once its record is on disk) or ``"group"`` (in the OS page cache when the call
-        returns, on disk within ``group_ms``). compress: zlib payloads where a sample shows
-        it pays. wal_retention: ``"kept"`` (default) keeps the log back to the oldest kept
-        snapshot, so every kept snapshot is a recovery point (disk: up to keep x
-        snapshot_every records); ``"newest"`` only after the newest one (up to snapshot_every
-        records), so the older snapshots are not recovery points: a damaged newest snapshot
-        is then a RecoveryError, and only ``accept_loss`` gets past it, losing the calls
-        after the previous snapshot. docs/durability.md has the table.
+        Parameters
+        ----------
+        directory : path
+            The state's directory (created if missing); one process holds it at a time.
+        n, backend, seed, init, params
+            As for `Engine`; ``n`` is required on the first open only.
+        snapshot_every : int or None
+            A snapshot every this many logged calls (``None``/0: only on ``checkpoint()``).
+        keep : int
+            Snapshots kept (>= 1).
+        wal : bool
+            Log every call (False: calls after the newest snapshot are lost on a crash).
+        fsync : {"always", "group"}
+            ``"always"``: a call returns once its record is on disk; ``"group"``: in the OS
+            page cache when the call returns, on disk within ``group_ms``.
+        group_ms : float
+            The group commit period.
+        compress : bool
+            zlib payloads where a sample shows it pays.
+        wal_retention : {"kept", "newest"}
+            ``"kept"`` (default) keeps the log back to the oldest kept snapshot, so every
+            kept snapshot is a recovery point (disk: up to keep x snapshot_every records);
+            ``"newest"`` only after the newest one (up to snapshot_every records), so the
+            older snapshots are not recovery points: a damaged newest snapshot is then a
+            `RecoveryError`, and only ``accept_loss`` gets past it, losing the calls after
+            the previous snapshot. docs/durability.md has the table.
         """
         if fsync not in ("always", "group"):
             raise ValueError(f"fsync must be 'always' or 'group', got {fsync!r}")
@@ -1108,6 +1156,7 @@ class DurableEngine:
     # -- state ---------------------------------------------------------------------------
     @property
     def directory(self) -> pathlib.Path:
+        """The state's directory."""
         return self._directory
 
     @property
@@ -1138,6 +1187,7 @@ class DurableEngine:
 
     @property
     def n(self) -> int:
+        """Number of memories."""
         return self._eng.n
 
     def __len__(self) -> int:
@@ -1145,27 +1195,34 @@ class DurableEngine:
 
     @property
     def backend(self) -> str:
+        """The backend's name (any backend may open a state: replay is bit-identical)."""
         return self._eng.backend
 
     @property
     def iteration(self) -> int:
+        """Dense steps applied, as for `Engine`."""
         return self._eng.iteration
 
     @property
     def weights(self):
+        """The weights, never writable (see ``Engine.weights``)."""
         return self._eng.weights
 
     def to_numpy(self) -> np.ndarray:
+        """A float32 copy of the weights on the host."""
         return self._eng.to_numpy()
 
     def synchronize(self) -> None:
+        """Wait until queued device work is done (see ``Engine.synchronize``)."""
         self._eng.synchronize()
 
     def metrics(self, labels, **kwargs):
+        """The population's metrics (see ``Engine.metrics``); reads log nothing."""
         return self._eng.metrics(labels, **kwargs)
 
     @property
     def params(self) -> Params:
+        """The law's parameters; assigning a `Params` is a logged, durable call."""
         return self._eng.params
 
     @params.setter
@@ -1189,7 +1246,7 @@ class DurableEngine:
                 self._call(STEP_SCALAR, 0, [np.array([q], "<f4").tobytes()], q)
                 return
             host = np.ascontiguousarray(self._host(q), "<f4")
-            data, flags = _maybe_compress(memoryview(host).cast("B"), self._compress)
+            data, flags = _maybe_compress(host.data.cast("B"), self._compress)
             self._call(STEP, flags, [_U64.pack(host.size), data], q)
 
     def update(self, ids, quality, *, check_finite: bool = True) -> None:
@@ -1287,7 +1344,8 @@ class DurableEngine:
         name = _snap_name(self._sequence, eng.n, eng.params, eng.iteration)
         path = snapshot.write(self._directory / name, host, eng.params, iteration=eng.iteration,
                               sequence=self._sequence, backend=eng.backend, version=__version__)
-        snapshot.fsync_directory(self._directory)  # snapshot.write skips it when the directory cannot be opened
+        # snapshot.write skips it when the directory cannot be opened
+        snapshot.fsync_directory(self._directory)
         self._snap_seq = self._sequence
         self._snap_time = time.time()
         return path

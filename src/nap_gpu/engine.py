@@ -8,7 +8,8 @@ import pathlib
 
 import numpy as np
 
-from . import __version__, _inputs, backends, metrics as _metrics, snapshot
+from . import __version__, _inputs, backends, snapshot
+from . import metrics as _metrics
 from .params import Params
 
 __all__ = ["Engine"]
@@ -43,8 +44,26 @@ class Engine:
     params : Params, optional
         The law's parameters (default ``Params()``).
 
+    Attributes
+    ----------
+    iteration : int
+        Dense steps applied (``step`` calls; a snapshot keeps it).
+
+    Notes
+    -----
     Every mutating call validates all of its input before any weight is written: a rejected
     call raises and leaves the weights exactly as they were.
+
+    Examples
+    --------
+    >>> import nap_gpu as nap
+    >>> eng = nap.Engine(4, init=0.5, params=nap.Params(lr=0.25, decay=0.0))
+    >>> eng.step([1.0, 1.0, 0.0, 0.5])  # dense: one quality per memory
+    >>> eng.update([3, 3], 1.0)         # sparse: memory 3 twice, in order
+    >>> print(eng.to_numpy())
+    [0.75  0.75  0.25  0.875]
+    >>> eng.n, eng.iteration
+    (4, 1)
     """
 
     def __init__(self, n: int, *, backend: str = "auto", seed: int | None = None,
@@ -77,7 +96,8 @@ class Engine:
     def load(cls, path, *, backend: str = "auto") -> Engine:
         """The population a snapshot holds, on any backend, continuing bit for bit: weights,
         parameters and iteration as saved. Raises ``SnapshotError`` naming the file and the
-        fault for a damaged, truncated, foreign or future-format file."""
+        fault for a damaged, truncated, foreign or future-format file (``nap.load`` is this
+        method). See `save` for an example."""
         weights, info = snapshot.read(path)
         eng = cls.__new__(cls)
         eng._setup(weights, backend, info.params, iteration=info.iteration)
@@ -86,7 +106,20 @@ class Engine:
     @_on_its_device
     def save(self, path) -> pathlib.Path:
         """Write a snapshot to ``path`` atomically; returns once it is durable on disk.
-        On failure the previous file at ``path`` (if any) is untouched."""
+        On failure the previous file at ``path`` (if any) is untouched.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> import nap_gpu as nap
+        >>> eng = nap.Engine(1000, seed=0)
+        >>> eng.step(0.9)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = eng.save(pathlib.Path(tmp) / "pop.nap")
+        ...     again = nap.load(path, backend="numpy")  # any backend, bit for bit
+        >>> bool((again.to_numpy() == eng.to_numpy()).all()), again.iteration
+        (True, 1)
+        """
         host = self._w if self._backend.xp is np else self._backend.to_host(self._w)
         return snapshot.write(path, host, self._params, iteration=self.iteration,
                               backend=self.backend, version=__version__)
@@ -94,6 +127,7 @@ class Engine:
     # -- state ---------------------------------------------------------------------------
     @property
     def n(self) -> int:
+        """Number of memories."""
         return self._n
 
     def __len__(self) -> int:
@@ -106,6 +140,7 @@ class Engine:
 
     @property
     def params(self) -> Params:
+        """The law's parameters; assign a `Params` to change them for the calls that follow."""
         return self._params
 
     @params.setter
@@ -133,7 +168,8 @@ class Engine:
         return self._backend.to_host(self._w)
 
     def __repr__(self) -> str:
-        return f"Engine(n={self._n}, backend={self.backend!r}, params={self._params}, iteration={self.iteration})"
+        return (f"Engine(n={self._n}, backend={self.backend!r}, params={self._params}, "
+                f"iteration={self.iteration})")
 
     # -- the law -------------------------------------------------------------------------
     @_on_its_device
@@ -164,7 +200,16 @@ class Engine:
 
     @_on_its_device
     def decay(self, k: int = 1) -> None:
-        """Passive decay only, ``k`` times, for every memory."""
+        """Passive decay only, ``k`` times, for every memory.
+
+        Examples
+        --------
+        >>> import nap_gpu as nap
+        >>> eng = nap.Engine(2, init=[0.5, 0.01], params=nap.Params(decay=0.125))
+        >>> eng.decay(2)  # two rounds; a weight stops at 0
+        >>> print(eng.to_numpy())
+        [0.25 0.  ]
+        """
         self._backend.decay(self._w, self._params.decay, _inputs.repeat_count(k))
 
     @_on_its_device
@@ -179,6 +224,17 @@ class Engine:
     def metrics(self, labels, *, eps: float = _metrics.DEFAULT_EPS) -> _metrics.Metrics:
         """Separation, inversion ratio, saturation and per-population stats for labels
         (bool or 0/1: 1 = reinforced R; or strings 'R'/'P'), one per memory. Computed where
-        the weights live; the numbers are exact, hence the same on every backend."""
+        the weights live; the numbers are exact, hence the same on every backend.
+
+        Examples
+        --------
+        >>> import nap_gpu as nap
+        >>> eng = nap.Engine(4, init=[0.875, 0.75, 0.25, 0.125])
+        >>> m = eng.metrics([1, 1, 0, 0])  # memories 0 and 1 reinforced (R), 2 and 3 punished
+        >>> m.separation, m.inversion_ratio, m.saturation
+        (0.625, 1.0, 0.0)
+        >>> nap.health(m, iteration=eng.iteration).ok
+        True
+        """
         host_labels = _inputs.labels(labels, self._n)
         return _metrics.compute(self._w, self._backend.asarray(host_labels), self._backend, eps=eps)

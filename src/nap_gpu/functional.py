@@ -43,6 +43,29 @@ def step(weights, quality, params: Params | None = None, *, backend: str | None 
 
     ``backend="auto"`` uses ``NAP_BACKEND`` when set, else the best backend for where
     ``weights`` live (cpp or numpy on the host, cuda on a GPU).
+
+    Parameters
+    ----------
+    weights : float32 array
+        Written in place: C-contiguous, writable, on a device its backend reaches.
+    quality : float or array
+        One quality for every weight, or one per weight; finite values outside [0, 1] are
+        clamped (docs/law.md §2).
+    params : Params, optional
+        The law's parameters (default ``Params()``).
+    backend : str, optional
+        ``"auto"`` (default), ``"cuda"``, ``"cpp"`` or ``"numpy"``.
+    check_finite : bool
+        Refuse NaN/inf qualities (default); False skips that scan for trusted producers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import nap_gpu as nap
+    >>> w = np.full(3, 0.5, np.float32)
+    >>> nap.step(w, [1.0, 0.5, 0.0], nap.Params(lr=0.25, decay=0.0))  # 0.5 == gate punishes
+    >>> print(w)
+    [0.75  0.375 0.25 ]
     """
     p = _params(params)
     be = _backend_for(weights, backend)
@@ -59,7 +82,28 @@ def step(weights, quality, params: Params | None = None, *, backend: str | None 
 
 def update(weights, ids, quality, params: Params | None = None, *,
            backend: str | None = "auto", check_finite: bool = True) -> None:
-    """Sparse ordered batch in place on ``weights``: feedback only, events in the order given."""
+    """Sparse ordered batch in place on ``weights``: feedback only, events in the order given.
+
+    Parameters
+    ----------
+    weights : float32 array
+        Written in place, as for `step`; ids index it flat, in C order.
+    ids : int or array of int
+        The memories, in [0, weights.size); an id listed twice is updated twice, in order.
+    quality : float or array
+        One quality for all events, or one per event.
+    params, backend, check_finite
+        As for `step`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import nap_gpu as nap
+    >>> w = np.full(4, 0.5, np.float32)
+    >>> nap.update(w, [2, 2, 0], [1.0, 1.0, 0.0], nap.Params(lr=0.25))  # no decay in update
+    >>> print(w)
+    [0.25 0.5  1.   0.5 ]
+    """
     p = _params(params)
     be = _backend_for(weights, backend)
     w = _inputs.writable_weights(weights, be)

@@ -6,7 +6,7 @@ not depend on summation order or thread count:
 * counts, means, standard deviations and the separation come from ``exact_sums``: integer
   sums of float32 significands grouped by exponent (a backend operation), combined with
   Python's exact rationals and rounded once to float64 at the end;
-* the inversion ratio is the Mann-Whitney U statistic divided by |R|·|P| (the ROC AUC of w
+* the inversion ratio is the Mann-Whitney U statistic divided by ``|R|·|P|`` (the ROC AUC of w
   for R vs P, ties counted one half), counted exactly in integers from sorted populations:
   O(n log n), and cheap with heavy ties since each distinct P value is searched once; the
   sum of products behind U is formed in 24-bit pieces (``_dot_partials``), exact at any size;
@@ -93,6 +93,7 @@ class Metrics:
     eps: float = DEFAULT_EPS
 
     def as_dict(self) -> dict:
+        """The metrics as a plain dict (``reinforced``/``punished`` as nested dicts)."""
         return asdict(self)
 
 
@@ -197,7 +198,8 @@ def combine(summary: Summary, *, eps: float = DEFAULT_EPS, xp=np) -> Metrics:
     nonfinite = nonfinite_r + nonfinite_p
     if nonfinite or not reinforced.count or not punished.count:
         separation = math.nan
-    else:
+    else:  # all finite, both populations non-empty: _population gave both exact means
+        assert reinforced.exact_mean is not None and punished.exact_mean is not None
         separation = float(reinforced.exact_mean - punished.exact_mean)
     ratio = math.nan if nonfinite else _ratio(summary.reinforced, summary.punished, xp)
     n = summary.n
@@ -211,7 +213,14 @@ def combine(summary: Summary, *, eps: float = DEFAULT_EPS, xp=np) -> Metrics:
 def inversion_ratio(reinforced, punished, xp=np) -> float:
     """Exact P(r > p) + P(r == p)/2 for r from ``reinforced`` and p from ``punished``
     (float32 weights; other dtypes are converted to float32 on the host). NaN when a
-    population is empty or holds a NaN; infinities rank as the extremes they are."""
+    population is empty or holds a NaN; infinities rank as the extremes they are.
+
+    Examples
+    --------
+    >>> from nap_gpu import metrics
+    >>> metrics.inversion_ratio([0.9, 0.5], [0.5, 0.1])  # (1 + 1 + 0.5 + 1) / 4
+    0.875
+    """
     r = xp.sort(_keys(_float32(reinforced, xp), xp))
     p = xp.sort(_keys(_float32(punished, xp), xp))
     if r.size == 0 or p.size == 0:
@@ -385,7 +394,34 @@ def _nonfinite(sums: np.ndarray) -> int:
 def health(m: Metrics, iteration: int, *, warmup: int = 10, settle: int = 50,
            min_separation: float = 0.2, min_inversion: float = 0.9) -> Health:
     """docs/law.md §3 rules: no NaN, weights in [0, 1], separation > 0.2 after ``warmup``
-    iterations, inversion ratio > 0.9 after ``settle`` iterations."""
+    iterations, inversion ratio > 0.9 after ``settle`` iterations.
+
+    Parameters
+    ----------
+    m : Metrics
+        A population's metrics (``Engine.metrics``).
+    iteration : int
+        Where the population is: the rules due at it are checked.
+    warmup, settle : int
+        The iterations from which the separation and the inversion-ratio rules apply.
+    min_separation, min_inversion : float
+        The rules' thresholds.
+
+    Returns
+    -------
+    Health
+        ``ok``, and each failed rule in words.
+
+    Examples
+    --------
+    >>> import nap_gpu as nap
+    >>> eng = nap.Engine(4, init=[0.5, 0.5, 0.5, 0.5])
+    >>> m = eng.metrics([1, 1, 0, 0])
+    >>> nap.health(m, iteration=5)      # before the warm-up: only the weights are checked
+    Health(ok=True, failures=())
+    >>> nap.health(m, iteration=10).failures
+    ('separation 0.0000 <= 0.2 after warm-up',)
+    """
     failures = []
     if m.nonfinite:
         failures.append(f"{m.nonfinite} non-finite weights")
@@ -408,6 +444,7 @@ class _Exact:
     def public(self) -> PopulationStats:
         if not self.count or self.exact_mean is None:
             return PopulationStats(self.count, math.nan, math.nan)
+        assert self.exact_var is not None, "_population sets the mean and variance together"
         return PopulationStats(self.count, float(self.exact_mean), _sqrt(self.exact_var))
 
 

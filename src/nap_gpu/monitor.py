@@ -28,9 +28,11 @@ import json
 import logging
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import TypedDict
 
-from . import _inputs, metrics as _metrics
+from . import _inputs
+from . import metrics as _metrics
 
 __all__ = ["Monitor", "WritesStoppedError"]
 
@@ -39,6 +41,13 @@ log = logging.getLogger("nap_gpu.monitor")
 
 class WritesStoppedError(RuntimeError):
     """The monitor found corruption it could not repair; the engine takes no more writes."""
+
+
+class _Rules(TypedDict):  # metrics.health's rule parameters
+    warmup: int
+    settle: int
+    min_separation: float
+    min_inversion: float
 
 
 class Monitor:
@@ -61,6 +70,16 @@ class Monitor:
         Events kept (oldest dropped first).
     on_alert : callable(event), optional
         Called with every event whose rules failed.
+
+    Examples
+    --------
+    >>> import nap_gpu as nap
+    >>> work = nap.ReferenceWorkload(1000, seed=0)
+    >>> mon = nap.Monitor(nap.Engine(1000, seed=0), work.labels, every=10)
+    >>> for _ in range(50):
+    ...     event = mon.step(work.next_quality())  # the event every 10th step, else None
+    >>> event["iteration"], event["ok"], event["failures"], len(mon.history)
+    (50, True, [], 5)
     """
 
     def __init__(self, engine, labels, *, warmup: int = 10, settle: int = 50, every: int = 1,
@@ -74,8 +93,8 @@ class Monitor:
                              f"got {latency_budget_ms!r}")
         self.engine = engine
         self.labels = _inputs.labels(labels, engine.n)  # validated now, not at the first check
-        self.rules = dict(warmup=warmup, settle=settle, min_separation=min_separation,
-                          min_inversion=min_inversion)
+        self.rules = _Rules(warmup=warmup, settle=settle, min_separation=min_separation,
+                            min_inversion=min_inversion)
         self.every, self.latency_budget_ms, self.on_alert = every, latency_budget_ms, on_alert
         self.history: collections.deque[dict] = collections.deque(maxlen=history)
         self._latencies: collections.deque[float] = collections.deque(maxlen=latency_window)

@@ -26,8 +26,22 @@ class Params:
         Passive decay subtracted per dense step and per ``decay()`` round. 0 disables it.
         Default 0.02, so a reinforced memory plateaus at ``1 - 0.02``.
 
+    Notes
+    -----
     Values are rounded to float32 (the law's arithmetic is float32); ``-0.0`` becomes ``0.0``.
     Non-finite values or values outside [0, 1] raise ``ValueError`` naming the parameter.
+
+    Examples
+    --------
+    >>> import nap_gpu as nap
+    >>> nap.Params()
+    Params(lr=0.05, gate=0.5, decay=0.02)
+    >>> nap.Params(lr=0.1, decay=0.0).lr  # held as the float32 nearest 0.1
+    0.10000000149011612
+    >>> nap.Params(gate=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: Params.gate must lie in [0, 1], got 1.5
     """
 
     lr: float = 0.05

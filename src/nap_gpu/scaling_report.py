@@ -17,7 +17,6 @@ This module imports nothing from nap_gpu (it runs where only the JSON is).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
@@ -25,6 +24,7 @@ import pathlib
 import statistics
 import sys
 from collections import defaultdict
+from typing import Any
 
 DEFAULT_OUTPUT = "docs/SCALING.md"
 PLOTS_SUBDIR = "scaling"
@@ -179,6 +179,8 @@ class Report:
         return min(peers, key=_median) if peers else None
 
     def save_plot(self, fig, name: str, alt: str) -> None:
+        # plots are made only with a plots_dir, once matplotlib imported
+        assert self.plots_dir is not None and self._plt is not None
         path = self.plots_dir / name
         fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
         self._plt.close(fig)
@@ -346,9 +348,10 @@ class Report:
 
     def plot_dense(self, rows_all, groups) -> None:
         plt = self._plt
+        assert plt is not None, "called only once matplotlib imported"
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5))
         series: dict[str, list] = defaultdict(list)
-        for g, rs in groups.items():
+        for rs in groups.values():
             floor = self.group_floor(rs)
             for r in rs:
                 impl = r["extra_info"]["impl"]
@@ -380,6 +383,7 @@ class Report:
     def plot_lines(self, rows, name, title, ylabel, y=_median, key=lambda r: r["extra_info"]
                    ["impl"]) -> None:
         plt = self._plt
+        assert plt is not None, "called only once matplotlib imported"
         series: dict[str, list[tuple[int, float]]] = defaultdict(list)
         for r in rows:
             series[key(r)].append((int(r["extra_info"]["n"]), y(r)))
@@ -482,7 +486,7 @@ class Report:
                         ax.set_xlabel("memories n")
                     if j == 0:
                         ax.set_ylabel("events per second")
-            handles = {}
+            handles: dict[str, Any] = {}  # label -> its first matplotlib artist
             for row in axes:
                 for ax in row:
                     for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -698,8 +702,8 @@ class Report:
               "least any operation holds. (Dense step: above the resident pristine weights "
               "and qualities; sparse batch: includes the events, so small n reads high.)", ""]
         rows = []
-        keyed = defaultdict(dict)
-        ns = set()
+        keyed: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+        found: set[int] = set()
         for op, rs in self.by_op.items():
             for b in rs:
                 e = b["extra_info"]
@@ -713,8 +717,8 @@ class Report:
                 if op == "decay" and e.get("k") != 1:
                     continue
                 keyed[(sub, e["impl"])][e["n"]] = e["mem_peak_bytes_per_memory"]
-                ns.add(e["n"])
-        ns = sorted(ns)
+                found.add(e["n"])
+        ns = sorted(found)
         for (sub, impl), vals in sorted(keyed.items()):
             rows.append([sub, f"`{impl}`"] + [fmt_bytes_pm(vals.get(n)) for n in ns])
         o += table(["operation", "impl"] + [_label(n) for n in ns], rows)
@@ -872,8 +876,8 @@ class Report:
                 flag = s_top > (ref if ref is not None else 0.35) + LINEAR_TOLERANCE
             mem_flag = m_big is not None and m_big > 1 + LINEAR_TOLERANCE
             if flag or mem_flag:
-                busy = [fcpu.get((op, variant, impl, n)) for n, _, _ in pts[-2:]]
-                busy = max((b for b in busy if b is not None), default=None)
+                foreign = [fcpu.get((op, variant, impl, n)) for n, _, _ in pts[-2:]]
+                busy = max((b for b in foreign if b is not None), default=None)
                 flagged.append((op, variant, impl, s_top, m_big, busy))
             self.growth.append({"op": op, "variant": variant, "impl": impl, "slope_all": s_all,
                                 "slope_from_1M": s_big, "slope_top": s_top,

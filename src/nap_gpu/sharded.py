@@ -26,19 +26,24 @@ import threading
 import time
 import uuid
 import warnings
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import numpy as np
 
-from . import __version__, _inputs, backends, durable, metrics as _metrics, snapshot
+from . import __version__, _inputs, backends, durable, snapshot
+from . import metrics as _metrics
 from .durable import DurabilityWarning, DurableEngine, RecoveryError
 from .engine import Engine
 from .params import Params
 
+if TYPE_CHECKING:
+    import distributed
+    from numpy.random._pcg64 import _PCG64State
+
 try:  # POSIX: a rollback holds the shard's LOCK while it cuts the log
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # no fcntl module to type: mypy checks POSIX
 
 __all__ = ["MANIFEST", "CallTimeoutError", "ShardActor", "ShardedEngine", "ShardsLostError",
            "shard_bounds"]
@@ -101,7 +106,14 @@ class _Stalled(Exception):
 def shard_bounds(n: int, shards: int) -> tuple[int, ...]:
     """Boundaries of ``shards`` contiguous id ranges over ``n`` ids, as ``numpy.array_split``
     cuts them (the first ``n % shards`` ranges hold one id more): shard i is
-    ``range(bounds[i], bounds[i + 1])``."""
+    ``range(bounds[i], bounds[i + 1])``.
+
+    Examples
+    --------
+    >>> from nap_gpu.sharded import shard_bounds
+    >>> shard_bounds(10, 3)
+    (0, 4, 7, 10)
+    """
     size, extra = divmod(n, shards)
     bounds = [0]
     for i in range(shards):
@@ -123,7 +135,8 @@ class _UniformSlice:
 
     def make(self) -> np.ndarray:
         bits = np.random.PCG64()
-        bits.state = self.state
+        # default_rng's bit generator is a PCG64: its state is one (typed as a plain dict)
+        bits.state = cast("_PCG64State", self.state)
         bits.advance(self.start // 2)
         rng = np.random.Generator(bits)
         if self.start % 2:  # the low half of output start // 2 is weight start - 1
@@ -147,13 +160,23 @@ class ShardActor:
     """
 
     def __init__(self) -> None:
-        self._eng = None
+        self._eng: Engine | DurableEngine | None = None  # create/open/load make it
         self._options: dict = {}  # a durable shard's DurableEngine.open options (reopen)
         self._every = 0  # checkpoint every this many acknowledged calls (durable)
         self._next_try = 0  # after a failed checkpoint: the sequence to try again at
 
+    def _engine(self) -> Engine | DurableEngine:
+        # The client calls a shard only after create/open/load filled it.
+        assert self._eng is not None, "the shard holds no population yet"
+        return self._eng
+
+    def _durable(self) -> DurableEngine:
+        # Log sequences (mutate's check, rollback) exist only on a shard open() made durable.
+        assert isinstance(self._eng, DurableEngine), "not a durable shard"
+        return self._eng
+
     def _report(self) -> dict:
-        eng = self._eng
+        eng = self._engine()
         return {"backend": eng.backend, "iteration": eng.iteration, "params": eng.params,
                 "sequence": self._sequence(), "pid": os.getpid()}
 
@@ -208,7 +231,7 @@ class ShardActor:
         that another shard may not have, so a call cut short can always be rolled back by
         cutting it off the log (``rollback``)."""
         if expected is not None:
-            eng = self._eng
+            eng = self._durable()
             if eng.sequence != expected:
                 raise RecoveryError(f"{eng.directory} is at log sequence {eng.sequence}, the "
                                     f"client expected {expected}")
@@ -224,7 +247,7 @@ class ShardActor:
         """Undo this durable shard's last call, ``sequence + 1``, which was never
         acknowledged (a call cut short across shards): close, cut its record off the end of
         the log, reopen at ``sequence``."""
-        eng = self._eng
+        eng = self._durable()
         if eng.sequence == sequence:
             return self._report()
         if eng.sequence != sequence + 1:
@@ -245,35 +268,36 @@ class ShardActor:
         return self._report()
 
     def step(self, quality, check_finite: bool = False) -> int | None:
-        self._eng.step(quality, check_finite=check_finite)
+        self._engine().step(quality, check_finite=check_finite)
         return self._sequence()
 
     def update(self, ids: np.ndarray, quality: np.ndarray) -> int | None:
-        self._eng.update(ids, quality, check_finite=False)
+        self._engine().update(ids, quality, check_finite=False)
         return self._sequence()
 
     def decay(self, k: int) -> int | None:
-        self._eng.decay(k)
+        self._engine().decay(k)
         return self._sequence()
 
     def set_params(self, params: Params) -> int | None:
-        self._eng.params = params
+        self._engine().params = params
         return self._sequence()
 
     # -- reading
     def summary(self, packed_labels: np.ndarray, eps: float) -> _metrics.Summary:
         """The shard's mergeable metrics summary, for its labels packed 8 to a byte."""
-        backend = backends.get(self._eng.backend)
-        labels = np.unpackbits(packed_labels, count=self._eng.n)
-        return _metrics.summarize(self._eng.weights, backend.asarray(labels), backend,
+        eng = self._engine()
+        backend = backends.get(eng.backend)
+        labels = np.unpackbits(packed_labels, count=eng.n)
+        return _metrics.summarize(eng.weights, backend.asarray(labels), backend,
                                   eps=eps).on_host()
 
     def save(self, path: str) -> str:
-        self._eng.save(path)
+        self._engine().save(path)
         return snapshot.inspect(path, verify=False).checksum
 
     def to_numpy(self) -> np.ndarray:
-        return self._eng.to_numpy()
+        return self._engine().to_numpy()
 
     def ping(self) -> int:
         return os.getpid()
@@ -373,11 +397,16 @@ class _Shard:
     index: int
     ids: range
     worker: str
-    actor: object
-    future: object  # holds the actor alive
+    actor: Any  # a dask Actor proxy of ShardActor: its methods return futures
+    future: distributed.Future  # holds the actor alive
     backend: str = ""
     sequence: int | None = None  # the last acknowledged log sequence (durable shards)
     pid: int | None = None  # the worker's process (what its nanny kills to fence it)
+
+    def logged(self) -> int:
+        # Recovery and rollbacks run only with state=, where every shard is durable.
+        assert self.sequence is not None, f"shard {self.index} is not durable: no log sequence"
+        return self.sequence
 
 
 def _call(method: str, *args):
@@ -447,12 +476,45 @@ class ShardedEngine:
         engine fails (``ShardsLostError``). It bounds every shard call, opening and recovering
         a shard included: keep it above the slowest (a snapshot or a replay of a large shard).
 
+    Notes
+    -----
     Every call validates all of its input on the client first (a rejected call reaches no
     shard), runs on the shards concurrently and returns when all have acknowledged. A
     shard lost without ``state`` raises ``ShardsLostError``, and so does every later call.
+
+    Examples
+    --------
+    >>> import nap_gpu as nap
+    >>> from dask.distributed import Client, LocalCluster
+    >>> cluster = LocalCluster(n_workers=2, processes=False, dashboard_address=None)
+    >>> client = Client(cluster)
+    >>> eng = nap.ShardedEngine(1000, shards=2, client=client, seed=0)
+    >>> eng.step(0.9)
+    >>> one = nap.Engine(1000, seed=0)  # the same seed: the same initial weights
+    >>> one.step(0.9)
+    >>> bool((eng.to_numpy() == one.to_numpy()).all()), eng.bounds  # bit for bit
+    (True, (0, 500, 1000))
+    >>> eng.close(); client.close(); cluster.close()
     """
 
     _actor = ShardActor  # what holds a shard on its worker
+
+    # Set by _prepare, which both __init__ and load (on an instance from __new__) call.
+    _client: distributed.Client
+    _n: int
+    _bounds: tuple[int, ...]
+    _ranges: list[range]
+    _backend: str
+    _params: Params
+    iteration: int
+    _state: pathlib.Path | None  # the durable state's directory (None: not durable)
+    _state_options: dict
+    _snapshot_every: int
+    _call_timeout: float | None
+    _lock: threading.RLock
+    _lost: tuple[dict, dict] | None  # set when shards are lost: ShardsLostError's arguments
+    _closed: bool
+    _shards: list[_Shard]
 
     def __init__(self, n: int, *, shards: int, client=None, backend: str = "auto",
                  seed=None, init="uniform", params: Params | None = None, state=None,
@@ -473,7 +535,7 @@ class ShardedEngine:
         else:  # the state's own parameters unless given (as DurableEngine.open)
             self._open_state(inits, params)
 
-    def _prepare(self, n: int, shards: int, client, backend: str, params: Params | None,
+    def _prepare(self, n: int, shards: int, client, backend: str, params: Params,
                  iteration: int, state=None, state_options=None,
                  call_timeout: float | None = CALL_TIMEOUT) -> None:
         if call_timeout is not None:
@@ -506,9 +568,9 @@ class ShardedEngine:
         self._snapshot_every = int(every or 0)
         self._call_timeout = None if call_timeout is None else float(call_timeout)
         self._lock = threading.RLock()
-        self._lost: tuple[dict, dict] | None = None
+        self._lost = None
         self._closed = False
-        self._shards: list[_Shard] = []
+        self._shards = []
 
     def _initial(self, init, seed):
         """A function of a shard's id range giving what that shard needs to make its part
@@ -654,7 +716,7 @@ class ShardedEngine:
     def _recover_shard(self, i: int, part, mutating: bool, unreachable: set):
         """Reopen shard i from its state, then finish its part: a mutating call whose record
         reached the shard's log was applied by the replay; one that did not is run again."""
-        acknowledged = self._shards[i].sequence
+        acknowledged = self._shards[i].logged()
         shard = self._reopen_or_raise(i, unreachable)
         if mutating and part is not None and shard.sequence == acknowledged + 1:
             return shard.sequence
@@ -682,7 +744,7 @@ class ShardedEngine:
         record is the last of their logs, never covered by a snapshot), and raise
         ``CallTimeoutError``: the call had no effect. Nothing partial is kept: the shards
         that answered had applied it too."""
-        acknowledged = {i: s.sequence for i, s in enumerate(self._shards)}
+        acknowledged = {i: s.logged() for i, s in enumerate(self._shards)}
         at = {i: results[i] for i in parts if i in results and mutating}
         for i in sorted(lost):
             try:
@@ -710,6 +772,7 @@ class ShardedEngine:
                 self._fail({i: f"the call that timed out could not be rolled back: {exc!r}"
                             for i in parts})
         t = self._call_timeout
+        assert t is not None, "only a call with a deadline has stalled shards"
         listed = ", ".join(f"shard {i} (ids {self._ranges[i].start}..{self._ranges[i].stop - 1})"
                            for i in sorted(stalled))
         workers = "; ".join(f"{w}: {note}" for w, note in sorted(fenced.items()))
@@ -733,7 +796,7 @@ class ShardedEngine:
         return reports
 
     def _find_lost(self, failures: dict,
-                   stalled: set = frozenset()) -> tuple[dict[int, str], set[str]]:
+                   stalled: set[int] | frozenset[int] = frozenset()) -> tuple[dict[int, str], set[str]]:
         """({shard: cause} for shards whose call failed or whose worker does not answer,
         the workers that do not answer): all shards of a dead or stalled worker are lost,
         not only those this call reached."""
@@ -760,8 +823,8 @@ class ShardedEngine:
             except Exception as exc:
                 lost[i] = f"worker {self._shards[i].worker} lost ({failures.get(i, exc)!r})"
                 unreachable.add(self._shards[i].worker)
-        for i, exc in failures.items():
-            lost.setdefault(i, f"failed on worker {self._shards[i].worker}: {exc!r}")
+        for i, failure in failures.items():
+            lost.setdefault(i, f"failed on worker {self._shards[i].worker}: {failure!r}")
         return lost, unreachable
 
     def _fence(self, workers: set[str]) -> dict[str, str]:
@@ -792,8 +855,13 @@ class ShardedEngine:
         self._lost = ({i: self._ranges[i] for i in lost}, dict(lost))
         raise ShardsLostError(*self._lost)
 
+    def _state_directory(self) -> pathlib.Path:
+        # Shard states, their layout and recovery exist only on a durable engine (state=).
+        assert self._state is not None, "the ShardedEngine has no state="
+        return self._state
+
     def _shard_state(self, i: int) -> pathlib.Path:
-        return self._state / f"shard-{i:04d}"
+        return self._state_directory() / f"shard-{i:04d}"
 
     def _reopen(self, i: int, avoid: set) -> _Shard:
         """Shard i again, from its state, on the answering worker holding fewest shards.
@@ -851,7 +919,7 @@ class ShardedEngine:
         agree on where they are; if the client stopped in the middle of a call, some have it
         and the others not: it was never acknowledged, and is rolled back where it was
         applied, so that every shard ends at the same point."""
-        self._state.mkdir(parents=True, exist_ok=True)
+        self._state_directory().mkdir(parents=True, exist_ok=True)
         self._check_layout()
         reports = self._start({i: _call("open", str(self._shard_state(i)), inits(r), len(r),
                                         self._backend, params, self._state_options,
@@ -886,7 +954,7 @@ class ShardedEngine:
     def _check_layout(self) -> None:
         """The state's n and boundaries are fixed when it is created; reopening with others
         would pair shard directories with the wrong ids."""
-        path = self._state / LAYOUT
+        path = self._state_directory() / LAYOUT
         layout = {"format": LAYOUT_FORMAT, "format_version": MANIFEST_VERSION, "n": self._n,
                   "bounds": list(self._bounds)}
         if not path.exists():
@@ -902,6 +970,7 @@ class ShardedEngine:
     # -- state ---------------------------------------------------------------------------
     @property
     def n(self) -> int:
+        """Number of memories, over all shards."""
         return self._n
 
     def __len__(self) -> int:
@@ -909,6 +978,7 @@ class ShardedEngine:
 
     @property
     def shards(self) -> int:
+        """Number of shards."""
         return len(self._ranges)
 
     @property
@@ -928,6 +998,7 @@ class ShardedEngine:
 
     @property
     def params(self) -> Params:
+        """The law's parameters; assigning a `Params` sets them on every shard."""
         return self._params
 
     @params.setter

@@ -72,7 +72,7 @@ class SnapshotInfo:
     checksum_ok: bool | None = None  # None: not verified
 
 
-def _f32_hex(value: float) -> str:
+def _f32_hex(value: float | np.float32) -> str:
     return f"0x{np.array([value], np.float32).view(np.uint32)[0]:08x}"
 
 
@@ -111,11 +111,46 @@ def _seal(name: str, weights_crc: int, metadata: dict) -> str:
 
 def write(path, weights: np.ndarray, params: Params, *, iteration: int = 0, sequence: int = 0,
           backend: str = "", version: str = "") -> pathlib.Path:
-    """Write host float32 ``weights`` and their metadata to ``path`` atomically and durably."""
+    """Write host float32 ``weights`` and their metadata to ``path`` atomically and durably.
+
+    Parameters
+    ----------
+    path : path
+        The file; its directory must exist. A crash leaves the old file or the new one.
+    weights : numpy.ndarray
+        Host float32 weights (``Engine.save`` writes an engine's).
+    params : Params
+        The law's parameters, kept with the weights.
+    iteration, sequence : int
+        The population's dense steps and the log sequence the snapshot covers.
+    backend, version : str
+        Recorded as the writer's backend and nap_gpu version.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``, once the file and its directory entry are on disk.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import numpy as np
+    >>> import nap_gpu as nap
+    >>> from nap_gpu import snapshot
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = snapshot.write(pathlib.Path(tmp) / "w.nap", np.full(8, 0.5, np.float32),
+    ...                           nap.Params(), iteration=3)
+    ...     info = snapshot.inspect(path)         # the header, the checksum verified
+    ...     weights, _ = snapshot.read(path)
+    >>> info.n, info.iteration, info.params, info.checksum_ok
+    (8, 3, Params(lr=0.05, gate=0.5, decay=0.02), True)
+    >>> print(weights)
+    [0.5 0.5 0.5 0.5 0.5 0.5 0.5 0.5]
+    """
     path = pathlib.Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"snapshot directory {path.parent} does not exist")
-    data = memoryview(np.ascontiguousarray(weights, dtype="<f4")).cast("B")
+    data = np.ascontiguousarray(weights, dtype="<f4").data.cast("B")
     metadata = {
         "format": FORMAT, "format_version": str(FORMAT_VERSION), "n": str(weights.size),
         "lr": _f32_hex(params.lr), "gate": _f32_hex(params.gate), "decay": _f32_hex(params.decay),
@@ -226,7 +261,9 @@ def fsync_directory(directory: pathlib.Path) -> None:
 
 
 def inspect(path, *, verify: bool = True) -> SnapshotInfo:
-    """The snapshot's metadata; with ``verify``, its checksum checked (``checksum_ok``)."""
+    """The snapshot's metadata; with ``verify``, its checksum checked (``checksum_ok``).
+    Raises `SnapshotError` for a file that is not a readable snapshot. See `write` for an
+    example."""
     path = pathlib.Path(path)
     with open(path, "rb", buffering=0) as fh:
         info = _header(path, fh)
@@ -252,12 +289,13 @@ def inspect(path, *, verify: bool = True) -> SnapshotInfo:
 
 def read(path) -> tuple[np.ndarray, SnapshotInfo]:
     """The weights (a fresh host float32 array, the only copy made) and the metadata; raises
-    ``SnapshotError`` for a damaged, truncated or foreign file, naming what and where."""
+    ``SnapshotError`` for a damaged, truncated or foreign file, naming what and where.
+    See `write` for an example."""
     path = pathlib.Path(path)
     with open(path, "rb", buffering=0) as fh:
         info = _header(path, fh)
         weights = np.empty(info.n, np.float32)
-        buffer = memoryview(weights).cast("B")
+        buffer = weights.data.cast("B")
         name = _checksum_of(info.checksum)
         crc, outside = 0, -1
 

@@ -15,7 +15,27 @@ __all__ = ["ReferenceWorkload"]
 
 
 class ReferenceWorkload:
-    """Seeded qualities of the reference workload; iterate or call ``next_quality()``."""
+    """Seeded qualities of the reference workload: call ``next_quality()`` once per iteration.
+
+    Parameters
+    ----------
+    n : int
+        Memories (>= 2): even ids reinforced (R), odd ids punished (P).
+    sigma : float
+        Standard deviation of the Gaussian noise added to the qualities (default 0: none).
+    seed : int
+        Seed of the qualities' stream.
+
+    Examples
+    --------
+    >>> import nap_gpu as nap
+    >>> work = nap.ReferenceWorkload(4, seed=0)
+    >>> work.labels
+    array([1, 0, 1, 0], dtype=uint8)
+    >>> q = work.next_quality()
+    >>> bool((q[0::2] >= 0.6).all() and (q[1::2] < 0.4).all())
+    True
+    """
 
     def __init__(self, n: int, *, sigma: float = 0.0, seed: int = 0) -> None:
         if n < 2:

@@ -57,12 +57,11 @@ def _probe_cpp(module: str = "nap_gpu._core") -> str | None:
     """Why the C++ core is unusable: not built (reinstalling with a compiler helps) or built
     but failing to load (a library it needs is missing: reinstalling does not help, and the
     loader's message names the library)."""
+    missing: ImportError | None = None
     try:
         spec = importlib.util.find_spec(module)
     except ImportError as exc:
         spec, missing = None, exc
-    else:
-        missing = None
     if spec is None:
         return (f"C++ core not built: this install has no {module} ("
                 f"{missing or 'built without a C++ compiler'}); reinstall from source with a "
@@ -110,7 +109,7 @@ def resolve(name: str | None = "auto") -> ModuleType:
                 return get(override)
             except (ValueError, BackendUnavailableError) as exc:
                 raise type(exc)(f"NAP_BACKEND={override}: {exc}") from None
-        skipped = []
+        skipped: list[str] = []
         for candidate, reason in _probe_all():
             if reason is None:
                 log.info("nap_gpu: backend 'auto' chose %r%s", candidate,

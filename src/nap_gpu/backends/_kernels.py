@@ -18,8 +18,12 @@ import importlib.resources
 import os
 import pathlib
 import tempfile
+from typing import TYPE_CHECKING, Any
 
 from .. import _nvrtc
+
+if TYPE_CHECKING:
+    from importlib.abc import Traversable  # importlib.resources.abc from 3.11 on
 
 #: Bit parity with the CPU: no FMA contraction, no flush-to-zero, IEEE division and sqrt.
 PRODUCTION_OPTIONS = ("--std=c++17", "--fmad=false", "--ftz=false", "--prec-div=true",
@@ -32,7 +36,7 @@ KERNELS = ("nap_step", "nap_step_scalar", "nap_decay", "nap_update_segments", "n
 HEADERS = ("nap/config.h", "nap/law.h")
 
 
-def _source_root() -> tuple[pathlib.Path, pathlib.Path]:
+def _source_root() -> tuple[Traversable, Traversable]:
     """(the kernel file, the header folder): inside the installed package (a wheel, or an
     editable install that maps them there), else in the source tree this module lives in (an
     in-place editable install, or ``PYTHONPATH=src``)."""
@@ -129,7 +133,7 @@ class CupyKernels:
     (finding the cubin hashes the source: never per launch)."""
 
     def __init__(self) -> None:
-        self._modules: dict[int, object] = {}  # device id -> RawModule of its cubin
+        self._modules: dict[int, Any] = {}  # device id -> cupy.RawModule of its cubin
         self._functions: dict[tuple[int, str], object] = {}
 
     def __getattr__(self, name: str):

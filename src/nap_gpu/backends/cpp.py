@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _core  # ImportError here means the core was not built: the registry says so
-from .. import _threads
+# ImportError here (_core) means the core was not built: the registry says so
+from .. import _core, _threads
 from ..params import Params
 from . import _xp
 

@@ -114,13 +114,13 @@ def decay(w: np.ndarray, d: float, k: int) -> None:
     bits), so the result is that of k rounds, and any k ends, even with a decay too small to
     move a weight at all.
     """
-    d = np.float32(d)
+    d32 = np.float32(d)
     if k == 0:
         return
-    if d == 0:
+    if d32 == 0:
         k = 1  # decay by 0 is the clamp: idempotent after one round
     for lo in range(0, w.size, CHUNK):
-        _decay_chunk(w[lo:lo + CHUNK], d, k)
+        _decay_chunk(w[lo:lo + CHUNK], d32, k)
 
 
 def _decay_chunk(w: np.ndarray, d: np.float32, k: int) -> None:

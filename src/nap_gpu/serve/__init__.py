@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from .. import backends, metrics as _metrics
+from .. import backends
+from .. import metrics as _metrics
 from ..durable import DurableEngine
 from ..monitor import Monitor
 from ..params import Params
@@ -61,7 +62,7 @@ class ServiceState:
         self.gpu_status = gpu_status_cached()
         self.disk_writable = disk_writable_probe(settings.state_dir)
         self.has_labels = settings.labels is not None
-        labels = (np.load(settings.labels, allow_pickle=False) if self.has_labels
+        labels = (np.load(settings.labels, allow_pickle=False) if settings.labels is not None
                   else np.ones(engine.n, np.uint8))
         # With populations given, the guide's rules apply once the state has taken
         # ``health_warmup`` / ``health_settle`` logged writes (counted from its creation, so a
@@ -95,6 +96,7 @@ class ServiceState:
 
     def _token_loop(self) -> None:
         path = self.settings.api_token_file
+        assert path is not None, "the token loop runs only with a token file"
         while not self._stop.is_set():
             asked = self._reload.wait(_TOKEN_POLL_S)
             self._reload.clear()
@@ -255,7 +257,9 @@ def run(settings: Settings) -> int:
     config = uvicorn.Config(
         create_app(state), host=settings.host, port=settings.port, log_config=None,
         access_log=False, timeout_graceful_shutdown=30, lifespan="off",
-        http=guard.protocol(), timeout_keep_alive=settings.keep_alive_s,
+        # uvicorn annotates an int but uses it as a delay (loop.call_later): 0.5 s works
+        http=guard.protocol(),
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         h11_max_incomplete_event_size=_MAX_HEAD_BYTES,
         backlog=ACCEPT_BURST)  # asyncio accepts this many per pass (the kernel queue: below)
     server = _server(config, guard)

@@ -17,6 +17,7 @@ import re
 import secrets
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -123,7 +124,7 @@ def _numbers(values, name: str):
     return values
 
 
-def _too_big(value: int, name: str) -> Rejected:
+def _too_big(value: int | float, name: str) -> Rejected:  # an int float() overflowed on
     return Rejected(422, "nonfinite", f"{name}: the integer {str(value)[:12]}... "
                                       f"({len(str(abs(value)))} digits) is beyond any float")
 
@@ -243,7 +244,7 @@ def create_app(state) -> FastAPI:
             raise Rejected(401, "unauthorized", "the bearer token is wrong",
                            {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
-    async def write(op: Op) -> object:
+    async def write(op: Op) -> Any:  # the op's result: (sequence, index), a sequence, a path
         try:
             future = state.writer.submit(op)
         except QueueFullError as exc:
@@ -473,6 +474,7 @@ _FEEDBACK_BODY = {"requestBody": {"required": True, "content": {
                                        "float32 qualities (12·m bytes)"}},
 }}}
 
+_ERRORS: dict[int | str, dict[str, Any]]  # FastAPI's responses=
 _ERRORS = {code: {"description": text, "content": {"application/json": {"schema": {
     "type": "object", "properties": {"error": {"type": "string"}, "detail": {"type": "string"},
                                      "request_id": {"type": "string"}}}}}}

@@ -44,7 +44,7 @@ CLOSE_REASONS = ("idle_timeout", "header_timeout", "body_timeout", "evicted", "r
 
 def _reply(status: bytes, reason: str, detail: str, extra: bytes = b"") -> bytes:
     """A whole HTTP response, written by hand: the connection is closed right after it."""
-    body = ('{"error": "%s", "detail": "%s"}' % (reason, detail)).encode()
+    body = f'{{"error": "{reason}", "detail": "{detail}"}}'.encode()
     return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
             + extra + b"content-length: %d\r\n\r\n" % len(body) + body)
 

@@ -175,7 +175,8 @@ class _MonitorFields(logging.Filter):
             if isinstance(event, dict):
                 record.msg = "health check" if event.get("ok", True) else "health check failed"
                 for key, value in event.items():
-                    key = {"time": "check_time"}.get(key, key)
+                    if key == "time":
+                        key = "check_time"
                     if key not in _STANDARD:
                         setattr(record, key, value)
         return True

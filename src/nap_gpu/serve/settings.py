@@ -22,6 +22,25 @@ _TOKEN_SEP = re.compile(r"[\s,]+")
 
 
 class Settings(BaseSettings):
+    """The service's settings: ``nap-gpu serve``'s flags, ``NAP_*`` environment variables or
+    a ``.env`` file (flags win, then the environment, then ``.env``, then the defaults);
+    frozen once made. A field ``snapshot_every`` is the flag ``--snapshot-every`` and the
+    variable ``NAP_SNAPSHOT_EVERY`` (the token itself has no flag).
+
+    Writes need a bearer token (``NAP_API_TOKEN``, several comma-separated, or the file
+    ``NAP_API_TOKEN_FILE``, re-read on change or SIGHUP); without one the service refuses to
+    bind anything but a loopback address.
+
+    Examples
+    --------
+    >>> from nap_gpu.serve import Settings
+    >>> s = Settings(memories=1000, snapshot_every=100, api_token="old,new", _env_file=None)
+    >>> s.snapshot_every, s.tokens()
+    (100, ('old', 'new'))
+    >>> s.public()["api_token"]  # what the logs show
+    '(set)'
+    """
+
     model_config = SettingsConfigDict(env_prefix="NAP_", env_file=".env", extra="ignore",
                                       frozen=True)
 
