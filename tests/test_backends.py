@@ -32,6 +32,10 @@ from conftest import REAL_CUDA_REASON, _real_environment, assert_same_bits
 CPP_USABLE = nap.available_backends()["cpp"] is None
 needs_cpp = pytest.mark.skipif(not CPP_USABLE, reason=f"cpp backend unusable: "
                                                       f"{nap.available_backends()['cpp']}")
+# A core built without OpenMP (Apple clang, -DNAP_OPENMP=OFF) always runs one thread.
+SERIAL_CORE = CPP_USABLE and nap.backends.get("cpp").compile_options()["openmp"] == "off"
+needs_threads = pytest.mark.skipif(SERIAL_CORE, reason="the C++ core was built without OpenMP: "
+                                                       "one thread, whatever is asked")
 
 
 def clean_env(**extra: str) -> dict:
@@ -231,7 +235,7 @@ def test_show_config_survives_a_bad_nap_backend(monkeypatch, capsys, cuda_unusab
 # -- NAP_NUM_THREADS ------------------------------------------------------------------------------
 
 @needs_cpp
-@pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize("threads", ["1", pytest.param("3", marks=needs_threads)])
 def test_nap_num_threads_is_honoured(threads):
     proc = run_python("import nap_gpu.backends.cpp as c; print(c.num_threads())",
                       clean_env(NAP_NUM_THREADS=threads))
@@ -557,6 +561,7 @@ def test_results_identical_whatever_the_instruction_set(tmp_path, simd):
 
 
 @needs_cpp
+@needs_threads
 def test_thread_count_changes_no_bit_in_process():
     """The same, in process, through set_num_threads (restored afterwards)."""
     cpp = nap.backends.get("cpp")

@@ -12,9 +12,9 @@ import dataclasses
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import subprocess
-import textwrap
 
 import numpy as np
 import pytest
@@ -27,6 +27,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CPP_DIR = REPO / "cpp"
 CORE_SOURCE = CPP_DIR / "src" / "core.cpp"
 TIMEOUT = 900  # generous: a guard against a hung tool, not a speed assertion
+# Extra CMake arguments for the core's build, e.g. "-DNAP_OPENMP=OFF -DCMAKE_CXX_FLAGS=-Werror"
+# (cpp/ci/cross_checks.sh runs this module on a serial core that way).
+EXTRA_CMAKE_ARGS = shlex.split(os.environ.get("NAP_CORE_CMAKE_ARGS", ""))
 
 
 def _find_compiler() -> str | None:
@@ -82,7 +85,7 @@ def core_build(tmp_path_factory) -> CoreBuild:
     _require_toolchain()
     build_dir = tmp_path_factory.mktemp("nap_core") / "build"
     configure_log = run(["cmake", "-S", CPP_DIR, "-B", build_dir, *_generator_args(),
-                         "-DCMAKE_BUILD_TYPE=Release", "-DNAP_BUILD_TESTS=ON"])
+                         "-DCMAKE_BUILD_TYPE=Release", "-DNAP_BUILD_TESTS=ON", *EXTRA_CMAKE_ARGS])
     build_log = run(["cmake", "--build", build_dir, "--config", "Release", "--parallel", "2"])
     return CoreBuild(build_dir, configure_log, build_log, _compiler_id(build_dir))
 
@@ -100,6 +103,8 @@ def test_ctest_passes(core_build):
     checks = re.search(r"(\d+) checks, (\d+) failed", output)
     assert checks, f"the core's test program printed no summary:\n{output}"
     assert int(checks.group(1)) > 100 and int(checks.group(2)) == 0, output
+    if "-DNAP_OPENMP=OFF" in EXTRA_CMAKE_ARGS:  # a serial core says so, and runs one thread
+        assert "openmp=off;" in output and ", 1 threads" in output, output
 
 
 def test_install_layout(installed):

@@ -21,9 +21,20 @@ using Ids = py::array_t<std::int64_t, py::array::c_style>;
 using Labels = py::array_t<std::uint8_t, py::array::c_style>;
 using Sums = py::array_t<std::uint64_t, py::array::c_style>;
 
-nap::Params params(float lr, float gate, float decay) { return nap::Params{lr, gate, decay}; }
+// Parameters arrive as Python floats (float32 values held in doubles) and are narrowed here,
+// in IEEE mode: a caller whose thread flushes subnormals (FTZ, set by another library) would
+// otherwise turn a subnormal lr, decay or quality into 0 before the core sees it. The volatile
+// reads cannot move before the (opaque) mode switch.
+float narrowed(double x) {
+  const nap::IeeeArithmetic ieee;
+  const volatile double held = x;
+  return static_cast<float>(held);
+}
+nap::Params params(double lr, double gate, double decay) {
+  return nap::Params{narrowed(lr), narrowed(gate), narrowed(decay)};
+}
 
-void step(Floats w, Floats q, float lr, float gate, float decay) {
+void step(Floats w, Floats q, double lr, double gate, double decay) {
   if (q.size() != w.size()) throw py::value_error("step: w and q differ in length");
   float* wp = w.mutable_data();
   const float* qp = q.data();
@@ -32,21 +43,24 @@ void step(Floats w, Floats q, float lr, float gate, float decay) {
   nap::step(wp, qp, n, params(lr, gate, decay));
 }
 
-void step_scalar(Floats w, float q, float lr, float gate, float decay) {
+void step_scalar(Floats w, double q, double lr, double gate, double decay) {
   float* wp = w.mutable_data();
   const auto n = static_cast<std::size_t>(w.size());
+  const nap::Params p = params(lr, gate, decay);
+  const float quality = narrowed(q);
   py::gil_scoped_release nogil;
-  nap::step_scalar(wp, q, n, params(lr, gate, decay));
+  nap::step_scalar(wp, quality, n, p);
 }
 
-void decay(Floats w, float d, std::uint64_t k) {
+void decay(Floats w, double d, std::uint64_t k) {
   float* wp = w.mutable_data();
   const auto n = static_cast<std::size_t>(w.size());
+  const float by = narrowed(d);
   py::gil_scoped_release nogil;
-  nap::decay(wp, n, d, k);
+  nap::decay(wp, n, by, k);
 }
 
-void update(Floats w, Ids ids, Floats q, float lr, float gate) {
+void update(Floats w, Ids ids, Floats q, double lr, double gate) {
   if (ids.size() != q.size()) throw py::value_error("update: ids and q differ in length");
   float* wp = w.mutable_data();
   const auto n = static_cast<std::size_t>(w.size());
@@ -87,13 +101,13 @@ Sums exact_sums(Floats w, Labels labels) {
   return out;
 }
 
-void triad(Floats w, Floats q, float s) {
+void triad(Floats w, Floats q, double s) {
   if (q.size() != w.size()) throw py::value_error("triad: w and q differ in length");
   float* wp = w.mutable_data();
   const float* qp = q.data();
   const auto n = static_cast<std::size_t>(w.size());
   py::gil_scoped_release nogil;
-  nap::triad(wp, qp, s, n);
+  nap::triad(wp, qp, narrowed(s), n);
 }
 
 }  // namespace

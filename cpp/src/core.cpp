@@ -3,6 +3,7 @@
 #include "nap/core.h"
 
 #include <algorithm>  // for std::min
+#include <atomic>     // for std::atomic
 #include <cstdlib>    // for std::getenv
 #include <cstring>    // for std::memcpy
 #include <string>     // for std::string
@@ -12,6 +13,16 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>  // for pthread_atfork
+#define NAP_ATFORK 1
+#endif
+#endif
+#if defined(__SSE__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 1)
+#include <xmmintrin.h>  // for _mm_getcsr, _mm_setcsr
+#define NAP_MXCSR 1
+#elif defined(__aarch64__) && defined(__GNUC__)
+#define NAP_FPCR 1
 #endif
 
 namespace nap {
@@ -27,35 +38,96 @@ constexpr int kParallelUpdateThreads = 4;
 // Decay(k) works on cache-resident blocks so k rounds cost one pass over memory.
 constexpr std::size_t kDecayBlock = 4096;
 
-int g_threads = 0;  // 0: the OpenMP default
+std::atomic<int> g_threads{0};  // 0: the OpenMP default
 
+// Set in the child of a fork(): the OpenMP runtime's threads stayed in the parent, and libgomp
+// waits for them forever in the child's first parallel region. From then on the loops run
+// serially, without entering OpenMP at all.
+std::atomic<bool> g_forked{false};
+#ifdef NAP_ATFORK
+void forked_child() { g_forked.store(true, std::memory_order_relaxed); }
+const bool g_atfork_registered = pthread_atfork(nullptr, nullptr, forked_child) == 0;
+#endif
+
+// Merges the threads' partial results (a few per loop): a flag, not std::mutex, which some
+// MinGW thread models lack.
+class Merge {
+ public:
+  template <class F>
+  void operator()(F merge) {
+    while (busy_.test_and_set(std::memory_order_acquire)) {
+    }
+    merge();
+    busy_.clear(std::memory_order_release);
+  }
+
+ private:
+  std::atomic_flag busy_ = ATOMIC_FLAG_INIT;
+};
+
+#ifdef _OPENMP
 int threads_for(std::size_t work, std::size_t threshold) {
   if (work < threshold) return 1;
   return num_threads();
 }
+#endif
 
 inline bool is_finite(float x) { return !nonfinite_bits(bits_of(x)); }
 
 // Splits [0, n) among the threads of a parallel region and runs body(lo, hi) on each slice.
 // Slices start on 64-byte boundaries (16 floats) so vector loads stay aligned with the data.
+// One thread (a small n, one thread asked for, no OpenMP, or a forked child) calls body(0, n)
+// on the calling thread, outside OpenMP.
 template <class Body>
 void parallel_slices(std::size_t n, Body body) {
-  const int wanted = threads_for(n, kParallelElements);
-#pragma omp parallel num_threads(wanted)
-  {
 #ifdef _OPENMP
-    const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
-    const std::size_t count = static_cast<std::size_t>(omp_get_num_threads());
-#else
-    const std::size_t t = 0, count = 1;
-#endif
-    const std::size_t lo = t == 0 ? 0 : (n * t / count) & ~std::size_t{15};
-    const std::size_t hi = t + 1 == count ? n : (n * (t + 1) / count) & ~std::size_t{15};
-    if (hi > lo) body(lo, hi);
+  const int wanted = threads_for(n, kParallelElements);
+  if (wanted > 1) {
+#pragma omp parallel num_threads(wanted)
+    {
+      const IeeeArithmetic ieee;
+      const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
+      const std::size_t count = static_cast<std::size_t>(omp_get_num_threads());
+      const std::size_t lo = t == 0 ? 0 : (n * t / count) & ~std::size_t{15};
+      const std::size_t hi = t + 1 == count ? n : (n * (t + 1) / count) & ~std::size_t{15};
+      if (hi > lo) body(lo, hi);
+    }
+    return;
   }
+#endif
+  const IeeeArithmetic ieee;
+  body(std::size_t{0}, n);
 }
 
 }  // namespace
+
+// FTZ/DAZ may be set process-wide by another library (or a -ffast-math program's startup),
+// and OpenMP's threads inherit whatever their creator had: without this the bits would depend
+// on the thread count. Every thread of every loop over the law holds one.
+#if defined(NAP_MXCSR)
+// MXCSR: FTZ is bit 15, DAZ bit 6, the rounding mode bits 13-14 (00: to nearest).
+constexpr unsigned long long kNonIeee = (1u << 15) | (1u << 6) | (3u << 13);
+IeeeArithmetic::IeeeArithmetic() : saved_(_mm_getcsr()) {
+  if (saved_ & kNonIeee) _mm_setcsr(static_cast<unsigned>(saved_ & ~kNonIeee));
+}
+IeeeArithmetic::~IeeeArithmetic() {
+  if (saved_ & kNonIeee) _mm_setcsr(static_cast<unsigned>(saved_));
+}
+#elif defined(NAP_FPCR)
+// FPCR: FZ is bit 24, the rounding mode bits 22-23 (00: to nearest); FIZ (bit 0) and AH
+// (bit 1: other NaN and flush rules) exist with FEAT_AFP and read as 0 without it.
+constexpr unsigned long long kNonIeee = (1ull << 24) | (3ull << 22) | 3ull;
+IeeeArithmetic::IeeeArithmetic() {
+  __asm__ __volatile__("mrs %0, fpcr" : "=r"(saved_));
+  if (saved_ & kNonIeee) __asm__ __volatile__("msr fpcr, %0" : : "r"(saved_ & ~kNonIeee));
+}
+IeeeArithmetic::~IeeeArithmetic() {
+  if (saved_ & kNonIeee) __asm__ __volatile__("msr fpcr, %0" : : "r"(saved_));
+}
+#else  // other targets: the mode is the caller's (docs/law.md: no flush-to-zero)
+IeeeArithmetic::IeeeArithmetic() : saved_(0) {}
+IeeeArithmetic::~IeeeArithmetic() = default;
+#endif
 
 extern const Kernels kernels_baseline;
 #ifdef NAP_HAVE_AVX2
@@ -119,13 +191,15 @@ const char* built_isas() {
 
 int num_threads() {
 #ifdef _OPENMP
-  return g_threads > 0 ? g_threads : omp_get_max_threads();
+  if (g_forked.load(std::memory_order_relaxed)) return 1;
+  const int chosen = g_threads.load(std::memory_order_relaxed);
+  return chosen > 0 ? chosen : omp_get_max_threads();
 #else
   return 1;
 #endif
 }
 
-void set_num_threads(int n) { g_threads = n > 0 ? n : 0; }
+void set_num_threads(int n) { g_threads.store(n > 0 ? n : 0, std::memory_order_relaxed); }
 
 void step(float* w, const float* q, std::size_t n, const Params& p) {
   const Kernels& k = kernels();
@@ -232,6 +306,7 @@ namespace {
 
 void update_serial(float* w, const std::int64_t* ids, const float* q, std::size_t m,
                    const Params& p) {
+  const IeeeArithmetic ieee;
   kernels().update(w, ids, q, m, p);
 }
 
@@ -244,12 +319,12 @@ void update_serial(float* w, const std::int64_t* ids, const float* q, std::size_
 // random accesses to w that any implementation pays. No id is touched by two threads.
 void update(float* w, std::size_t n, const std::int64_t* ids, const float* q, std::size_t m,
             const Params& p) {
+#ifdef _OPENMP
   const int wanted = threads_for(m, kParallelEvents);
   if (wanted < kParallelUpdateThreads || n < 2) {
     update_serial(w, ids, q, m, p);
     return;
   }
-#ifdef _OPENMP
   std::vector<std::int64_t> bucket_ids(m);
   std::vector<float> bucket_q(m);
   std::vector<std::size_t> counts;  // counts[t * T + o]: events of slice t owned by o
@@ -286,33 +361,39 @@ void update(float* w, std::size_t n, const std::int64_t* ids, const float* q, st
     }
 #pragma omp barrier
     // Bucket t starts where slice 0 began writing it; it ends where bucket t + 1 starts.
+    const IeeeArithmetic ieee;
     const std::size_t begin = t == 0 ? 0 : counts[static_cast<std::size_t>(T - 1) * T + t - 1];
     const std::size_t end = counts[static_cast<std::size_t>(T - 1) * T + t];
     kernels().update(w, bucket_ids.data() + begin, bucket_q.data() + begin, end - begin, p);
   }
 #else
+  (void)n;
   update_serial(w, ids, q, m, p);
 #endif
 }
 
 namespace {
 
-// The first index in [0, n) where bad(i) holds, or -1. Blocks are tested with any_bad(lo, hi)
-// first (branch-free, vectorised); only a block with a hit is scanned again for its index.
+// The first index in [0, n) where bad(i) holds, or -1. Each thread scans its slice block by
+// block with any_bad(lo, hi) (branch-free, vectorised) and rescans only the first block with a
+// hit for its index; the smallest index over the slices wins. (No min reduction: that needs
+// OpenMP 3.1, and MSVC's /openmp is 2.0.)
 template <class Bad, class AnyBad>
 std::int64_t first_where(std::size_t n, Bad bad, AnyBad any_bad) {
   constexpr std::size_t kBlock = 4096;
-  const std::int64_t blocks = static_cast<std::int64_t>((n + kBlock - 1) / kBlock);
-  std::int64_t first = blocks;
-#pragma omp parallel for schedule(static) reduction(min : first) \
-    num_threads(threads_for(n, kParallelElements))
-  for (std::int64_t b = 0; b < blocks; ++b) {
-    const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
-    if (b < first && any_bad(lo, std::min(n, lo + kBlock))) first = b;
-  }
-  if (first == blocks) return -1;
-  for (std::size_t i = static_cast<std::size_t>(first) * kBlock;; ++i)
-    if (bad(i)) return static_cast<std::int64_t>(i);
+  Merge merge;
+  std::size_t first = n;
+  parallel_slices(n, [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t b = lo; b < hi; b += kBlock) {
+      const std::size_t end = std::min(hi, b + kBlock);
+      if (!any_bad(b, end)) continue;
+      std::size_t i = b;
+      while (!bad(i)) ++i;
+      merge([&] { first = std::min(first, i); });
+      return;
+    }
+  });
+  return first == n ? -1 : static_cast<std::int64_t>(first);
 }
 
 template <class Bad>
@@ -343,14 +424,11 @@ std::int64_t first_bad_id(const std::int64_t* ids, std::size_t m, std::int64_t n
 }
 
 void exact_sums(const float* w, const std::uint8_t* labels, std::size_t n, std::uint64_t* out) {
-  constexpr std::size_t kKeys = std::size_t{kExactBins} * 4;  // label x (sign, exponent) x 4 sums
-  std::fill(out, out + kKeys, std::uint64_t{0});
-  const std::int64_t count = static_cast<std::int64_t>(n);
-#pragma omp parallel num_threads(threads_for(n, kParallelElements))
-  {
-    std::vector<std::uint64_t> local(kKeys, 0);
-#pragma omp for schedule(static)
-    for (std::int64_t i = 0; i < count; ++i) {
+  std::fill(out, out + kExactSumsSize, std::uint64_t{0});
+  Merge merge;
+  parallel_slices(n, [&](std::size_t lo, std::size_t hi) {
+    std::vector<std::uint64_t> local(kExactSumsSize, 0);
+    for (std::size_t i = lo; i < hi; ++i) {
       const std::uint32_t b = bits_of(w[i]);
       const ExactTerms t = exact_terms(b);
       std::uint64_t* acc = &local[static_cast<std::size_t>(exact_bin(b, labels[i])) * 4];
@@ -359,9 +437,10 @@ void exact_sums(const float* w, const std::uint8_t* labels, std::size_t n, std::
       acc[2] += t.square_high;
       acc[3] += t.square_low;
     }
-#pragma omp critical
-    for (std::size_t k = 0; k < kKeys; ++k) out[k] += local[k];
-  }
+    merge([&] {  // integer sums: any order gives the same bins
+      for (std::size_t k = 0; k < kExactSumsSize; ++k) out[k] += local[k];
+    });
+  });
 }
 
 void triad(float* w, const float* q, float s, std::size_t n) {
@@ -384,7 +463,11 @@ const char* compile_options() {
     s += "unknown";
 #endif
 #ifdef NAP_CXX_FLAGS
-    s += std::string(";flags=") + NAP_CXX_FLAGS;
+    std::string flags = NAP_CXX_FLAGS;  // single spaces between the flags, none around them
+    for (std::size_t at; (at = flags.find("  ")) != std::string::npos;) flags.erase(at, 1);
+    if (!flags.empty() && flags.front() == ' ') flags.erase(0, 1);
+    if (!flags.empty() && flags.back() == ' ') flags.pop_back();
+    s += ";flags=" + flags;
 #endif
 #ifdef __FAST_MATH__
     s += ";fast_math=on";

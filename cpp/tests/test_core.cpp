@@ -14,6 +14,22 @@
 
 #include "nap/core.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__SSE__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 1)
+#include <xmmintrin.h>
+#define NAP_TEST_MXCSR 1
+#elif defined(__aarch64__) && defined(__GNUC__)
+#define NAP_TEST_FPCR 1
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <csignal>
+#include <sys/wait.h>
+#include <unistd.h>
+#define NAP_TEST_FORK 1
+#endif
+
 namespace {
 
 int g_failures = 0;
@@ -194,6 +210,25 @@ void scans() {
   CHECK(nap::first_bad_id(ids.data(), 3, 10) == -1, "valid ids flagged");
   ids[1] = -7;
   CHECK(nap::first_bad_id(ids.data(), ids.size(), 10) == 1, "negative id not caught");
+  // Large enough to be split among threads: the first hit wins whichever slice finds it.
+  std::vector<float> big(300001, 0.25f);
+  std::vector<std::int64_t> big_ids(big.size(), 3);
+  for (const int threads : {1, 2, 3}) {
+    nap::set_num_threads(threads);
+    for (const std::size_t at : {std::size_t{299999}, std::size_t{150001}, std::size_t{4097},
+                                 std::size_t{0}}) {
+      big[at] = from_hex("0xff800000");
+      big_ids[at] = 10;
+      CHECK(nap::first_nonfinite(big.data(), big.size()) == static_cast<std::int64_t>(at),
+            "first_nonfinite on %d threads: not %zu", threads, at);
+      CHECK(nap::first_bad_id(big_ids.data(), big_ids.size(), 10) == static_cast<std::int64_t>(at),
+            "first_bad_id on %d threads: not %zu", threads, at);
+    }
+    std::fill(big.begin(), big.end(), 0.25f);
+    std::fill(big_ids.begin(), big_ids.end(), 3);
+    CHECK(nap::first_nonfinite(big.data(), big.size()) == -1, "clean array flagged");
+  }
+  nap::set_num_threads(0);
 }
 
 void exact_sums_reconstruct() {
@@ -201,7 +236,20 @@ void exact_sums_reconstruct() {
   const auto w = uniform(n, 0.0f, 1.0f, 7);
   std::vector<std::uint8_t> labels(n);
   for (std::size_t i = 0; i < n; ++i) labels[i] = static_cast<std::uint8_t>(i % 3 == 0);
-  std::vector<std::uint64_t> out(2 * 512 * 4);
+  // The buffer is exactly kExactSumsSize (2 * 512 * 4) entries, then a canary the call must
+  // not touch; a negative NaN labelled 1 lands in the very last bin.
+  static_assert(nap::kExactSumsSize == 2 * 512 * 4, "exact_sums writes 2 x 512 x 4 sums");
+  std::vector<std::uint64_t> out(nap::kExactSumsSize + 4, 0xa5a5a5a5a5a5a5a5ull);
+  std::vector<float> with_nan = w;
+  with_nan.push_back(from_hex("0xffffffff"));
+  std::vector<std::uint8_t> nan_label = labels;
+  nan_label.push_back(1);
+  nap::exact_sums(with_nan.data(), nan_label.data(), with_nan.size(), out.data());
+  CHECK(out[(2 * 512 - 1) * 4] == 1 && out[nap::kExactSumsSize - 3] == 0xffffff,
+        "the last bin (label 1, key 511) holds the negative NaN");
+  for (std::size_t k = nap::kExactSumsSize; k < out.size(); ++k)
+    CHECK(out[k] == 0xa5a5a5a5a5a5a5a5ull, "exact_sums wrote past its %zu entries (at %zu)",
+          nap::kExactSumsSize, k);
   nap::exact_sums(w.data(), labels.data(), n, out.data());
   long double sum[2] = {0, 0};
   std::uint64_t count[2] = {0, 0};
@@ -320,6 +368,124 @@ void input_rules() {
         "exact_terms/bin of a subnormal and -0.5");
 }
 
+// The thread's flush-to-zero and denormals-are-zero bits (what another library may set).
+#if defined(NAP_TEST_MXCSR)
+constexpr unsigned long long kFlushBits = (1u << 15) | (1u << 6);  // MXCSR FTZ, DAZ
+unsigned long long fp_mode() { return _mm_getcsr(); }
+void set_fp_mode(unsigned long long m) { _mm_setcsr(static_cast<unsigned>(m)); }
+#elif defined(NAP_TEST_FPCR)
+constexpr unsigned long long kFlushBits = 1ull << 24;  // FPCR FZ
+unsigned long long fp_mode() {
+  unsigned long long m;
+  __asm__ __volatile__("mrs %0, fpcr" : "=r"(m));
+  return m;
+}
+void set_fp_mode(unsigned long long m) { __asm__ __volatile__("msr fpcr, %0" : : "r"(m)); }
+#endif
+
+// Subnormal weights, qualities and learning rate under a caller that flushes subnormals (on
+// the calling thread and on every OpenMP thread): every loop still runs the IEEE law, on 1
+// and 2 threads, and every thread's mode is as it was afterwards.
+void subnormals_under_flush_to_zero() {
+#if defined(NAP_TEST_MXCSR) || defined(NAP_TEST_FPCR)
+  const std::size_t n = std::size_t{1} << 18;  // above the parallel threshold
+  const nap::Params p{from_hex("0x00100000"), 0.5f, 0.0f};  // lr subnormal, decay off
+  std::mt19937 gen(11);
+  std::uniform_int_distribution<std::uint32_t> sub(1, 0x7fffff), any(0, 0x3f800000);
+  std::vector<float> w0(n), q(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint32_t b = i % 2 ? sub(gen) : any(gen);  // half the qualities subnormal too
+    std::memcpy(&q[i], &b, sizeof b);
+    std::uint32_t wb = sub(gen);
+    std::memcpy(&w0[i], &wb, sizeof wb);
+  }
+  const std::size_t m = n;
+  std::vector<std::int64_t> ids(m);
+  for (std::size_t j = 0; j < m; ++j) ids[j] = static_cast<std::int64_t>((j * 7919) % n);
+  // The references, computed in IEEE mode before the mode changes.
+  std::vector<float> want_step(w0), want_update(w0), want_decay(w0);
+  for (std::size_t i = 0; i < n; ++i) want_step[i] = nap::step(w0[i], q[i], p);
+  for (std::size_t j = 0; j < m; ++j)
+    want_update[ids[j]] = nap::feedback(want_update[ids[j]], q[j], p.lr, p.gate);
+  for (auto& x : want_decay) x = nap::decay_once(x, from_hex("0x00000001"));
+  std::size_t subnormal_results = 0;
+  for (const float x : want_step) subnormal_results += (bits(x) & 0x7f800000u) == 0 && bits(x) != 0;
+  CHECK(subnormal_results > n / 2, "the case keeps few subnormals: %zu", subnormal_results);
+
+  const unsigned long long before = fp_mode();
+  std::vector<unsigned long long> modes;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(2)
+  set_fp_mode(fp_mode() | kFlushBits);  // the pool's threads, as a library's init would
+#endif
+  set_fp_mode(before | kFlushBits);
+  for (const int threads : {1, 2, 4}) {
+    nap::set_num_threads(threads);
+    std::vector<float> got = w0;
+    nap::step(got.data(), q.data(), n, p);
+    CHECK(same_bits(got, want_step), "step on %d threads flushed subnormals", threads);
+    got = w0;
+    nap::update(got.data(), n, ids.data(), q.data(), m, p);
+    CHECK(same_bits(got, want_update), "update on %d threads flushed subnormals", threads);
+    got = w0;
+    nap::decay(got.data(), n, from_hex("0x00000001"), 1);
+    CHECK(same_bits(got, want_decay), "decay on %d threads flushed subnormals", threads);
+    CHECK(fp_mode() == (before | kFlushBits), "the caller's mode changed on %d threads", threads);
+  }
+  nap::set_num_threads(0);
+#ifdef _OPENMP
+  int flushed_threads = 0, threads_seen = 0;
+#pragma omp parallel num_threads(2) reduction(+ : flushed_threads, threads_seen)
+  {
+    threads_seen += 1;
+    flushed_threads += (fp_mode() & kFlushBits) == kFlushBits ? 1 : 0;
+    set_fp_mode(fp_mode() & ~kFlushBits);
+  }
+  CHECK(flushed_threads == threads_seen, "a worker's mode was not restored");
+#endif
+  set_fp_mode(before);
+#else
+  std::printf("(no flush-to-zero control on this target: subnormal check skipped)\n");
+#endif
+}
+
+// fork() after a parallel region: the child's loops must not wait for the parent's OpenMP
+// threads (libgomp hangs there), and give the same bits.
+void fork_after_parallel_region() {
+#ifdef NAP_TEST_FORK
+  const nap::Params p;
+  const std::size_t n = std::size_t{1} << 17;
+  const auto w0 = uniform(n, 0.0f, 1.0f, 12);
+  const auto q = uniform(n, -0.2f, 1.2f, 13);
+  std::vector<float> want = w0;
+  for (int r = 0; r < 3; ++r)
+    for (std::size_t i = 0; i < n; ++i) want[i] = nap::step(want[i], q[i], p);
+  nap::set_num_threads(2);
+  std::vector<float> parent = w0;
+  nap::step(parent.data(), q.data(), n, p);  // the OpenMP threads now exist
+  std::fflush(nullptr);
+  const pid_t child = fork();
+  if (child == 0) {
+    alarm(60);  // a hang ends as SIGALRM
+    std::vector<float> w = parent;
+    nap::step(w.data(), q.data(), n, p);
+    nap::set_num_threads(2);
+    nap::step(w.data(), q.data(), n, p);
+    const bool ok = same_bits(w, want) && nap::num_threads() == 1 &&
+                    nap::first_nonfinite(w.data(), n) == -1;
+    _exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  CHECK(child > 0 && waitpid(child, &status, 0) == child, "fork/waitpid failed");
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+        "the forked child %s", WIFSIGNALED(status) ? "hung (or crashed)" : "got other bits");
+  nap::step(parent.data(), q.data(), n, p);  // the parent's threads still work
+  nap::step(parent.data(), q.data(), n, p);
+  CHECK(same_bits(parent, want), "the parent's loops after the fork");
+  nap::set_num_threads(0);
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -336,6 +502,8 @@ int main(int argc, char** argv) {
   exact_sums_reconstruct();
   decay_fixpoints();
   input_rules();
+  subnormals_under_flush_to_zero();
+  fork_after_parallel_region();
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

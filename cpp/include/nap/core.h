@@ -6,6 +6,11 @@
 /// Python layer) and written so the compiler vectorises them. No function allocates a copy of
 /// the caller's arrays; pointers are the caller's memory, updated in place.
 ///
+/// Every loop runs with IEEE float arithmetic whatever mode the caller's thread is in (no
+/// flush-to-zero, no denormals-are-zero, rounding to nearest; x86 and arm64), restoring that
+/// mode before it returns. In the child of a fork() the loops run on the calling thread alone
+/// (the parent's OpenMP threads do not exist there): num_threads() is then 1.
+///
 /// Validation is the caller's job and comes first (validate before you write): the scans
 /// first_nonfinite and first_bad_id let a host reject bad input before any weight changes.
 #pragma once
@@ -16,6 +21,22 @@
 #include "nap/law.h"
 
 namespace nap {
+
+/// For its lifetime, the calling thread computes with IEEE float arithmetic: subnormals
+/// neither flushed to zero (FTZ) nor read as zero (DAZ), rounding to nearest (x86 MXCSR,
+/// arm64 FPCR; elsewhere nothing changes); the thread's own mode comes back when it ends. Every
+/// loop below holds one on each of its threads; a host converting the law's parameters, or
+/// calling nap/law.h's functions itself, under a mode set by another library may hold one too.
+class IeeeArithmetic {
+ public:
+  IeeeArithmetic();
+  ~IeeeArithmetic();
+  IeeeArithmetic(const IeeeArithmetic&) = delete;
+  IeeeArithmetic& operator=(const IeeeArithmetic&) = delete;
+
+ private:
+  unsigned long long saved_;  // the thread's mode before
+};
 
 /// Dense step: w[i] = step(w[i], q[i]) for i < n.
 void step(float* w, const float* q, std::size_t n, const Params& p);
@@ -38,17 +59,21 @@ std::int64_t first_nonfinite(const float* x, std::size_t n);
 /// Index of the first id outside [0, n), or -1 when all are inside.
 std::int64_t first_bad_id(const std::int64_t* ids, std::size_t m, std::int64_t n);
 
-/// Exact population sums for the metrics, grouped by label (0 or 1) and float32 exponent.
-/// For label l and biased exponent e, out[l][e] holds (count, sum of significands, sum of the
-/// high and of the low 24-bit halves of the squared significands) as unsigned integers, so
-/// sum(w) and sum(w*w) can be formed exactly in any order (see nap_gpu/metrics.py).
-/// out has 2 * 256 * 4 entries and is overwritten. Requires n < 2^40.
+/// Entries of exact_sums's output: 2 labels x 512 keys (sign and biased exponent) x 4 sums.
+constexpr std::size_t kExactSumsSize = std::size_t{kExactBins} * 4;
+
+/// Exact population sums for the metrics, grouped by label (0 or 1) and float32 sign and
+/// exponent. For label l and key k = bits >> 23 (sign bit, then the biased exponent),
+/// out[(l * 512 + k) * 4 + s] holds (count, sum of significands, sum of the high and of the
+/// low 24-bit halves of the squared significands) as unsigned integers, so sum(w) and sum(w*w)
+/// can be formed exactly in any order (see nap_gpu/metrics.py).
+/// out has kExactSumsSize = 2 * 512 * 4 entries and is overwritten. Requires n < 2^40.
 void exact_sums(const float* w, const std::uint8_t* labels, std::size_t n, std::uint64_t* out);
 
 /// The memory-bandwidth floor for benchmarks: w[i] += s * q[i], the same bytes as a step.
 void triad(float* w, const float* q, float s, std::size_t n);
 
-/// OpenMP threads used by the loops (1 when built without OpenMP).
+/// Threads the loops use (1 when built without OpenMP, and in the child of a fork()).
 int num_threads();
 /// Set the thread count; values < 1 restore the OpenMP default.
 void set_num_threads(int n);

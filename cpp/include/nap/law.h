@@ -28,6 +28,45 @@
 #include <cstring>  // for std::memcpy (host code only)
 #endif
 
+// -- What the host compiler must guarantee -----------------------------------------------------
+// The header is often compiled without the CMake target's flags (a host service's own build),
+// so it refuses the settings that change the law's bits, or switches them off itself. CUDA is
+// left alone: its builds pass --fmad=false --ftz=false (nap_gpu/backends/_kernels.py).
+#if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
+#if defined(__FLT_EVAL_METHOD__) && __FLT_EVAL_METHOD__ != 0
+// x87 keeps float intermediates in 80 bits: every product and sum is rounded twice.
+#error "nap/law.h: float operations are evaluated in excess precision (__FLT_EVAL_METHOD__ != 0, the x87 FPU); compile with -msse2 -mfpmath=sse (the CMake target nap::core adds them on 32-bit x86)"
+#endif
+#if defined(__FAST_MATH__)
+#error "nap/law.h: -ffast-math (or /fp:fast) changes the law's results (contraction, reassociation, no signed zeros, flush-to-zero); compile without it"
+#endif
+#if defined(_MSC_VER) && !defined(__clang__) && (defined(_M_FP_FAST) || defined(_M_FP_CONTRACT))
+#error "nap/law.h: /fp:fast and /fp:contract fuse multiply-adds; compile with /fp:precise"
+#endif
+#if defined(__clang__)
+// Clang marks every operation with the contraction rule in force where it is written, so the
+// law stays unfused wherever it is inlined, under -ffp-contract=on (the default) and
+// fast-honor-pragmas. -ffp-contract=fast disregards all pragmas (measured, clang 14) and
+// shows in no macro: never use it. Scoped by float_control(push/pop) below.
+#pragma float_control(push)
+#pragma clang fp contract(off)
+#define NAP_LAW_FP_POP 1
+#elif defined(__GNUC__) && defined(__FP_FAST_FMAF) && !defined(NAP_FP_CONTRACT_OFF)
+// GCC fuses a*b+c into an FMA by default (-ffp-contract=fast), wherever the target has one
+// (__FP_FAST_FMAF: aarch64, x86 with -mfma or -march=haswell...), ignores "STDC FP_CONTRACT"
+// in C++ and says in no macro whether contraction is off. Nothing in a header protects the
+// law (measured, GCC 12, -O3 -march=haswell): #pragma GCC optimize gives the law's functions
+// options of their own, so GCC no longer inlines them (a call per weight, the host's loop not
+// vectorised), and __builtin_assoc_barrier is dropped once the loop is vectorised (FMAs
+// again). Hence the build must say so. (Not seen from here: a host function compiled for an
+// FMA target by attribute or pragma on a target without one.)
+#error "nap/law.h: GCC contracts a*b+c into fused multiply-adds unless told not to: compile with -ffp-contract=off and define NAP_FP_CONTRACT_OFF to say so (the CMake target nap::core does both)"
+#elif defined(_MSC_VER) && _MSC_VER < 1930
+// Before Visual Studio 2022, /fp:precise could contract: switch it off from here on.
+#pragma fp_contract(off)
+#endif
+#endif
+
 namespace nap {
 
 /// The law's parameters, all float32 (docs/law.md §2 defaults).
@@ -243,3 +282,8 @@ NAP_HOST_DEVICE ExactTerms exact_terms(unsigned int b) {
 }
 
 }  // namespace nap
+
+#if defined(NAP_LAW_FP_POP)
+#pragma float_control(pop)
+#undef NAP_LAW_FP_POP
+#endif
