@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from typing import TextIO
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def _kernel_build() -> dict:
     return build
 
 
-def show_config(file=None) -> None:
+def show_config(file: TextIO | None = None) -> None:
     """Print each backend, why it is or is not usable, and how the C++ core was compiled."""
     info = config()
     out = file or sys.stdout

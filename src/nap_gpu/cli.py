@@ -19,12 +19,16 @@ import logging
 import math
 import re
 import sys
+from typing import TYPE_CHECKING, cast
 
 from . import __version__, backends, snapshot
 from ._config import config, show_config
 from .engine import Engine
 from .monitor import Monitor
 from .workload import ReferenceWorkload
+
+if TYPE_CHECKING:
+    from .durable import DurableEngine
 
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
 
@@ -204,6 +208,7 @@ def simulate(args) -> int:
     if args.metrics_every < 1:
         raise ValueError(f"--metrics-every must be >= 1, got {args.metrics_every}")
     workload = ReferenceWorkload(args.memories, sigma=args.noise, seed=args.seed)
+    eng: Engine | DurableEngine
     if args.state:  # durable: created on first use, recovered (and continued) afterwards
         eng = Engine.open(args.state, n=args.memories, backend=args.backend, seed=args.seed)
     else:
@@ -211,8 +216,8 @@ def simulate(args) -> int:
     try:
         return _simulate(args, eng, workload)
     finally:
-        if args.state:
-            eng.close()
+        if args.state:  # the durable engine Engine.open made
+            cast("DurableEngine", eng).close()
 
 
 def _simulate(args, eng, workload) -> int:

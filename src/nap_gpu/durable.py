@@ -36,7 +36,8 @@ import threading
 import time
 import warnings
 import zlib
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, SupportsFloat
 
 import numpy as np
 
@@ -44,6 +45,13 @@ from . import __version__, _inputs, backends, snapshot
 from .engine import Engine
 from .monitor import WritesStoppedError
 from .params import Params
+
+if TYPE_CHECKING:
+    from ._types import ArrayInput, BackendArray, HostWeights, InitialWeights, Labels, StrPath
+    from .metrics import Metrics
+
+    #: A record's parts, written in order (the header, then the payload's pieces).
+    _Parts = Sequence[bytes | memoryview]
 
 try:  # POSIX: one process per state directory
     import fcntl
@@ -92,7 +100,7 @@ class RecoveryError(ValueError):
     """The state cannot be recovered without losing acknowledged data (or it is from a newer
     nap_gpu); the message names the file and the byte offset at fault."""
 
-    def __init__(self, message: str, path=None, offset: int | None = None, *,
+    def __init__(self, message: str, path: StrPath | None = None, offset: int | None = None, *,
                  repair: dict | None = None) -> None:
         super().__init__(message)
         self.path = None if path is None else str(path)
@@ -103,7 +111,7 @@ class RecoveryError(ValueError):
         self.repair = repair
 
     @classmethod
-    def fallback_error(cls, *args, **kwargs) -> RecoveryError:
+    def fallback_error(cls, *args: Any, **kwargs: Any) -> RecoveryError:
         exc = cls(*args, **kwargs)
         exc.fallback = True  # already says which snapshot is damaged
         return exc
@@ -132,9 +140,11 @@ def _seg_name(first: int) -> str:
     return f"wal-{first:020d}.log"
 
 
-def _list(directory: pathlib.Path):
+def _list(directory: pathlib.Path
+          ) -> tuple[list[tuple[int, int, pathlib.Path]], list[tuple[int, pathlib.Path]]]:
     """(snapshots [(sequence, meta crc, path)] newest first, segments [(first, path)] oldest first)."""
-    snaps, segs = [], []
+    snaps: list[tuple[int, int, pathlib.Path]] = []
+    segs: list[tuple[int, pathlib.Path]] = []
     for entry in os.scandir(directory):
         if m := _SNAP_RE.match(entry.name):
             snaps.append((int(m.group(1)), int(m.group(2), 16), pathlib.Path(entry.path)))
@@ -149,7 +159,7 @@ def _sync(fd: int) -> None:
     (getattr(os, "fdatasync", None) or os.fsync)(fd)
 
 
-def _write_all(fd: int, data) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data).cast("B")
     while view:
         written = os.write(fd, view)
@@ -159,7 +169,7 @@ def _write_all(fd: int, data) -> None:
 
 
 # -- decay(k) -------------------------------------------------------------------------------
-def decay_rounds_bound(decay) -> int:
+def decay_rounds_bound(decay: SupportsFloat) -> int:
     """A number of rounds after which decay(k) changes nothing more: ``decay(k)`` and
     ``decay(min(k, decay_rounds_bound(d)))`` give the same bits for every weight, so a
     durable engine logs the smaller k and a replay costs at most this many rounds.
@@ -181,7 +191,7 @@ def decay_rounds_bound(decay) -> int:
 
 
 # -- records --------------------------------------------------------------------------------
-def _maybe_compress(data: bytes | memoryview, enabled: bool):
+def _maybe_compress(data: bytes | memoryview, enabled: bool) -> tuple[bytes | memoryview, int]:
     """(payload data, flags): zlib when a sample shows it pays (quantised or repeated values,
     sorted ids), raw otherwise (random float qualities barely compress)."""
     if not enabled or len(data) < _COMPRESS_MIN:
@@ -195,7 +205,7 @@ def _maybe_compress(data: bytes | memoryview, enabled: bool):
     return packed, _ZLIB
 
 
-def _encode(sequence: int, kind: int, flags: int, parts) -> list:
+def _encode(sequence: int, kind: int, flags: int, parts: _Parts) -> list[bytes | memoryview]:
     body_len = _BODY_HEAD.size + sum(len(p) for p in parts)
     head = _BODY_HEAD.pack(sequence, kind, flags, 0)
     crc = zlib.crc32(head)
@@ -205,7 +215,7 @@ def _encode(sequence: int, kind: int, flags: int, parts) -> list:
     return [first + struct.pack("<I", zlib.crc32(first)) + head, *parts]
 
 
-def _decode(kind: int, flags: int, payload: bytes):
+def _decode(kind: int, flags: int, payload: bytes) -> Any:
     """The call a record describes, as Engine arguments; raises ValueError if malformed."""
     def data(expected: int, offset: int) -> bytes:
         raw = payload[offset:]
@@ -233,7 +243,7 @@ def _decode(kind: int, flags: int, payload: bytes):
     raise ValueError(f"unknown record kind {kind}")
 
 
-def _apply(eng: Engine, kind: int, args) -> None:
+def _apply(eng: Engine, kind: int, args: Any) -> None:
     """Apply one decoded call: the live path and replay both come here."""
     if kind in (STEP, STEP_SCALAR):
         eng.step(args, check_finite=False)
@@ -299,7 +309,8 @@ class _Log:
         self.error: BaseException | None = None  # a background fsync failure
         self.dirty = False
         self.fd = -1
-        self.on_sync = None  # callable(seconds) told of every fsync of the log (monitoring)
+        # callable(seconds) told of every fsync of the log (monitoring)
+        self.on_sync: Callable[[float], object] | None = None
         self._open(first, reuse)
         self._stop = threading.Event()
         self._thread = None
@@ -340,7 +351,7 @@ class _Log:
                 if not background:
                     raise
 
-    def append(self, parts) -> None:
+    def append(self, parts: _Parts) -> None:
         """Write one record; on any failure truncate back to where it started and raise."""
         with self.lock:
             if self.error is not None:
@@ -414,7 +425,7 @@ class _Log:
 
 
 # -- reading the state ----------------------------------------------------------------------
-def _read_segment_header(path: pathlib.Path, fh, size: int) -> int:
+def _read_segment_header(path: pathlib.Path, fh: BinaryIO, size: int) -> int:
     raw = fh.read(_SEG_HEADER_SIZE)
     if len(raw) < _SEG_HEADER_SIZE:
         raise RecoveryError(f"{path}: segment header truncated ({size} bytes, need "
@@ -431,7 +442,7 @@ def _read_segment_header(path: pathlib.Path, fh, size: int) -> int:
     return first
 
 
-def _zero_tail(fh, offset: int) -> bool:
+def _zero_tail(fh: BinaryIO, offset: int) -> bool:
     fh.seek(offset)
     while chunk := fh.read(1 << 20):
         if chunk.count(0) != len(chunk):
@@ -439,7 +450,7 @@ def _zero_tail(fh, offset: int) -> bool:
     return True
 
 
-def _records(path: pathlib.Path, fh, size: int):
+def _records(path: pathlib.Path, fh: BinaryIO, size: int) -> Iterator[tuple[Any, ...]]:
     """Yield (offset, sequence, kind, flags, payload) for each valid record, then, if the
     segment does not end cleanly, ("bad", offset, reason, torn) where ``torn`` says the bad
     part is an unfinished final write (a short header or body, or a zero-filled tail)."""
@@ -470,7 +481,7 @@ def _records(path: pathlib.Path, fh, size: int):
         offset += _REC_HEADER.size + length
 
 
-def _intact_records(fh, size: int):
+def _intact_records(fh: BinaryIO, size: int) -> Iterator[int]:
     """Offsets of a segment's records as far as their headers are intact (header checksum,
     length inside the file); bodies are not read. Used on segments that are not replayed,
     where only the count matters and damage is no error."""
@@ -511,7 +522,7 @@ def _cut(path: pathlib.Path, offset: int, from_sequence: int) -> dict:
     return {"kind": "cut", "file": str(path), "offset": offset, "from_sequence": from_sequence}
 
 
-def _overlap_error(segs, a: int, b: int) -> RecoveryError:
+def _overlap_error(segs: list[tuple[int, pathlib.Path]], a: int, b: int) -> RecoveryError:
     """Segment ``a`` holds records at or past segment ``b``'s first sequence: two segments
     claim the same sequence numbers (e.g. a rotation failed and the log went on in the old
     segment). Recovery cannot know which holds the acknowledged calls, so it refuses."""
@@ -535,7 +546,7 @@ def _overlap_error(segs, a: int, b: int) -> RecoveryError:
         repair=repair)
 
 
-def _check_older_segment(segs, i: int) -> None:
+def _check_older_segment(segs: list[tuple[int, pathlib.Path]], i: int) -> None:
     """A segment before the one replay starts in: its records are covered by the snapshot,
     so damage in it is no error (it matters only for a fallback, and is reported then); but
     an intact one that runs past the next segment's start, or whose header names another
@@ -581,7 +592,9 @@ class _Recovery:
     def warn(self, message: str) -> None:
         self.report["warnings"].append(message)
 
-    def run(self, load: bool, engine_factory=None):
+    def run(self, load: bool,
+            engine_factory: Callable[[Any, snapshot.SnapshotInfo], Engine] | None = None
+            ) -> Engine | None:
         snaps, segs = self.snapshots, self.segments
         if not snaps:
             if segs:
@@ -650,7 +663,8 @@ class _Recovery:
             first, path = segs[i]
             last_segment = i == len(segs) - 1
             size = path.stat().st_size
-            seg_entry = {"file": path.name, "first_sequence": first, "bytes": size, "records": 0}
+            seg_entry: dict[str, Any] = {"file": path.name, "first_sequence": first, "bytes": size,
+                                         "records": 0}
             self.report["segments"].append(seg_entry)
             if first > sequence + 1:
                 raise RecoveryError(f"{path}: the log has a gap: records {sequence + 1}.."
@@ -740,7 +754,7 @@ class _Recovery:
         return engine
 
 
-def recover_plan(directory) -> dict:
+def recover_plan(directory: StrPath) -> dict[str, Any]:
     """What ``DurableEngine.open(directory)`` would do, as a dict; a dry run (reads and
     verifies everything it would use, changes nothing). ``status`` is ``"ok"``, ``"empty"``
     (open creates a new state), ``"missing"`` or ``"error"`` (``error`` says why)."""
@@ -780,7 +794,7 @@ def recover_plan(directory) -> dict:
     return report
 
 
-def recover_report(directory) -> str:
+def recover_report(directory: StrPath) -> str:
     """``recover_plan`` as text (what ``nap-gpu recover DIR`` prints)."""
     plan = recover_plan(directory)
     lines = [f"state directory: {plan['directory']}", f"status: {plan['status']}"]
@@ -903,7 +917,7 @@ def _apply_repair(directory: pathlib.Path, exc: RecoveryError) -> dict:
     return entry
 
 
-def accept_loss(directory) -> dict:
+def accept_loss(directory: StrPath) -> dict[str, Any]:
     """Make a state that ``open`` refuses openable at its newest consistent point, dropping
     what stands in the way; never done by ``open`` itself (``nap-gpu recover DIR
     --accept-loss``). Each break recovery finds is repaired in turn, with the least loss:
@@ -946,7 +960,7 @@ def accept_loss(directory) -> dict:
     return {"directory": str(directory), "dropped": dropped, "plan": recover_plan(directory)}
 
 
-def _lock_directory(directory: pathlib.Path):
+def _lock_directory(directory: pathlib.Path) -> BinaryIO | None:
     """The directory's LOCK held exclusively (an open file: closing it releases the flock),
     or None without flock. Waits up to _LOCK_WAIT for a killed owner's forked child."""
     if fcntl is None:  # pragma: no cover
@@ -1005,12 +1019,12 @@ class DurableEngine:
     _compress: bool
     _retention: str
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("use DurableEngine.open(directory, ...)")
 
     @classmethod
-    def open(cls, directory, *, n: int | None = None, backend: str = "auto",
-             seed: int | None = None, init="uniform", params: Params | None = None,
+    def open(cls, directory: StrPath, *, n: int | None = None, backend: str = "auto",
+             seed: int | None = None, init: InitialWeights = "uniform", params: Params | None = None,
              snapshot_every: int | None = 50, keep: int = 5, wal: bool = True,
              fsync: str = "always", group_ms: float = 10.0, compress: bool = True,
              wal_retention: str = "kept") -> DurableEngine:
@@ -1098,14 +1112,15 @@ class DurableEngine:
             self._lockfile.close()  # closing the file releases the flock
             self._lockfile = None
 
-    def _recover(self, *, n, backend, seed, init, params, fsync, group_ms) -> None:
+    def _recover(self, *, n: int | None, backend: str, seed: int | None, init: InitialWeights,
+                 params: Params | None, fsync: str, group_ms: float) -> None:
         directory = self._directory
         for entry in os.scandir(directory):  # temporaries of writes a crash interrupted
             if _SEG_TMP_RE.match(entry.name) or _SNAP_TMP_RE.match(entry.name):
                 os.unlink(entry.path)
         rec = _Recovery(directory)
 
-        def factory(weights, info):
+        def factory(weights: HostWeights, info: snapshot.SnapshotInfo) -> Engine:
             if n is not None and int(n) != info.n:
                 raise ValueError(f"{directory} holds n = {info.n} memories, not n = {n}")
             eng = Engine(info.n, backend=backend, init=weights, params=info.params)
@@ -1114,7 +1129,7 @@ class DurableEngine:
 
         eng = rec.run(load=True, engine_factory=factory)
         fresh = eng is None
-        if fresh:
+        if eng is None:  # fresh (tested on eng itself, which narrows its type)
             if n is None:
                 raise ValueError(f"{directory} holds no state yet: pass n to create one")
             eng = Engine(n, backend=backend, seed=seed, init=init, params=params)
@@ -1176,12 +1191,12 @@ class DurableEngine:
         return self._snap_time
 
     @property
-    def fsync_observer(self):
+    def fsync_observer(self) -> Callable[[float], object] | None:
         """``callable(seconds)`` told of every fsync of the log (e.g. a latency histogram)."""
         return None if self._log is None else self._log.on_sync
 
     @fsync_observer.setter
-    def fsync_observer(self, callback) -> None:
+    def fsync_observer(self, callback: Callable[[float], object] | None) -> None:
         if self._log is not None:
             self._log.on_sync = callback
 
@@ -1204,11 +1219,11 @@ class DurableEngine:
         return self._eng.iteration
 
     @property
-    def weights(self):
+    def weights(self) -> BackendArray:
         """The weights, never writable (see ``Engine.weights``)."""
         return self._eng.weights
 
-    def to_numpy(self) -> np.ndarray:
+    def to_numpy(self) -> HostWeights:
         """A float32 copy of the weights on the host."""
         return self._eng.to_numpy()
 
@@ -1216,7 +1231,7 @@ class DurableEngine:
         """Wait until queued device work is done (see ``Engine.synchronize``)."""
         self._eng.synchronize()
 
-    def metrics(self, labels, **kwargs):
+    def metrics(self, labels: Labels, **kwargs: Any) -> Metrics:
         """The population's metrics (see ``Engine.metrics``); reads log nothing."""
         return self._eng.metrics(labels, **kwargs)
 
@@ -1237,7 +1252,7 @@ class DurableEngine:
                 f"params={self.params}, iteration={self.iteration}, sequence={self._sequence})")
 
     # -- the law (validated, logged, applied) -------------------------------------------
-    def step(self, quality, *, check_finite: bool = True) -> None:
+    def step(self, quality: ArrayInput, *, check_finite: bool = True) -> None:
         """Dense step (see ``Engine.step``), durable when it returns."""
         with self._lock:
             self._check_open()
@@ -1249,7 +1264,7 @@ class DurableEngine:
             data, flags = _maybe_compress(host.data.cast("B"), self._compress)
             self._call(STEP, flags, [_U64.pack(host.size), data], q)
 
-    def update(self, ids, quality, *, check_finite: bool = True) -> None:
+    def update(self, ids: ArrayInput, quality: ArrayInput, *, check_finite: bool = True) -> None:
         """Sparse ordered batch (see ``Engine.update``), durable when it returns."""
         with self._lock:
             self._check_open()
@@ -1269,7 +1284,7 @@ class DurableEngine:
             k = min(k, decay_rounds_bound(self._eng.params.decay))
             self._call(DECAY, 0, [_U64.pack(k)], k)
 
-    def _host(self, a) -> np.ndarray:
+    def _host(self, a: BackendArray) -> HostWeights:
         return a if self._bk.xp is np else self._bk.to_host(a)
 
     # -- durability ----------------------------------------------------------------------
@@ -1293,7 +1308,7 @@ class DurableEngine:
         """Why writes were stopped (``stop_writes``), or None."""
         return self._stopped
 
-    def _call(self, kind: int, flags: int, payload, args) -> None:
+    def _call(self, kind: int, flags: int, payload: _Parts, args: Any) -> None:
         """Log (the record is durable per the fsync policy), then apply, then maybe snapshot."""
         with self._lock:
             self._check_open()
@@ -1398,7 +1413,7 @@ class DurableEngine:
             self._log.sync()
             backend = self._eng.backend
 
-            def factory(weights, info):
+            def factory(weights: HostWeights, info: snapshot.SnapshotInfo) -> Engine:
                 eng = Engine(info.n, backend=backend, init=weights, params=info.params)
                 eng.iteration = info.iteration
                 return eng
@@ -1415,7 +1430,7 @@ class DurableEngine:
         since a clamp outside the log would make the log replay to other weights."""
         self.recover()
 
-    def save(self, path) -> pathlib.Path:
+    def save(self, path: StrPath) -> pathlib.Path:
         """Export a standalone snapshot (readable by ``nap.load``) at ``path``; its metadata
         records the current log sequence."""
         with self._lock:
@@ -1438,7 +1453,7 @@ class DurableEngine:
     def __enter__(self) -> DurableEngine:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __del__(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import numbers
 import pathlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -12,14 +14,22 @@ from . import __version__, _inputs, backends, snapshot
 from . import metrics as _metrics
 from .params import Params
 
+if TYPE_CHECKING:
+    from ._types import ArrayInput, BackendArray, HostWeights, InitialWeights, Labels, StrPath
+    from .durable import DurableEngine
+
 __all__ = ["Engine"]
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
-def _on_its_device(method):
+
+def _on_its_device(method: Callable[Concatenate[Engine, _P], _R]
+                   ) -> Callable[Concatenate[Engine, _P], _R]:
     """Run an Engine method on the device that holds its weights (whatever device is current
     for the caller): inputs are copied there and kernels launch there."""
     @functools.wraps(method)
-    def call(self, *args, **kwargs):
+    def call(self: Engine, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self._backend.device_of(self._w):
             return method(self, *args, **kwargs)
     return call
@@ -67,7 +77,7 @@ class Engine:
     """
 
     def __init__(self, n: int, *, backend: str = "auto", seed: int | None = None,
-                 init="uniform", params: Params | None = None) -> None:
+                 init: InitialWeights = "uniform", params: Params | None = None) -> None:
         if isinstance(n, bool) or not isinstance(n, numbers.Integral):
             raise TypeError(f"n must be an integer, got {type(n).__name__}")
         if n < 1:
@@ -84,7 +94,7 @@ class Engine:
         self.iteration = iteration  # dense steps applied
 
     @classmethod
-    def open(cls, directory, **options):
+    def open(cls, directory: StrPath, **options: Any) -> DurableEngine:
         """A durable engine in ``directory``, created on first use, recovered afterwards: every
         acknowledged call survives a crash (write-ahead log + snapshots). See
         ``nap_gpu.durable.DurableEngine.open`` for the options and docs/durability.md."""
@@ -93,7 +103,7 @@ class Engine:
         return DurableEngine.open(directory, **options)
 
     @classmethod
-    def load(cls, path, *, backend: str = "auto") -> Engine:
+    def load(cls, path: StrPath, *, backend: str = "auto") -> Engine:
         """The population a snapshot holds, on any backend, continuing bit for bit: weights,
         parameters and iteration as saved. Raises ``SnapshotError`` naming the file and the
         fault for a damaged, truncated, foreign or future-format file (``nap.load`` is this
@@ -104,7 +114,7 @@ class Engine:
         return eng
 
     @_on_its_device
-    def save(self, path) -> pathlib.Path:
+    def save(self, path: StrPath) -> pathlib.Path:
         """Write a snapshot to ``path`` atomically; returns once it is durable on disk.
         On failure the previous file at ``path`` (if any) is untouched.
 
@@ -151,7 +161,7 @@ class Engine:
 
     @property
     @_on_its_device
-    def weights(self):
+    def weights(self) -> BackendArray:
         """The weights in the backend's array type, never writable into the Engine: a
         read-only view of the live array on cpp/numpy (no copy), a device copy on cuda (CuPy
         arrays have no read-only flag). Use the Engine's methods to change them."""
@@ -163,7 +173,7 @@ class Engine:
         self._backend.synchronize()
 
     @_on_its_device
-    def to_numpy(self) -> np.ndarray:
+    def to_numpy(self) -> HostWeights:
         """A float32 copy of the weights on the host."""
         return self._backend.to_host(self._w)
 
@@ -173,7 +183,7 @@ class Engine:
 
     # -- the law -------------------------------------------------------------------------
     @_on_its_device
-    def step(self, quality, *, check_finite: bool = True) -> None:
+    def step(self, quality: ArrayInput, *, check_finite: bool = True) -> None:
         """Dense step: one quality per memory (or one for all), feedback then decay.
 
         ``check_finite=False`` skips the NaN/inf scan of the qualities (one read pass) for
@@ -188,7 +198,7 @@ class Engine:
         self.iteration += 1
 
     @_on_its_device
-    def update(self, ids, quality, *, check_finite: bool = True) -> None:
+    def update(self, ids: ArrayInput, quality: ArrayInput, *, check_finite: bool = True) -> None:
         """Sparse ordered batch: feedback only (no decay) for each (id, quality) event.
 
         Events are applied in the order given: an id listed several times is updated several
@@ -221,7 +231,7 @@ class Engine:
 
     # -- monitoring ----------------------------------------------------------------------
     @_on_its_device
-    def metrics(self, labels, *, eps: float = _metrics.DEFAULT_EPS) -> _metrics.Metrics:
+    def metrics(self, labels: Labels, *, eps: float = _metrics.DEFAULT_EPS) -> _metrics.Metrics:
         """Separation, inversion ratio, saturation and per-population stats for labels
         (bool or 0/1: 1 = reinforced R; or strings 'R'/'P'), one per memory. Computed where
         the weights live; the numbers are exact, hence the same on every backend.

@@ -12,14 +12,19 @@ copy that would leave the caller's array stale.
 from __future__ import annotations
 
 import os
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from . import _inputs, backends
 from .params import Params
 
+if TYPE_CHECKING:
+    from ._types import ArrayInput, WritableArray
+
 __all__ = ["step", "update"]
 
 
-def _backend_for(weights, name: str | None):
+def _backend_for(weights: WritableArray, name: str | None) -> ModuleType:
     """The named backend (or ``NAP_BACKEND``'s), else the best for where ``weights`` live."""
     if name not in (None, "auto") or os.environ.get("NAP_BACKEND", "").strip().lower() not in ("", "auto"):
         return backends.resolve(name)
@@ -36,8 +41,8 @@ def _params(params: Params | None) -> Params:
     return params
 
 
-def step(weights, quality, params: Params | None = None, *, backend: str | None = "auto",
-         check_finite: bool = True) -> None:
+def step(weights: WritableArray, quality: ArrayInput, params: Params | None = None, *,
+         backend: str | None = "auto", check_finite: bool = True) -> None:
     """Dense step in place on ``weights``: one quality per element (or one for all), as a
     1-D array in the weights' C order or an array of exactly the weights' shape.
 
@@ -80,7 +85,8 @@ def step(weights, quality, params: Params | None = None, *, backend: str | None 
             be.step(w, q, p)
 
 
-def update(weights, ids, quality, params: Params | None = None, *,
+def update(weights: WritableArray, ids: ArrayInput, quality: ArrayInput,
+           params: Params | None = None, *,
            backend: str | None = "auto", check_finite: bool = True) -> None:
     """Sparse ordered batch in place on ``weights``: feedback only, events in the order given.
 

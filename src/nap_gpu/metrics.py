@@ -30,12 +30,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .backends import _xp
+
+if TYPE_CHECKING:
+    from ._types import ArrayInput, BackendArray
 
 __all__ = ["DEFAULT_EPS", "Metrics", "PopulationStats", "Health", "Summary", "combine",
            "compute", "health", "inversion_ratio", "merge", "summarize"]
@@ -92,7 +98,7 @@ class Metrics:
     nonfinite: int
     eps: float = DEFAULT_EPS
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """The metrics as a plain dict (``reinforced``/``punished`` as nested dicts)."""
         return asdict(self)
 
@@ -105,7 +111,8 @@ class Health:
     failures: tuple[str, ...] = field(default_factory=tuple)
 
 
-def compute(w, labels: np.ndarray, backend, *, eps: float = DEFAULT_EPS) -> Metrics:
+def compute(w: BackendArray, labels: BackendArray, backend: ModuleType, *,
+            eps: float = DEFAULT_EPS) -> Metrics:
     """Metrics of weights ``w`` (an array of ``backend``) for uint8 ``labels`` (1 = R, 0 = P)."""
     return combine(summarize(w, labels, backend, eps=eps), eps=eps, xp=backend.xp)
 
@@ -135,14 +142,15 @@ class Summary:
     def on_host(self) -> Summary:
         """The same summary in NumPy arrays, to send elsewhere: the counts in the narrowest
         unsigned type that holds them (one byte each when there are no ties)."""
-        def host(pair):
+        def host(pair: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
             values, counts = (np.asarray(_xp._to_host(a)) for a in pair)
             return values, counts.astype(np.min_scalar_type(int(counts.max(initial=0))))
         return dataclasses.replace(self, reinforced=host(self.reinforced),
                                    punished=host(self.punished))
 
 
-def summarize(w, labels: np.ndarray, backend, *, eps: float = DEFAULT_EPS) -> Summary:
+def summarize(w: BackendArray, labels: BackendArray, backend: ModuleType, *,
+              eps: float = DEFAULT_EPS) -> Summary:
     """The mergeable summary of weights ``w`` for uint8 ``labels``, computed where they live.
 
     Only integer operations touch the weights (their bits, through ``exact_sums`` and
@@ -173,14 +181,14 @@ def summarize(w, labels: np.ndarray, backend, *, eps: float = DEFAULT_EPS) -> Su
                    max=math.nan if nan else _key_value(kmax))
 
 
-def merge(parts) -> Summary:
+def merge(parts: Iterable[Summary]) -> Summary:
     """One host summary of a population from the summaries of its parts: integer bins and
     counts add, distinct values merge, extremes take the extreme (NaN if any part has NaN)."""
     parts = [p.on_host() for p in parts]
     n = sum(p.n for p in parts)
     present = [p for p in parts if p.n]
 
-    def extreme(pick, field):
+    def extreme(pick: Callable[[list[float]], Any], field: str) -> float:
         return float(pick([getattr(p, field) for p in present])) if present else math.nan
     return Summary(
         n=n, sums=sum((p.sums for p in parts), np.zeros((2, 512, 4), np.uint64)),
@@ -190,7 +198,7 @@ def merge(parts) -> Summary:
         min=extreme(np.min, "min"), max=extreme(np.max, "max"))  # np.min/max propagate NaN
 
 
-def combine(summary: Summary, *, eps: float = DEFAULT_EPS, xp=np) -> Metrics:
+def combine(summary: Summary, *, eps: float = DEFAULT_EPS, xp: ModuleType = np) -> Metrics:
     """The metrics of the population ``summary`` describes (its arrays in namespace ``xp``)."""
     _check_eps(eps)
     reinforced, nonfinite_r = _population(summary.sums[1])
@@ -210,7 +218,7 @@ def combine(summary: Summary, *, eps: float = DEFAULT_EPS, xp=np) -> Metrics:
         min=summary.min, max=summary.max, nonfinite=nonfinite, eps=float(eps))
 
 
-def inversion_ratio(reinforced, punished, xp=np) -> float:
+def inversion_ratio(reinforced: ArrayInput, punished: ArrayInput, xp: ModuleType = np) -> float:
     """Exact P(r > p) + P(r == p)/2 for r from ``reinforced`` and p from ``punished``
     (float32 weights; other dtypes are converted to float32 on the host). NaN when a
     population is empty or holds a NaN; infinities rank as the extremes they are.
@@ -231,7 +239,7 @@ def inversion_ratio(reinforced, punished, xp=np) -> float:
     return _ratio(_distinct(r, xp), _distinct(p, xp), xp)
 
 
-def _float32(x, xp):
+def _float32(x: ArrayInput, xp: ModuleType) -> BackendArray:
     """x as a flat float32 array of namespace ``xp``, any conversion made on the host (a
     device conversion to float32 may flush subnormal results to zero)."""
     a = xp.asarray(x)
@@ -240,7 +248,7 @@ def _float32(x, xp):
     return a.reshape(-1)
 
 
-def _keys(w, xp=np):
+def _keys(w: BackendArray, xp: ModuleType = np) -> BackendArray:
     """uint32 keys of float32 weights that order as the weights do: a sign bit set flips
     every bit, a clear one only the sign bit, and -0.0 gets +0.0's key (so equal weights have
     equal keys). NaNs come out beyond the infinities. Integer operations only."""
@@ -253,7 +261,7 @@ def _keys(w, xp=np):
     return keys
 
 
-def _key_of(x) -> int:
+def _key_of(x: float | np.float32) -> int:
     """The key of one float32 (a host scalar): ``_keys`` in Python integers."""
     bits = int(np.asarray(x, dtype=np.float32).reshape(1).view(np.uint32)[0])
     if bits == 0x80000000:
@@ -273,7 +281,7 @@ def _saturation_keys(eps: float) -> tuple[int, int]:
     return _key_of(lo), _key_of(np.float32(1) - lo)
 
 
-def _gather(xp, values) -> list[int]:
+def _gather(xp: ModuleType, values: Sequence[Any]) -> list[int]:
     """Device scalars and small arrays (non-negative integers below 2^63) brought to the host
     as Python ints in one transfer."""
     stacked = xp.concatenate([xp.asarray(v).astype(xp.uint64).reshape(-1) for v in values])
@@ -285,13 +293,13 @@ def _check_eps(eps: float) -> None:
         raise ValueError(f"eps must lie in [0, 0.5), got {eps!r}")
 
 
-def _run_starts(sorted_values, xp=np):
+def _run_starts(sorted_values: BackendArray, xp: ModuleType = np) -> BackendArray:
     """Where each run of equal values begins in a non-empty sorted array."""
     new_value = xp.concatenate((xp.ones(1, dtype=bool), sorted_values[1:] != sorted_values[:-1]))
     return xp.nonzero(new_value)[0]
 
 
-def _distinct(sorted_values, xp=np) -> tuple:
+def _distinct(sorted_values: BackendArray, xp: ModuleType = np) -> tuple:
     """(distinct values, int64 counts) of a sorted integer (key) array: heavy ties make it
     small."""
     size = int(sorted_values.size)
@@ -302,7 +310,7 @@ def _distinct(sorted_values, xp=np) -> tuple:
     return sorted_values[starts], counts.astype(xp.int64)
 
 
-def _merge_distinct(pairs) -> tuple:
+def _merge_distinct(pairs: Sequence[tuple]) -> tuple:
     """The (distinct values, counts) of the union of host (distinct values, counts) pairs."""
     values = np.concatenate([v for v, _ in pairs])
     counts = np.concatenate([c for _, c in pairs]).astype(np.int64)
@@ -314,7 +322,7 @@ def _merge_distinct(pairs) -> tuple:
     return values[starts], np.add.reduceat(counts, starts)
 
 
-def _ratio(reinforced: tuple, punished: tuple, xp=np) -> float:
+def _ratio(reinforced: tuple, punished: tuple, xp: ModuleType = np) -> float:
     """The inversion ratio from each population's (sorted distinct keys, counts), exact at
     any size: the arithmetic stays in uint64 where the keys live, and one device->host
     transfer brings the totals and ``_dot_partials``' sums. Any sorted distinct integer keys
@@ -346,7 +354,8 @@ def _ratio(reinforced: tuple, punished: tuple, xp=np) -> float:
     return twice_u / (2 * nr * np_)  # int / int: correctly rounded
 
 
-def _dot_partials(x, y, xp=np, chunk: int = _SUM_CHUNK):
+def _dot_partials(x: BackendArray, y: BackendArray, xp: ModuleType = np,
+                  chunk: int = _SUM_CHUNK) -> BackendArray:
     """The sum of x * y for uint64 arrays x, y of integers below 2^48, as 6 uint64 that
     ``_dot_total`` adds exactly on the host (no transfer here).
 
@@ -369,14 +378,15 @@ def _dot_partials(x, y, xp=np, chunk: int = _SUM_CHUNK):
     return xp.stack(out)
 
 
-def _dot_total(sums) -> int:
+def _dot_total(sums: Iterable[Any]) -> int:
     """The exact Python integer of ``_dot_partials``' six (host) sums."""
     t0_lo, t0_hi, t1_lo, t1_hi, t2_lo, t2_hi = (int(v) for v in sums)
     return (((t0_hi << 32) + t0_lo) + (((t1_hi << 32) + t1_lo) << 24)
             + (((t2_hi << 32) + t2_lo) << 48))
 
 
-def _exact_dot(x, y, xp=np, *, chunk: int = _SUM_CHUNK, block: int = _RATIO_BLOCK) -> int:
+def _exact_dot(x: BackendArray, y: BackendArray, xp: ModuleType = np, *, chunk: int = _SUM_CHUNK,
+               block: int = _RATIO_BLOCK) -> int:
     """sum(x * y) exactly, for equal-length arrays of integers in [0, 2^48): blocks of
     ``block`` through ``_dot_partials`` where the arrays live, then one transfer."""
     x, y = xp.asarray(x).astype(xp.uint64), xp.asarray(y).astype(xp.uint64)

@@ -29,10 +29,15 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from . import _inputs
 from . import metrics as _metrics
+
+if TYPE_CHECKING:
+    from ._types import ArrayInput, Labels
+    from .durable import DurableEngine
+    from .engine import Engine
 
 __all__ = ["Monitor", "WritesStoppedError"]
 
@@ -82,10 +87,12 @@ class Monitor:
     (50, True, [], 5)
     """
 
-    def __init__(self, engine, labels, *, warmup: int = 10, settle: int = 50, every: int = 1,
+    def __init__(self, engine: Engine | DurableEngine, labels: Labels, *, warmup: int = 10,
+                 settle: int = 50, every: int = 1,
                  latency_budget_ms: tuple[float, float] | None = None, history: int = 1000,
                  latency_window: int = 1000, min_separation: float = 0.2,
-                 min_inversion: float = 0.9, on_alert: Callable[[dict], None] | None = None) -> None:
+                 min_inversion: float = 0.9,
+                 on_alert: Callable[[dict[str, Any]], None] | None = None) -> None:
         if every < 1 or history < 1 or latency_window < 1:
             raise ValueError("every, history and latency_window must be >= 1")
         if latency_budget_ms is not None and not (0 < latency_budget_ms[0] <= latency_budget_ms[1]):
@@ -96,12 +103,12 @@ class Monitor:
         self.rules = _Rules(warmup=warmup, settle=settle, min_separation=min_separation,
                             min_inversion=min_inversion)
         self.every, self.latency_budget_ms, self.on_alert = every, latency_budget_ms, on_alert
-        self.history: collections.deque[dict] = collections.deque(maxlen=history)
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=history)
         self._latencies: collections.deque[float] = collections.deque(maxlen=latency_window)
         self.writes_stopped = False
         self.last_step_ms: float | None = None
 
-    def step(self, quality, **kwargs) -> dict | None:
+    def step(self, quality: ArrayInput, **kwargs: Any) -> dict[str, Any] | None:
         """``engine.step(quality)``, timed; returns the event when this iteration is checked."""
         if self.writes_stopped:
             raise WritesStoppedError("the monitor stopped writes after unrepaired corruption; "
@@ -131,7 +138,7 @@ class Monitor:
         return pick(0.50), pick(0.99)
 
     def check(self, metrics: _metrics.Metrics | None = None, *,
-              iteration: int | None = None) -> dict:
+              iteration: int | None = None) -> dict[str, Any]:
         """Evaluate the rules now, run the playbook if needed, and return the event.
 
         ``metrics``: the engine's metrics if already computed (a service computes them from a

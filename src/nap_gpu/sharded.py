@@ -26,7 +26,9 @@ import threading
 import time
 import uuid
 import warnings
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Concatenate, NoReturn, ParamSpec, TypeGuard, TypeVar, cast
 
 import numpy as np
 
@@ -37,8 +39,19 @@ from .engine import Engine
 from .params import Params
 
 if TYPE_CHECKING:
+    import dask.array
     import distributed
     from numpy.random._pcg64 import _PCG64State
+
+    from ._types import ArrayInput, BackendArray, HostWeights, InitialWeights, Labels, StrPath
+
+    #: One shard's part of a call: given the shard, start it there (returns a future).
+    _Part = Callable[["_Shard"], Any]
+    #: What ``seed`` may be: split into shards through its generator's state.
+    _Seed = int | Sequence[int] | np.random.SeedSequence | None
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 try:  # POSIX: a rollback holds the shard's LOCK while it cuts the log
     import fcntl
@@ -129,7 +142,7 @@ class _UniformSlice:
     64-bit outputs, low half first, so weight i comes from output i // 2, and PCG64 jumps
     to any output in O(log n) (``advance``). ``state`` is the fresh generator's state."""
 
-    state: dict
+    state: Mapping[str, Any]
     start: int
     stop: int
 
@@ -144,7 +157,7 @@ class _UniformSlice:
         return rng.random(self.stop - self.start, dtype=np.float32)
 
 
-def _shard_weights(init, size: int) -> np.ndarray:
+def _shard_weights(init: _UniformSlice | InitialWeights, size: int) -> HostWeights:
     """A shard's initial host weights from what the client sent for it."""
     if isinstance(init, _UniformSlice):
         return init.make()
@@ -184,11 +197,13 @@ class ShardActor:
         return getattr(self._eng, "sequence", None)
 
     # -- population
-    def create(self, init, size: int, backend: str, params: Params) -> dict:
+    def create(self, init: _UniformSlice | InitialWeights, size: int, backend: str,
+               params: Params) -> dict:
         self._eng = Engine(size, backend=backend, init=_shard_weights(init, size), params=params)
         return self._report()
 
-    def open(self, directory: str, init, size: int, backend: str, params: Params | None,
+    def open(self, directory: str, init: _UniformSlice | InitialWeights | None, size: int,
+             backend: str, params: Params | None,
              options: dict, every: int = 0) -> dict:
         """Open (recover) or create a durable shard; ``init=None`` means "recover only": a
         directory without state is then an error (no ``n``), never a fresh population.
@@ -206,7 +221,8 @@ class ShardActor:
             raise RecoveryError(f"{directory} holds {n} memories, the shard has {size}")
         return self._report()
 
-    def load(self, pieces, backend: str, params: Params, iteration: int) -> dict:
+    def load(self, pieces: Sequence[tuple[str, str, int, int]], backend: str, params: Params,
+             iteration: int) -> dict:
         """Adopt ids from old shard snapshots: ``pieces`` are (path, checksum, first, stop)
         ranges of those files, in id order; each file is read whole and verified
         (``snapshot.read``), and must carry the checksum the manifest recorded for it."""
@@ -224,7 +240,7 @@ class ShardActor:
         return self._report()
 
     # -- the law (inputs validated by the client)
-    def mutate(self, expected: int | None, method: str, *args) -> int | None:
+    def mutate(self, expected: int | None, method: str, *args: Any) -> int | None:
         """Apply one mutating call (``method(*args)``). A durable shard must be at log
         sequence ``expected``, the one the client knows acknowledged by every shard; it
         checkpoints here, before the call, never after: a snapshot then never covers a call
@@ -267,7 +283,7 @@ class ShardActor:
                                 f"the rollback, not {sequence}")
         return self._report()
 
-    def step(self, quality, check_finite: bool = False) -> int | None:
+    def step(self, quality: ArrayInput, check_finite: bool = False) -> int | None:
         self._engine().step(quality, check_finite=check_finite)
         return self._sequence()
 
@@ -296,7 +312,7 @@ class ShardActor:
         self._engine().save(path)
         return snapshot.inspect(path, verify=False).checksum
 
-    def to_numpy(self) -> np.ndarray:
+    def to_numpy(self) -> HostWeights:
         return self._engine().to_numpy()
 
     def ping(self) -> int:
@@ -346,7 +362,7 @@ def _cut_log(directory: pathlib.Path, sequence: int) -> None:
         lock.close()
 
 
-def _stop_worker_process(pid: int, dask_worker=None) -> bool:
+def _stop_worker_process(pid: int | None, dask_worker: Any = None) -> bool:
     """Run on a worker's nanny (``client.run(..., nanny=True)``): SIGKILL its worker process
     if that is still ``pid``, the one that stopped answering. SIGKILL ends even a stopped
     process, and its flock on a shard's LOCK goes with it. False: not that process any more
@@ -357,7 +373,7 @@ def _stop_worker_process(pid: int, dask_worker=None) -> bool:
     return True
 
 
-def _first_nonfinite(block) -> tuple[int, float] | None:
+def _first_nonfinite(block: BackendArray) -> tuple[int, float] | None:
     """Dask task, where a block of a dask array of qualities lives: (index, value) of its
     first non-finite quality, after the Engine's float32 conversion; None if all finite."""
     host = _host_backend()
@@ -366,24 +382,24 @@ def _first_nonfinite(block) -> tuple[int, float] | None:
     return None if bad < 0 else (int(bad), float(q[bad]))
 
 
-def _step_with_block(actor, expected, block) -> int | None:
+def _step_with_block(actor: Any, expected: int | None, block: BackendArray) -> int | None:
     """Dask task on a shard's worker: step the shard with its block of a dask array."""
     return actor.mutate(expected, "step", block, False).result()
 
 
 # -- the client side ------------------------------------------------------------------------
 @functools.cache
-def _host_backend():
+def _host_backend() -> ModuleType:
     """The backend that validates inputs on the client: the fastest host one."""
     usable = backends.available_backends()
     return backends.get("cpp" if usable["cpp"] is None else "numpy")
 
 
-def _is_dask_array(x) -> bool:
+def _is_dask_array(x: object) -> TypeGuard[dask.array.Array]:
     return type(x).__module__.startswith("dask.array")
 
 
-def _distributed():
+def _distributed() -> ModuleType:
     try:
         import distributed  # noqa: PLC0415 - only ShardedEngine needs Dask
     except ImportError as exc:
@@ -409,17 +425,17 @@ class _Shard:
         return self.sequence
 
 
-def _call(method: str, *args):
+def _call(method: str, *args: Any) -> _Part:
     """A part of a call: invoke ``method`` on a shard's actor (returns a future)."""
     return lambda shard: getattr(shard.actor, method)(*args)
 
 
-def _mutation(method: str, *args):
+def _mutation(method: str, *args: Any) -> _Part:
     """A part of a mutating call: ``ShardActor.mutate`` at the shard's acknowledged sequence."""
     return lambda shard: shard.actor.mutate(shard.sequence, method, *args)
 
 
-def _wait(future, deadline: float | None):
+def _wait(future: Any, deadline: float | None) -> Any:
     """A shard future's result; ``_Stalled`` if it has none by ``deadline`` (monotonic)."""
     if deadline is None or future.done():
         return future.result()
@@ -431,10 +447,11 @@ def _wait(future, deadline: float | None):
         raise _Stalled() from None
 
 
-def _serialized(method):
+def _serialized(method: Callable[Concatenate[ShardedEngine, _P], _R]
+                ) -> Callable[Concatenate[ShardedEngine, _P], _R]:
     """One call at a time: routing, acknowledgements and recovery assume it."""
     @functools.wraps(method)
-    def locked(self, *args, **kwargs):
+    def locked(self: ShardedEngine, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self._lock:
             if self._closed:
                 raise ValueError("the ShardedEngine is closed")
@@ -516,9 +533,10 @@ class ShardedEngine:
     _closed: bool
     _shards: list[_Shard]
 
-    def __init__(self, n: int, *, shards: int, client=None, backend: str = "auto",
-                 seed=None, init="uniform", params: Params | None = None, state=None,
-                 state_options: dict | None = None,
+    def __init__(self, n: int, *, shards: int, client: distributed.Client | None = None,
+                 backend: str = "auto", seed: _Seed = None, init: InitialWeights = "uniform",
+                 params: Params | None = None, state: StrPath | None = None,
+                 state_options: dict[str, Any] | None = None,
                  call_timeout: float | None = CALL_TIMEOUT) -> None:
         if isinstance(n, bool) or not isinstance(n, numbers.Integral):
             raise TypeError(f"n must be an integer, got {type(n).__name__}")
@@ -535,8 +553,9 @@ class ShardedEngine:
         else:  # the state's own parameters unless given (as DurableEngine.open)
             self._open_state(inits, params)
 
-    def _prepare(self, n: int, shards: int, client, backend: str, params: Params,
-                 iteration: int, state=None, state_options=None,
+    def _prepare(self, n: int, shards: int, client: distributed.Client | None, backend: str,
+                 params: Params, iteration: int, state: StrPath | None = None,
+                 state_options: dict[str, Any] | None = None,
                  call_timeout: float | None = CALL_TIMEOUT) -> None:
         if call_timeout is not None:
             if isinstance(call_timeout, bool) or not isinstance(call_timeout, numbers.Real):
@@ -572,7 +591,7 @@ class ShardedEngine:
         self._closed = False
         self._shards = []
 
-    def _initial(self, init, seed):
+    def _initial(self, init: InitialWeights, seed: _Seed) -> Callable[[range], Any]:
         """A function of a shard's id range giving what that shard needs to make its part
         of ``Engine(n, seed=seed, init=init)``'s weights, after the Engine's own checks."""
         if isinstance(init, str) and init == "uniform":
@@ -607,7 +626,7 @@ class ShardedEngine:
         for: a worker restricted to a task that is gone would hold it forever."""
         placement = dict(placement)
 
-        def submit(i: int):
+        def submit(i: int) -> distributed.Future:
             return self._client.submit(self._actor, actor=True, workers=[placement[i]],
                                        pure=False, key=f"nap-shard-{i:04d}-{uuid.uuid4().hex[:8]}")
 
@@ -713,7 +732,7 @@ class ShardedEngine:
                 done[i] = result
         return done
 
-    def _recover_shard(self, i: int, part, mutating: bool, unreachable: set):
+    def _recover_shard(self, i: int, part: _Part | None, mutating: bool, unreachable: set) -> Any:
         """Reopen shard i from its state, then finish its part: a mutating call whose record
         reached the shard's log was applied by the replay; one that did not is run again."""
         acknowledged = self._shards[i].logged()
@@ -914,7 +933,7 @@ class ShardedEngine:
         self._shards = []
 
     # -- durable state ------------------------------------------------------------------
-    def _open_state(self, inits, params: Params | None) -> None:
+    def _open_state(self, inits: Callable[[range], Any], params: Params | None) -> None:
         """Open every shard's durable state (creating it on first use). The shards must
         agree on where they are; if the client stopped in the middle of a call, some have it
         and the others not: it was never acknowledged, and is rolled back where it was
@@ -1018,20 +1037,20 @@ class ShardedEngine:
                 f"iteration={self.iteration}{state})")
 
     @_serialized
-    def to_numpy(self) -> np.ndarray:
+    def to_numpy(self) -> HostWeights:
         """All n weights gathered on the client (n * 4 bytes moved): for checks and exports."""
         parts = self._run(self._everywhere("to_numpy"), mutating=False)
         return np.concatenate([parts[i] for i in range(self.shards)])
 
-    def _everywhere(self, method: str, *args) -> dict:
+    def _everywhere(self, method: str, *args: Any) -> dict[int, _Part]:
         return {i: _call(method, *args) for i in range(self.shards)}
 
-    def _everywhere_mutation(self, method: str, *args) -> dict:
+    def _everywhere_mutation(self, method: str, *args: Any) -> dict[int, _Part]:
         return {i: _mutation(method, *args) for i in range(self.shards)}
 
     # -- the law -------------------------------------------------------------------------
     @_serialized
-    def step(self, quality, *, check_finite: bool = True) -> None:
+    def step(self, quality: ArrayInput | dask.array.Array, *, check_finite: bool = True) -> None:
         """Dense step (see ``Engine.step``): a scalar is broadcast; an array sends each shard
         only its slice; a dask array is rechunked to the shards and each block stepped on
         the shard's own worker, never passing through the client."""
@@ -1048,7 +1067,7 @@ class ShardedEngine:
                            for i, r in enumerate(self._ranges)}, mutating=True)
         self.iteration += 1
 
-    def _step_dask(self, quality, check_finite: bool) -> None:
+    def _step_dask(self, quality: dask.array.Array, check_finite: bool) -> None:
         blocks = self._blocks(self._dask_quality(quality))
         if check_finite:  # pure tasks, not shard calls: Dask reruns them if a worker dies
             checks = [self._client.submit(_first_nonfinite, block, pure=False,
@@ -1067,7 +1086,7 @@ class ShardedEngine:
                         allow_other_workers=True))
                    for i, block in enumerate(blocks)}, mutating=True)
 
-    def _dask_quality(self, q):
+    def _dask_quality(self, q: dask.array.Array) -> dask.array.Array:
         """A dask array of qualities, a 1-D float array of length n by the Engine's shape
         and dtype rules, checked on its metadata (nothing is computed)."""
         if q.dtype.kind != "f" or q.shape != (self._n,):
@@ -1078,7 +1097,7 @@ class ShardedEngine:
                             _host_backend(), check_finite=False)
         return q
 
-    def _blocks(self, x) -> list:
+    def _blocks(self, x: dask.array.Array) -> list:
         """Futures of a dask array's blocks, one per shard (rechunked to the boundaries),
         computed: an error of the array's own graph is raised here, before any shard call."""
         sizes = tuple(len(r) for r in self._ranges)
@@ -1100,7 +1119,7 @@ class ShardedEngine:
                                "stalled); no shard was called") from None
 
     @_serialized
-    def update(self, ids, quality, *, check_finite: bool = True) -> None:
+    def update(self, ids: ArrayInput, quality: ArrayInput, *, check_finite: bool = True) -> None:
         """Sparse ordered batch (see ``Engine.update``): each shard gets its own events, in
         their original order, ids made shard-local."""
         ids_, q = _inputs.events(ids, quality, self._n, _host_backend(), check_finite=check_finite)
@@ -1135,7 +1154,7 @@ class ShardedEngine:
 
     # -- monitoring ----------------------------------------------------------------------
     @_serialized
-    def metrics(self, labels, *, eps: float = _metrics.DEFAULT_EPS) -> _metrics.Metrics:
+    def metrics(self, labels: Labels, *, eps: float = _metrics.DEFAULT_EPS) -> _metrics.Metrics:
         """``Engine.metrics``, exactly: each shard summarises its part where it lives
         (integer sums, distinct weights with counts) and the client merges the summaries;
         the weights themselves never leave the shards."""
@@ -1147,7 +1166,7 @@ class ShardedEngine:
 
     # -- snapshots -----------------------------------------------------------------------
     @_serialized
-    def save(self, directory) -> pathlib.Path:
+    def save(self, directory: StrPath) -> pathlib.Path:
         """Write one snapshot per shard (each worker its own file, in ``directory`` on a
         filesystem every worker reaches), then the manifest, atomically and last: a save cut
         short leaves the previous one loadable. Returns the manifest's path."""
@@ -1173,7 +1192,8 @@ class ShardedEngine:
         return path
 
     @classmethod
-    def load(cls, directory, *, shards: int | None = None, client=None,
+    def load(cls, directory: StrPath, *, shards: int | None = None,
+             client: distributed.Client | None = None,
              backend: str = "auto", call_timeout: float | None = CALL_TIMEOUT) -> ShardedEngine:
         """The population a sharded save holds, in ``shards`` shards (default: as saved),
         continuing bit for bit. Each new shard reads the old shard files its ids fall in,
@@ -1201,11 +1221,12 @@ class ShardedEngine:
     def __enter__(self) -> ShardedEngine:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def _pieces(old_bounds, files, ids: range) -> list[tuple]:
+def _pieces(old_bounds: Sequence[int], files: Sequence[tuple[str, str]],
+            ids: range) -> list[tuple[str, str, int, int]]:
     """(file, checksum, first, stop) ranges of the old shard files holding ``ids``."""
     pieces = []
     for (lo, hi), (path, checksum) in zip(zip(old_bounds[:-1], old_bounds[1:]), files):

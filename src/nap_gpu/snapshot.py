@@ -26,18 +26,27 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import io
 import json
 import os
 import pathlib
 import struct
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import crc32c
 import numpy as np
+import numpy.typing as npt
 
 from .params import Params
+
+if TYPE_CHECKING:
+    from ._types import HostWeights, StrPath
+
+_T = TypeVar("_T")
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "SnapshotError", "SnapshotInfo", "inspect", "read", "write"]
 
@@ -94,7 +103,7 @@ def _checksum_of(text: str) -> str:
     return name if name in _CHECKSUMS else _WRITE_CHECKSUM
 
 
-def _crc(name: str, data, crc: int = 0) -> int:
+def _crc(name: str, data: bytes | memoryview, crc: int = 0) -> int:
     update = _CHECKSUMS[name]
     for lo in range(0, len(data), _IO_CHUNK):
         crc = update(data[lo:lo + _IO_CHUNK], crc)
@@ -109,8 +118,8 @@ def _seal(name: str, weights_crc: int, metadata: dict) -> str:
     return f"{name}:{_CHECKSUMS[name](text, weights_crc):08x}"
 
 
-def write(path, weights: np.ndarray, params: Params, *, iteration: int = 0, sequence: int = 0,
-          backend: str = "", version: str = "") -> pathlib.Path:
+def write(path: StrPath, weights: npt.NDArray[np.float32], params: Params, *,
+          iteration: int = 0, sequence: int = 0, backend: str = "", version: str = "") -> pathlib.Path:
     """Write host float32 ``weights`` and their metadata to ``path`` atomically and durably.
 
     Parameters
@@ -190,7 +199,7 @@ def _header_bytes(metadata: dict, nbytes: int) -> bytes:
     return struct.pack("<Q", len(header)) + header
 
 
-def _write_all(fh, data) -> None:
+def _write_all(fh: io.FileIO, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[fh.write(view[:_IO_CHUNK * 4]):]
@@ -203,11 +212,11 @@ class _Inline:
     def __enter__(self) -> _Inline:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
-    def submit(self, fn, *args) -> Future:
-        future: Future = Future()
+    def submit(self, fn: Callable[..., _T], *args: Any) -> Future[_T]:
+        future: Future[_T] = Future()
         try:
             future.set_result(fn(*args))
         except BaseException as exc:  # noqa: BLE001 - delivered through the future
@@ -215,14 +224,14 @@ class _Inline:
         return future
 
 
-def _worker(nbytes: int):
+def _worker(nbytes: int) -> ThreadPoolExecutor | _Inline:
     """One worker thread for the checksum and checks, or none below two chunks."""
     if nbytes > 2 * _IO_CHUNK:
         return ThreadPoolExecutor(1, thread_name_prefix="nap-snapshot")
     return _Inline()
 
 
-def _pipelined(chunks, verify, nbytes: int) -> None:
+def _pipelined(chunks: Iterable[_T], verify: Callable[[_T], object], nbytes: int) -> None:
     """Run ``verify(chunk)`` in a worker thread on each chunk that ``chunks`` reads, one chunk
     behind: reading the next chunk overlaps verifying this one (both release the GIL), and
     the single worker verifies chunks in order, so a running checksum can be carried."""
@@ -236,7 +245,7 @@ def _pipelined(chunks, verify, nbytes: int) -> None:
             pending.result()
 
 
-def _read_into(path: pathlib.Path, fh, buffer: memoryview, offset: int) -> None:
+def _read_into(path: pathlib.Path, fh: io.FileIO, buffer: memoryview, offset: int) -> None:
     done = 0
     while done < len(buffer):
         got = fh.readinto(buffer[done:])
@@ -260,7 +269,7 @@ def fsync_directory(directory: pathlib.Path) -> None:
         os.close(fd)
 
 
-def inspect(path, *, verify: bool = True) -> SnapshotInfo:
+def inspect(path: StrPath, *, verify: bool = True) -> SnapshotInfo:
     """The snapshot's metadata; with ``verify``, its checksum checked (``checksum_ok``).
     Raises `SnapshotError` for a file that is not a readable snapshot. See `write` for an
     example."""
@@ -272,14 +281,14 @@ def inspect(path, *, verify: bool = True) -> SnapshotInfo:
         name = _checksum_of(info.checksum)
         crc = 0
 
-        def chunks():  # two buffers in turn: one is read while the other is checked
+        def chunks() -> Iterator[memoryview]:  # two buffers in turn: one is read while the other is checked
             buffers = [memoryview(bytearray(_IO_CHUNK)) for _ in range(2)]
             for i, lo in enumerate(range(0, 4 * info.n, _IO_CHUNK)):
                 view = buffers[i % 2][:min(_IO_CHUNK, 4 * info.n - lo)]
                 _read_into(path, fh, view, info.data_offset + lo)
                 yield view
 
-        def verify_chunk(view):
+        def verify_chunk(view: memoryview) -> None:
             nonlocal crc
             crc = _CHECKSUMS[name](view, crc)
 
@@ -287,7 +296,7 @@ def inspect(path, *, verify: bool = True) -> SnapshotInfo:
     return _replace(info, checksum_ok=_seal(name, crc, info.metadata) == info.checksum)
 
 
-def read(path) -> tuple[np.ndarray, SnapshotInfo]:
+def read(path: StrPath) -> tuple[HostWeights, SnapshotInfo]:
     """The weights (a fresh host float32 array, the only copy made) and the metadata; raises
     ``SnapshotError`` for a damaged, truncated or foreign file, naming what and where.
     See `write` for an example."""
@@ -299,12 +308,12 @@ def read(path) -> tuple[np.ndarray, SnapshotInfo]:
         name = _checksum_of(info.checksum)
         crc, outside = 0, -1
 
-        def chunks():
+        def chunks() -> Iterator[tuple[int, HostWeights]]:
             for lo in range(0, len(buffer), _IO_CHUNK):
                 _read_into(path, fh, buffer[lo:lo + _IO_CHUNK], info.data_offset + lo)
                 yield lo // 4, weights[lo // 4:(lo + _IO_CHUNK) // 4]
 
-        def verify_chunk(item):
+        def verify_chunk(item: tuple[int, Any]) -> None:  # (first index, a float32 chunk)
             nonlocal crc, outside
             first, chunk = item
             crc = _CHECKSUMS[name](memoryview(chunk).cast("B"), crc)
@@ -325,7 +334,7 @@ def read(path) -> tuple[np.ndarray, SnapshotInfo]:
     return weights, _replace(info, checksum_ok=True)
 
 
-def _header(path: pathlib.Path, fh) -> SnapshotInfo:
+def _header(path: pathlib.Path, fh: io.FileIO) -> SnapshotInfo:
     size = os.fstat(fh.fileno()).st_size
     prefix = fh.read(8)
     if len(prefix) < 8:
@@ -372,5 +381,5 @@ def _header(path: pathlib.Path, fh) -> SnapshotInfo:
     return info
 
 
-def _replace(info: SnapshotInfo, **changes) -> SnapshotInfo:
+def _replace(info: SnapshotInfo, **changes: Any) -> SnapshotInfo:
     return dataclasses.replace(info, **changes)

@@ -10,6 +10,7 @@ buffer: generating them allocates nothing per iteration.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["ReferenceWorkload"]
 
@@ -48,13 +49,13 @@ class ReferenceWorkload:
         self._noise = np.empty(n, np.float32) if sigma > 0 else None
 
     @property
-    def labels(self) -> np.ndarray:
+    def labels(self) -> npt.NDArray[np.uint8]:
         """1 for R (even ids), 0 for P (odd ids), as uint8."""
         labels = np.zeros(self.n, np.uint8)
         labels[0::2] = 1
         return labels
 
-    def next_quality(self) -> np.ndarray:
+    def next_quality(self) -> npt.NDArray[np.float32]:
         """The next iteration's qualities (a reused buffer: copy it to keep it)."""
         q = self._q
         self._rng.random(dtype=np.float32, out=q)
