@@ -11,6 +11,24 @@ namespace nap {
 namespace NAP_ISA {
 namespace {
 
+// The sparse batch's weights are read at random: each event's load misses the caches once the
+// population outgrows them, and the loop's own instructions leave the misses to be taken one
+// after another. Asking for the weight of the event kPrefetchAhead later keeps that many in
+// flight (measured, 1M random events, 2 cores: 1e7 memories 65 -> 127 M events/s, 1e8 47 ->
+// 67 M; 10K events over 1e6: 208 -> 395 M; 16 ahead gained less, 64 no more). A prefetch
+// changes no value and cannot fault.
+constexpr std::size_t kPrefetchAhead = 32;
+
+inline void prefetch_for_write(const float* p) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p, 1);
+#elif defined(_MSC_VER) && defined(_M_X64)
+  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
+#else
+  (void)p;
+#endif
+}
+
 std::size_t step(float* w, const float* q, std::size_t n, const Params& p) {
   const Vec lr(p.lr), gate(p.gate), decay(p.decay);
   std::size_t i = 0;
@@ -49,10 +67,16 @@ std::size_t triad(float* w, const float* q, float s, std::size_t n) {
 // of them: 3x slower on 1M random events (measured).
 void update(float* w, const std::int64_t* ids, const float* q, std::size_t m, const Params& p) {
   const Vec lr(p.lr), gate(p.gate);
-  for (std::size_t j = 0; j < m; ++j) {
+  const auto apply = [&](std::size_t j) {
     float* at = w + ids[j];
     positive_zero(feedback_clamped(Vec(*at), Vec(q[j]), lr, gate)).store_first(at);
+  };
+  std::size_t j = 0;
+  for (; j + kPrefetchAhead < m; ++j) {
+    prefetch_for_write(w + ids[j + kPrefetchAhead]);
+    apply(j);
   }
+  for (; j < m; ++j) apply(j);
 }
 
 // x - x is 0 for a finite x and NaN for NaN or infinity, and NaN survives addition: one
