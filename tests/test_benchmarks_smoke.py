@@ -90,3 +90,16 @@ def test_dense_step_targets_report_reads_the_json(smoke_json, tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "### dense-step-" in done.stdout and "### Targets" in done.stdout
+
+
+def test_the_per_call_table_runs():
+    """benchmarks/per_call.py (the fixed-cost table of benchmarks/README.md) on a few calls."""
+    if __import__("nap_gpu").available_backends()["cpp"] is not None:
+        pytest.skip("the C++ core is not built")
+    proc = subprocess.run([sys.executable, "benchmarks/per_call.py", "--memories", "10000",
+                           "--repeats", "5"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for row in ("| core: `_core.update`", "| validation: `_inputs.events`",
+                "| public: `Engine.update(ids, q)`", "| public: `Engine.step(q)`"):
+        assert row in proc.stdout, proc.stdout
