@@ -22,21 +22,9 @@
 #include "nap/metrics.h"
 #include "nap/snapshot.h"
 
+#include "check.h"
+
 namespace {
-
-int g_failures = 0;
-int g_checks = 0;
-
-#define CHECK(cond, ...)                                                     \
-  do {                                                                       \
-    ++g_checks;                                                              \
-    if (!(cond)) {                                                           \
-      ++g_failures;                                                          \
-      std::fprintf(stderr, "%s:%d: FAILED %s: ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                                     \
-      std::fprintf(stderr, "\n");                                            \
-    }                                                                        \
-  } while (0)
 
 std::uint64_t bits64(double x) {
   std::uint64_t b;
@@ -369,8 +357,8 @@ int main(int argc, char** argv) {
     round_trip(golden, scratch);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "unexpected exception: %s\n", e.what());
-    ++g_failures;
+    ++nap_test::failures;
   }
-  std::printf("test_api: %d checks, %d failed\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  std::printf("test_api: %d checks, %d failed\n", nap_test::checks, nap_test::failures);
+  return nap_test::failures == 0 ? 0 : 1;
 }

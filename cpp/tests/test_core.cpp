@@ -14,6 +14,8 @@
 
 #include "nap/core.h"
 
+#include "check.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -31,20 +33,6 @@
 #endif
 
 namespace {
-
-int g_failures = 0;
-int g_checks = 0;
-
-#define CHECK(cond, ...)                                     \
-  do {                                                       \
-    ++g_checks;                                              \
-    if (!(cond)) {                                           \
-      ++g_failures;                                          \
-      std::fprintf(stderr, "%s:%d: FAILED %s: ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                     \
-      std::fprintf(stderr, "\n");                            \
-    }                                                        \
-  } while (0)
 
 std::uint32_t bits(float x) {
   std::uint32_t b;
@@ -504,6 +492,6 @@ int main(int argc, char** argv) {
   input_rules();
   subnormals_under_flush_to_zero();
   fork_after_parallel_region();
-  std::printf("%d checks, %d failed\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  std::printf("%d checks, %d failed\n", nap_test::checks, nap_test::failures);
+  return nap_test::failures == 0 ? 0 : 1;
 }
