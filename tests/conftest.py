@@ -220,6 +220,22 @@ def cuda_unusable(monkeypatch) -> str:
     _forget_probes()
 
 
+@pytest.fixture(scope="session")
+def core_build(tmp_path_factory):
+    """One CMake build of cpp/ (Release, with ctest) for the session (tests/cpp_build.py)."""
+    import cpp_build  # noqa: PLC0415 - only the C++ tests need CMake
+
+    return cpp_build.build_core(tmp_path_factory.mktemp("nap_core") / "build")
+
+
+@pytest.fixture(scope="session")
+def core_installed(core_build, tmp_path_factory) -> pathlib.Path:
+    """That build installed under a prefix, for find_package(nap) consumers."""
+    import cpp_build  # noqa: PLC0415
+
+    return cpp_build.install_core(core_build, tmp_path_factory.mktemp("nap_prefix"))
+
+
 @pytest.fixture(autouse=True)
 def _no_backend_override(monkeypatch):
     """Tests choose backends explicitly; a developer's NAP_BACKEND must not leak in."""

@@ -14,9 +14,7 @@ Skipped with the reason when CMake or a C++ compiler is missing.
 from __future__ import annotations
 
 import math
-import os
 import pathlib
-import shutil
 import struct
 import subprocess
 
@@ -27,39 +25,7 @@ import nap_gpu as nap
 from nap_gpu import metrics, snapshot
 
 from conftest import bits
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CPP_DIR = REPO / "cpp"
-TIMEOUT = 900  # a guard against a hung tool, not a speed assertion
-
-
-def _find_compiler() -> str | None:
-    cxx = os.environ.get("CXX")
-    if cxx:
-        return shutil.which(cxx.split()[0])
-    return next((found for name in ("c++", "g++", "clang++") if (found := shutil.which(name))), None)
-
-
-def _require_toolchain() -> None:
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake is not on PATH: cannot build the C++ core")
-    if _find_compiler() is None:
-        pytest.skip("no C++ compiler found (CXX, c++, g++ or clang++): cannot build the C++ core")
-
-
-def _generator_args() -> list[str]:
-    return ["-G", "Ninja"] if shutil.which("ninja") else []
-
-
-def run(cmd, cwd=None) -> str:
-    """Run a command, returning its output; fail with that output if it fails."""
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT)
-    if proc.returncode != 0:
-        pytest.fail(f"command failed with exit code {proc.returncode}: {' '.join(map(str, cmd))}\n"
-                    f"--- output ---\n{proc.stdout}", pytrace=False)
-    return proc.stdout
-
+from cpp_build import REPO, TIMEOUT, build_consumer, run
 
 DRIVER_MAIN = r"""
 // Driver of tests/test_cpp_api.py. Input files: u64 n, u64 m, f64 eps, u32 lr, gate, decay, pad,
@@ -163,52 +129,18 @@ int main(int argc, char** argv) {
 }
 """
 
-DRIVER_CMAKE = """\
-cmake_minimum_required(VERSION 3.18)
-project(nap_api_driver LANGUAGES CXX)
-find_package(nap CONFIG REQUIRED)
-add_executable(driver main.cpp)
-target_link_libraries(driver PRIVATE nap::core)
-"""
-
-
 @pytest.fixture(scope="module")
-def core_build(tmp_path_factory) -> pathlib.Path:
-    _require_toolchain()
-    build_dir = tmp_path_factory.mktemp("nap_api_core") / "build"
-    run(["cmake", "-S", CPP_DIR, "-B", build_dir, *_generator_args(),
-         "-DCMAKE_BUILD_TYPE=Release", "-DNAP_BUILD_TESTS=ON"])
-    run(["cmake", "--build", build_dir, "--config", "Release", "--parallel", "2",
-         "--target", "nap_core", "nap_api_tests"])
-    return build_dir
-
-
-@pytest.fixture(scope="module")
-def installed(core_build, tmp_path_factory) -> pathlib.Path:
-    prefix = tmp_path_factory.mktemp("nap_api_prefix")
-    run(["cmake", "--install", core_build, "--config", "Release", "--prefix", prefix])
-    return prefix
-
-
-def _consumer(prefix: pathlib.Path, src: pathlib.Path, main: str) -> pathlib.Path:
-    """A program built from ``main`` against the installed core (find_package(nap))."""
-    (src / "main.cpp").write_text(main)
-    (src / "CMakeLists.txt").write_text(DRIVER_CMAKE)
-    build = src / "build"
-    run(["cmake", "-S", src, "-B", build, *_generator_args(), "-DCMAKE_BUILD_TYPE=Release",
-         f"-DCMAKE_PREFIX_PATH={prefix}"])
-    run(["cmake", "--build", build, "--config", "Release"])
-    return next(p for p in (build / "driver", build / "driver.exe", build / "Release" / "driver.exe")
-                if p.exists())
+def installed(core_installed):  # the session's build, installed (tests/conftest.py)
+    return core_installed
 
 
 @pytest.fixture(scope="module")
 def driver(installed, tmp_path_factory) -> pathlib.Path:
-    return _consumer(installed, tmp_path_factory.mktemp("nap_api_driver"), DRIVER_MAIN)
+    return build_consumer(installed, tmp_path_factory.mktemp("nap_api_driver"), DRIVER_MAIN)
 
 
 def test_ctest_api_passes(core_build):
-    out = run(["ctest", "-R", "nap_api_tests", "-V", "-C", "Release"], cwd=core_build)
+    out = run(["ctest", "-R", "nap_api_tests", "-V", "-C", "Release"], cwd=core_build.build_dir)
     summary = [line for line in out.splitlines() if "test_api:" in line]
     assert summary and summary[-1].rstrip().endswith(" 0 failed"), out
     assert int(summary[-1].split("test_api:")[1].split()[0]) > 150, out
@@ -392,7 +324,7 @@ def test_the_docs_example_builds_and_runs(installed, tmp_path):
     snapshot): its weights are Python's replay of the same events, its metrics Python's."""
     page = (REPO / "docs" / "cpp.md").read_text()
     example = page.split("```cpp\n", 1)[1].split("```", 1)[0]
-    exe = _consumer(installed, tmp_path, example)
+    exe = build_consumer(installed, tmp_path / "example", example)
     work = tmp_path / "run"
     work.mkdir()
     outputs = [run([exe], cwd=work) for _ in range(2)]

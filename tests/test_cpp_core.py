@@ -8,11 +8,9 @@ reason when CMake or a C++ compiler is missing.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import re
-import shlex
 import shutil
 import subprocess
 
@@ -22,79 +20,14 @@ import pytest
 import nap_gpu as nap
 
 from conftest import bits
+from cpp_build import CPP_DIR, EXTRA_CMAKE_ARGS, TIMEOUT, build_consumer, run
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CPP_DIR = REPO / "cpp"
 CORE_SOURCE = CPP_DIR / "src" / "core.cpp"
-TIMEOUT = 900  # generous: a guard against a hung tool, not a speed assertion
-# Extra CMake arguments for the core's build, e.g. "-DNAP_OPENMP=OFF -DCMAKE_CXX_FLAGS=-Werror"
-# (cpp/ci/cross_checks.sh runs this module on a serial core that way).
-EXTRA_CMAKE_ARGS = shlex.split(os.environ.get("NAP_CORE_CMAKE_ARGS", ""))
-
-
-def _find_compiler() -> str | None:
-    cxx = os.environ.get("CXX")
-    if cxx:
-        return shutil.which(cxx.split()[0])
-    for name in ("c++", "g++", "clang++"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def _require_toolchain() -> None:
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake is not on PATH: cannot build the C++ core alone")
-    if _find_compiler() is None:
-        pytest.skip("no C++ compiler found (CXX, c++, g++ or clang++): cannot build the C++ core")
-
-
-def _generator_args() -> list[str]:
-    return ["-G", "Ninja"] if shutil.which("ninja") else []
-
-
-def run(cmd: list[str], cwd: pathlib.Path | None = None) -> str:
-    """Run a command, returning its combined output; fail with that output if it fails."""
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT)
-    if proc.returncode != 0:
-        pytest.fail(f"command failed with exit code {proc.returncode}: {' '.join(map(str, cmd))}\n"
-                    f"--- output ---\n{proc.stdout}", pytrace=False)
-    return proc.stdout
-
-
-@dataclasses.dataclass
-class CoreBuild:
-    build_dir: pathlib.Path
-    configure_log: str
-    build_log: str
-    compiler_id: str
-
-
-def _compiler_id(build_dir: pathlib.Path) -> str:
-    for path in build_dir.glob("CMakeFiles/*/CMakeCXXCompiler.cmake"):
-        match = re.search(r'set\(CMAKE_CXX_COMPILER_ID "([^"]*)"\)', path.read_text())
-        if match:
-            return match.group(1)
-    return "unknown"
 
 
 @pytest.fixture(scope="module")
-def core_build(tmp_path_factory) -> CoreBuild:
-    _require_toolchain()
-    build_dir = tmp_path_factory.mktemp("nap_core") / "build"
-    configure_log = run(["cmake", "-S", CPP_DIR, "-B", build_dir, *_generator_args(),
-                         "-DCMAKE_BUILD_TYPE=Release", "-DNAP_BUILD_TESTS=ON", *EXTRA_CMAKE_ARGS])
-    build_log = run(["cmake", "--build", build_dir, "--config", "Release", "--parallel", "2"])
-    return CoreBuild(build_dir, configure_log, build_log, _compiler_id(build_dir))
-
-
-@pytest.fixture(scope="module")
-def installed(core_build, tmp_path_factory) -> pathlib.Path:
-    prefix = tmp_path_factory.mktemp("nap_prefix")
-    run(["cmake", "--install", core_build.build_dir, "--config", "Release", "--prefix", prefix])
-    return prefix
+def installed(core_installed):  # the session's build, installed (tests/conftest.py)
+    return core_installed
 
 
 def test_ctest_passes(core_build):
@@ -181,15 +114,6 @@ int main() {{
 }}
 """
 
-CONSUMER_CMAKE = """\
-cmake_minimum_required(VERSION 3.18)
-project(nap_consumer LANGUAGES CXX)
-find_package(nap CONFIG REQUIRED)
-add_executable(app main.cpp)
-target_link_libraries(app PRIVATE nap::core)
-"""
-
-
 def _expected_consumer_lines() -> dict[str, list[int]]:
     """What the consumer must print, computed with the numpy backend."""
     w = _W.copy()
@@ -204,20 +128,11 @@ def _expected_consumer_lines() -> dict[str, list[int]]:
 
 
 def test_find_package_consumer_builds_and_matches_numpy(installed, tmp_path):
-    source = tmp_path / "consumer"
-    source.mkdir()
-    (source / "CMakeLists.txt").write_text(CONSUMER_CMAKE)
-    (source / "main.cpp").write_text(CONSUMER_MAIN.format(
+    app = build_consumer(installed, tmp_path / "consumer", CONSUMER_MAIN.format(
         w=_c_array("W", _W, "std::uint32_t"), q=_c_array("Q", _Q, "std::uint32_t"),
         ids=_c_array("IDS", _IDS, "std::int64_t"), eq=_c_array("EQ", _EQ, "std::uint32_t"),
         decays=_DECAYS))
-    build = tmp_path / "consumer-build"
-    run(["cmake", "-S", source, "-B", build, *_generator_args(), "-DCMAKE_BUILD_TYPE=Release",
-         f"-DCMAKE_PREFIX_PATH={installed}"])
-    run(["cmake", "--build", build, "--config", "Release"])
-    apps = [p for p in build.rglob("app*") if p.is_file() and p.name in ("app", "app.exe")]
-    assert apps, f"the consumer executable was not built in {build}"
-    output = run([apps[0]])
+    output = run([app])
 
     got = {}
     for line in output.splitlines():
