@@ -193,10 +193,11 @@ struct Exact {
 };
 
 constexpr std::size_t kScale = 149;  // 2^-149 is the float32 quantum
+constexpr std::size_t kKeysPerLabel = kExactBins / 2;  // sign and biased exponent: 512
 
-Exact population(const std::uint64_t* bins) {  // 512 keys x 4 sums of one label
+Exact population(const std::uint64_t* bins) {  // kKeysPerLabel keys x 4 sums of one label
   Exact x;
-  for (std::size_t key = 0; key < 512; ++key) {
+  for (std::size_t key = 0; key < kKeysPerLabel; ++key) {
     const std::uint64_t* b = bins + 4 * key;
     if (b[0] == 0) continue;
     const std::size_t exponent = key & 0xFF;
@@ -353,7 +354,8 @@ Metrics metrics(const float* w, const std::uint8_t* labels, std::size_t n, doubl
   check_labels(labels, n);
   std::vector<std::uint64_t> bins(kExactSumsSize);
   exact_sums(w, labels, n, bins.data());
-  const Exact r = population(bins.data() + 512 * 4), p = population(bins.data());
+  const Exact r = population(bins.data() + exact_bin(0, 1) * 4),  // label 1's first bin
+      p = population(bins.data() + exact_bin(0, 0) * 4);
   Metrics m;
   m.n = n;
   m.eps = eps;
