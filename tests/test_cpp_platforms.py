@@ -151,7 +151,10 @@ def test_law_header_refuses_x87_excess_precision(tmp_path):
     flags32: list[str] = []
     if cxx is None:
         gxx = _compiler("gcc")
-        if gxx and subprocess.run([gxx, "-m32", "-x", "c++", "-c", os.devnull, "-o", os.devnull],
+        # A probe that includes the headers law.h needs: an empty file compiles with -m32 even
+        # where the 32-bit C++ library headers (g++-multilib) are missing.
+        if gxx and subprocess.run([gxx, "-m32", "-x", "c++", "-c", "-", "-o", os.devnull],
+                                  input=b"#include <cmath>\n#include <cstdint>\n",
                                   capture_output=True).returncode == 0:
             cxx, flags32 = gxx, ["-m32", "-march=i686"]
     if cxx is None:
