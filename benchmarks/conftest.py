@@ -34,38 +34,30 @@ it would in a training loop.
 
 from __future__ import annotations
 
-import re
 import time
 
 import numpy as np
 import pytest
 
 import nap_gpu as nap
+from nap_gpu._sizes import parse_count, size_label
 
 #: Scale tiers (the issue "Scale suites"): the default ones run unless --scale says otherwise;
 #: the opt-in ones run only when named (--scale 100M, --scale all).
 DEFAULT_TIERS = "10K,100K,1M,10M"
 OPT_IN_TIERS = "100M,1G"
 DEFAULT_METRICS_SIZES = "10M"
-_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
 
 
 def parse_size(text: str) -> int:
-    """'1M' -> 1_000_000; also '250K', '1G', '1e6', '1000000'."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([kKmMgG]?)\s*", text)
-    if not m:
-        raise pytest.UsageError(f"bad size {text!r}: use e.g. 1M, 10M, 100M, 250K or 1e6")
-    n = int(round(float(m.group(1)) * _SUFFIX[m.group(2).upper()]))
+    """'1M' -> 1_000_000; also '250K', '1G', '1e6', '1000000' (nap_gpu's one size parser)."""
+    try:
+        n = parse_count(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"bad size: {exc}") from None
     if n < 2:
         raise pytest.UsageError(f"size {text!r} is too small (at least 2 memories)")
     return n
-
-
-def size_label(n: int) -> str:
-    for suffix, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n % scale == 0:
-            return f"{n // scale}{suffix}"
-    return str(n)
 
 
 def _all_tiers() -> list[int]:

@@ -19,6 +19,8 @@ import zlib
 
 import numpy as np
 
+from nap_gpu._sizes import size_label  # noqa: F401 - re-exported to the suites
+
 #: Conservative bytes per memory each operation's benchmarks hold at once, plus a fixed
 #: allowance for event batches. Used only to refuse, before allocating, what cannot fit.
 #: test_scale.py's module-scoped fixtures stay alive until the module ends, so an operation
@@ -219,13 +221,6 @@ def machine() -> dict:
 # --------------------------------------------------------------------------------------------
 # Names, and CPU used by other processes (conftest re-exports these)
 # --------------------------------------------------------------------------------------------
-def size_label(n: int) -> str:
-    for suffix, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n % scale == 0:
-            return f"{n // scale}{suffix}"
-    return str(n)
-
-
 class CpuContention:
     """CPU time that OTHER processes used while a benchmark ran, as a fraction of the machine.
 

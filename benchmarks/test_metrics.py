@@ -33,7 +33,7 @@ ITERATIONS = 50  # the reference workload's convergence SLO (docs/law.md §4)
 @pytest.fixture(scope="module")
 def converged(metrics_size):
     """An Engine after 50 reference-workload steps, and its labels (1 = R)."""
-    backend = "cpp" if nap.available_backends()["cpp"] is None else "numpy"
+    backend = nap.backends.best_host().name
     eng = nap.Engine(metrics_size, backend=backend, seed=0)
     workload = nap.ReferenceWorkload(metrics_size, seed=0)
     for _ in range(ITERATIONS):

@@ -199,7 +199,7 @@ def test_decay(benchmark, measure, tier, decay_pristine, k, impl):
 def metrics_data(tier, request):
     """Weights after 20 reference-workload steps (ties building up) and their labels."""
     _need("metrics", tier)
-    backend = "cpp" if nap.available_backends()["cpp"] is None else "numpy"
+    backend = nap.backends.best_host().name
     eng = nap.Engine(tier, backend=backend, seed=0)
     workload = nap.ReferenceWorkload(tier, seed=0)
     for _ in range(2 if request.config.getoption("--smoke") else 20):

@@ -391,12 +391,9 @@ def bits_equal(np, a, b) -> int:
 
 
 def label(n: int) -> str:
-    for suffix, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale}{suffix}"
-    if n > 2**31:
-        return f"{n:,}"
-    return str(n)
+    from nap_gpu._sizes import size_label  # noqa: PLC0415 - the script runs before nap_gpu is proven
+
+    return size_label(n)
 
 
 # ============================================================================================

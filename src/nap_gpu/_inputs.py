@@ -30,8 +30,29 @@ from types import ModuleType
 import numpy as np
 
 from .backends import _xp
+from .params import Params
 
 _INT64_MAX = np.iinfo(np.int64).max
+
+
+def whole(value, name: str, *, minimum: int) -> int:
+    """An argument that is a count (``n``, ``shards``, ``keep``): an integer (bool refused,
+    TypeError) of at least ``minimum`` (ValueError), as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def law_params(value, *, default: Params | None = None) -> Params:
+    """An argument that is the law's parameters: a `Params`, or None where a ``default`` is
+    given (TypeError otherwise)."""
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, Params):
+        raise TypeError(f"params must be a nap.Params, got {type(value).__name__}")
+    return value
 
 
 def _as_float(value, argument: str) -> float:

@@ -29,6 +29,8 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from . import _env
+
 #: The variables that decide how idle OpenMP threads wait (libgomp, LLVM libomp / Intel).
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 #: What nap_gpu sets when the user set none of them (measured: benchmarks/README.md).
@@ -125,11 +127,9 @@ def choose_threads(environ=None, affinity: int | None = None,
     """(threads, why). ``threads`` is None when OMP_NUM_THREADS decides (left to OpenMP).
     Raises ValueError for a NAP_NUM_THREADS that is not a positive integer."""
     environ = os.environ if environ is None else environ
-    value = environ.get("NAP_NUM_THREADS", "").strip()
-    if value:
-        if not value.isdigit() or int(value) < 1:
-            raise ValueError(f"NAP_NUM_THREADS must be a positive integer, got {value!r}")
-        return int(value), f"NAP_NUM_THREADS={value}"
+    requested = _env.requested_threads(environ)
+    if requested is not None:
+        return requested, f"NAP_NUM_THREADS={environ['NAP_NUM_THREADS'].strip()}"
     omp = environ.get("OMP_NUM_THREADS", "").strip()
     if omp:
         return None, f"OMP_NUM_THREADS={omp} (OpenMP's own setting)"

@@ -17,12 +17,12 @@ import dataclasses
 import json
 import logging
 import math
-import re
 import sys
 from typing import TYPE_CHECKING, cast
 
 from . import __version__, backends, snapshot
 from ._config import config, show_config
+from ._sizes import parse_count
 from .engine import Engine
 from .monitor import Monitor
 from .workload import ReferenceWorkload
@@ -30,18 +30,15 @@ from .workload import ReferenceWorkload
 if TYPE_CHECKING:
     from .durable import DurableEngine
 
-_SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
-
-
 def count(text: str) -> int:
-    """A count like ``10000``, ``10k``, ``1M``, ``1e6`` or ``1_000_000``."""
-    match = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([kmbg]?)\s*", text.lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 10000, 10k, 1M, 1e6)")
-    value = float(match.group(1).replace("_", "")) * _SUFFIXES[match.group(2)]
-    if value != int(value) or value < 1:
+    """A count like ``10000``, ``10k``, ``1M``, ``1e6`` or ``1_000_000`` (argparse type)."""
+    try:
+        value = parse_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value < 1:
         raise argparse.ArgumentTypeError(f"not a positive whole count: {text!r}")
-    return int(value)
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -23,7 +23,6 @@ flags u8 (bit 0: payload data zlib-compressed), reserved u16, payload. All littl
 
 from __future__ import annotations
 
-import errno
 import fractions
 import json
 import logging
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, SupportsFloat
 import numpy as np
 
 from . import __version__, _inputs, backends, snapshot
+from ._files import atomic_file, fsync_directory, write_all
 from .engine import Engine
 from .monitor import WritesStoppedError
 from .params import Params
@@ -128,8 +128,7 @@ class EngineFailedError(RuntimeError):
 
 # -- names ----------------------------------------------------------------------------------
 def _meta_crc(n: int, params: Params, iteration: int, sequence: int) -> int:
-    lr, gate, decay = (int(np.float32(v).view(np.uint32)) for v in params.float32())
-    return zlib.crc32(struct.pack("<QIIIQQ", n, lr, gate, decay, iteration, sequence))
+    return zlib.crc32(struct.pack("<QIIIQQ", n, *params.to_bits(), iteration, sequence))
 
 
 def _snap_name(sequence: int, n: int, params: Params, iteration: int) -> str:
@@ -157,15 +156,6 @@ def _list(directory: pathlib.Path
 
 def _sync(fd: int) -> None:
     (getattr(os, "fdatasync", None) or os.fsync)(fd)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:  # pragma: no cover - a regular file never returns 0 for a non-empty write
-            raise OSError(errno.EIO, "write returned 0")
-        view = view[written:]
 
 
 # -- decay(k) -------------------------------------------------------------------------------
@@ -238,8 +228,7 @@ def _decode(kind: int, flags: int, payload: bytes) -> Any:
         (k,) = _U64.unpack_from(data(8, 0))
         return int(k)
     if kind == PARAMS:
-        lr, gate, decay = np.frombuffer(data(12, 0), "<f4")
-        return Params(lr=float(lr), gate=float(gate), decay=float(decay))
+        return Params.from_bits(struct.unpack("<3I", data(12, 0)))
     raise ValueError(f"unknown record kind {kind}")
 
 
@@ -267,7 +256,7 @@ def _withdraw_segment(path: pathlib.Path, cause: OSError) -> None:
     that fails (the segment may then survive a crash beside records recovery would skip)."""
     try:
         path.unlink(missing_ok=True)
-        snapshot.fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except OSError as again:
         raise _SegmentLeftBehind(cause.errno, f"{path} was created but cannot be used ({cause}) "
                                  f"nor durably removed ({again})") from cause
@@ -277,21 +266,11 @@ def _create_segment(directory: pathlib.Path, first: int) -> pathlib.Path:
     """A new empty segment, created atomically (temporary file, fsync, rename, fsync dir).
     On failure no segment named ``first`` is left (or _SegmentLeftBehind is raised)."""
     path = directory / _seg_name(first)
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
     head = _SEG_HEADER.pack(_SEG_MAGIC, LOG_FORMAT_VERSION, 0, first, 0)
+    with atomic_file(path, sync_directory=False) as fh:
+        write_all(fh.fileno(), head + struct.pack("<I", zlib.crc32(head)))
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _write_all(fd, head + struct.pack("<I", zlib.crc32(head)))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        snapshot.fsync_directory(directory)
+        fsync_directory(directory)
     except OSError as exc:  # its name may not survive a power loss: records there could vanish
         _withdraw_segment(path, exc)
         raise
@@ -361,10 +340,10 @@ class _Log:
             start = self.offset
             try:
                 if sum(len(p) for p in parts) <= 1 << 20:
-                    _write_all(self.fd, b"".join(parts))
+                    write_all(self.fd, b"".join(parts))
                 else:
                     for p in parts:
-                        _write_all(self.fd, p)
+                        write_all(self.fd, p)
                 if self.fsync == "always":
                     self._fsync()
             except OSError as exc:
@@ -900,7 +879,7 @@ def _apply_repair(directory: pathlib.Path, exc: RecoveryError) -> dict:
         target = _aside(plan["snapshot"], ".damaged")
         os.replace(plan["snapshot"], target)
         evidence.append(target.name)
-    snapshot.fsync_directory(directory)
+    fsync_directory(directory)
     lost = plan["sequences"]
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": "accept_loss",
              "directory": str(directory), "refused_because": str(exc),
@@ -910,7 +889,7 @@ def _apply_repair(directory: pathlib.Path, exc: RecoveryError) -> dict:
     log.warning(line)
     fd = os.open(directory / LOSS_JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        _write_all(fd, (line + "\n").encode())
+        write_all(fd, (line + "\n").encode())
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -1147,7 +1126,7 @@ class DurableEngine:
         for path in rec.damaged:
             os.replace(path, path.with_name(path.name + ".damaged"))
         if rec.damaged:
-            snapshot.fsync_directory(directory)
+            fsync_directory(directory)
         self._eng = eng
         self._bk = backends.get(eng.backend)
         self._sequence = rec.sequence
@@ -1244,7 +1223,7 @@ class DurableEngine:
     def params(self, value: Params) -> None:
         if not isinstance(value, Params):
             raise TypeError(f"params must be a nap.Params, got {type(value).__name__}")
-        payload = np.array(value.float32(), "<f4").tobytes()
+        payload = struct.pack("<3I", *value.to_bits())
         self._call(PARAMS, 0, [payload], value)
 
     def __repr__(self) -> str:
@@ -1360,7 +1339,7 @@ class DurableEngine:
         path = snapshot.write(self._directory / name, host, eng.params, iteration=eng.iteration,
                               sequence=self._sequence, backend=eng.backend, version=__version__)
         # snapshot.write skips it when the directory cannot be opened
-        snapshot.fsync_directory(self._directory)
+        fsync_directory(self._directory)
         self._snap_seq = self._sequence
         self._snap_time = time.time()
         return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import numbers
 import pathlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -78,11 +77,8 @@ class Engine:
 
     def __init__(self, n: int, *, backend: str = "auto", seed: int | None = None,
                  init: InitialWeights = "uniform", params: Params | None = None) -> None:
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-            raise TypeError(f"n must be an integer, got {type(n).__name__}")
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
-        self._setup(_inputs.initial_weights(init, int(n), seed), backend, params, iteration=0)
+        n = _inputs.whole(n, "n", minimum=1)
+        self._setup(_inputs.initial_weights(init, n, seed), backend, params, iteration=0)
 
     def _setup(self, host_weights: np.ndarray, backend: str, params: Params | None,
                iteration: int) -> None:
@@ -155,9 +151,7 @@ class Engine:
 
     @params.setter
     def params(self, value: Params) -> None:
-        if not isinstance(value, Params):
-            raise TypeError(f"params must be a nap.Params, got {type(value).__name__}")
-        self._params = value
+        self._params = _inputs.law_params(value)
 
     @property
     @_on_its_device

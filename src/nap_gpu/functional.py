@@ -11,11 +11,10 @@ copy that would leave the caller's array stale.
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from . import _inputs, backends
+from . import _env, _inputs, backends
 from .params import Params
 
 if TYPE_CHECKING:
@@ -26,19 +25,15 @@ __all__ = ["step", "update"]
 
 def _backend_for(weights: WritableArray, name: str | None) -> ModuleType:
     """The named backend (or ``NAP_BACKEND``'s), else the best for where ``weights`` live."""
-    if name not in (None, "auto") or os.environ.get("NAP_BACKEND", "").strip().lower() not in ("", "auto"):
+    if name not in (None, "auto") or _env.backend_override() is not None:
         return backends.resolve(name)
     if _inputs.is_device_array(weights):
         return backends.get("cuda")
-    return backends.get("cpp" if backends.available_backends()["cpp"] is None else "numpy")
+    return backends.best_host()
 
 
 def _params(params: Params | None) -> Params:
-    if params is None:
-        return Params()
-    if not isinstance(params, Params):
-        raise TypeError(f"params must be a nap.Params, got {type(params).__name__}")
-    return params
+    return _inputs.law_params(params, default=Params())
 
 
 def step(weights: WritableArray, quality: ArrayInput, params: Params | None = None, *,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,3 +74,26 @@ class Params:
     def float32(self) -> tuple[np.float32, np.float32, np.float32]:
         """``(lr, gate, decay)`` as NumPy float32 scalars."""
         return np.float32(self.lr), np.float32(self.gate), np.float32(self.decay)
+
+    def to_bits(self) -> tuple[int, int, int]:
+        """``(lr, gate, decay)`` as the uint32 bit patterns of their float32 values: the one
+        form in which the parameters are stored (snapshots, the log, sharded manifests).
+
+        >>> Params().to_bits()
+        (1028443341, 1056964608, 1017370378)
+        >>> Params.from_bits(Params(lr=0.1).to_bits()) == Params(lr=0.1)
+        True
+        """
+        lr, gate, decay = np.array(self.float32(), np.float32).view(np.uint32).tolist()
+        return lr, gate, decay
+
+    @classmethod
+    def from_bits(cls, bits: Iterable[int]) -> Params:
+        """The parameters whose float32 bit patterns are ``bits`` (``to_bits``' inverse);
+        validated as the constructor validates (ValueError for NaN or out of [0, 1])."""
+        words = list(bits)
+        if len(words) != 3 or any(isinstance(b, bool) or not isinstance(b, numbers.Integral)
+                                  or not 0 <= b < 1 << 32 for b in words):
+            raise ValueError(f"Params.from_bits takes three uint32 bit patterns, got {words!r}")
+        lr, gate, decay = np.array(words, np.uint32).view(np.float32).tolist()
+        return cls(lr=lr, gate=gate, decay=decay)

@@ -26,6 +26,8 @@ import sys
 from collections import defaultdict
 from typing import Any
 
+from ._files import atomic_file
+
 DEFAULT_OUTPUT = "docs/SCALING.md"
 PLOTS_SUBDIR = "scaling"
 #: Slope above which a linear operation is flagged (cache/DRAM transitions and noise give
@@ -989,9 +991,8 @@ def main(argv: list[str] | None = None) -> int:
                                            else f" -o {args.output}")
     report = Report(benches, runs, plots_dir, rel)
     text = report.render(command)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    with atomic_file(out) as fh:
+        fh.write(text.encode("utf-8"))
     print(f"wrote {out}" + (f" and {len(report.plots)} plots in {plots_dir}"
                             if report.plots else "")
           + (f" ({report.plot_error})" if report.plot_error else ""))

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import __version__, _inputs, backends, durable, snapshot
 from . import metrics as _metrics
+from ._files import atomic_file, fsync_directory
 from .durable import DurabilityWarning, DurableEngine, RecoveryError
 from .engine import Engine
 from .params import Params
@@ -357,7 +358,7 @@ def _cut_log(directory: pathlib.Path, sequence: int) -> None:
                 raise RecoveryError(f"{path}: no record {sequence + 1} to roll back")
             fh.truncate(cut)
             os.fsync(fh.fileno())
-        snapshot.fsync_directory(directory)  # the unlinked empty segments
+        fsync_directory(directory)  # the unlinked empty segments
     finally:
         lock.close()
 
@@ -376,7 +377,7 @@ def _stop_worker_process(pid: int | None, dask_worker: Any = None) -> bool:
 def _first_nonfinite(block: BackendArray) -> tuple[int, float] | None:
     """Dask task, where a block of a dask array of qualities lives: (index, value) of its
     first non-finite quality, after the Engine's float32 conversion; None if all finite."""
-    host = _host_backend()
+    host = backends.best_host()
     q = _inputs.quality(block, int(block.size), host, check_finite=False)
     bad = host.first_nonfinite(q)
     return None if bad < 0 else (int(bad), float(q[bad]))
@@ -388,13 +389,6 @@ def _step_with_block(actor: Any, expected: int | None, block: BackendArray) -> i
 
 
 # -- the client side ------------------------------------------------------------------------
-@functools.cache
-def _host_backend() -> ModuleType:
-    """The backend that validates inputs on the client: the fastest host one."""
-    usable = backends.available_backends()
-    return backends.get("cpp" if usable["cpp"] is None else "numpy")
-
-
 def _is_dask_array(x: object) -> TypeGuard[dask.array.Array]:
     return type(x).__module__.startswith("dask.array")
 
@@ -538,13 +532,8 @@ class ShardedEngine:
                  params: Params | None = None, state: StrPath | None = None,
                  state_options: dict[str, Any] | None = None,
                  call_timeout: float | None = CALL_TIMEOUT) -> None:
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-            raise TypeError(f"n must be an integer, got {type(n).__name__}")
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
-        if params is not None and not isinstance(params, Params):
-            raise TypeError(f"params must be a nap.Params, got {type(params).__name__}")
-        self._prepare(int(n), shards, client, backend, params or Params(), iteration=0,
+        n = _inputs.whole(n, "n", minimum=1)
+        self._prepare(n, shards, client, backend, _inputs.law_params(params, default=Params()), iteration=0,
                       state=state, state_options=state_options, call_timeout=call_timeout)
         inits = self._initial(init, seed)
         if self._state is None:
@@ -569,9 +558,7 @@ class ShardedEngine:
         if every is not None and (isinstance(every, bool) or not isinstance(every, numbers.Integral)
                                   or every < 0):
             raise ValueError(f"snapshot_every must be an integer >= 0 or None, got {every!r}")
-        if isinstance(shards, bool) or not isinstance(shards, numbers.Integral):
-            raise TypeError(f"shards must be an integer, got {type(shards).__name__}")
-        if not 1 <= shards <= n:
+        if not 1 <= _inputs.whole(shards, "shards", minimum=1) <= n:
             raise ValueError(f"shards must lie in [1, n = {n}], got {shards}")
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a name or 'auto', got {type(backend).__name__}")
@@ -1022,9 +1009,7 @@ class ShardedEngine:
 
     @params.setter
     def params(self, value: Params) -> None:
-        if not isinstance(value, Params):
-            raise TypeError(f"params must be a nap.Params, got {type(value).__name__}")
-        self._set_params(value)
+        self._set_params(_inputs.law_params(value))
 
     @_serialized
     def _set_params(self, value: Params) -> None:
@@ -1059,7 +1044,7 @@ class ShardedEngine:
         if _is_dask_array(quality):
             self._step_dask(quality, check_finite)
         else:
-            q = _inputs.quality(quality, self._n, _host_backend(), check_finite=check_finite)
+            q = _inputs.quality(quality, self._n, backends.best_host(), check_finite=check_finite)
             if isinstance(q, float):
                 self._run(self._everywhere_mutation("step", q), mutating=True)
             else:
@@ -1094,7 +1079,7 @@ class ShardedEngine:
             # the array would (a float32 stand-in for float dtypes: nothing to convert)
             dtype = np.float32 if q.dtype.kind == "f" else q.dtype
             _inputs.quality(np.broadcast_to(np.zeros((), dtype), q.shape), self._n,
-                            _host_backend(), check_finite=False)
+                            backends.best_host(), check_finite=False)
         return q
 
     def _blocks(self, x: dask.array.Array) -> list:
@@ -1122,7 +1107,7 @@ class ShardedEngine:
     def update(self, ids: ArrayInput, quality: ArrayInput, *, check_finite: bool = True) -> None:
         """Sparse ordered batch (see ``Engine.update``): each shard gets its own events, in
         their original order, ids made shard-local."""
-        ids_, q = _inputs.events(ids, quality, self._n, _host_backend(), check_finite=check_finite)
+        ids_, q = _inputs.events(ids, quality, self._n, backends.best_host(), check_finite=check_finite)
         batches = self._partition(ids_, q)
         # Durable shards take every call, empty ones too: their log sequences then stay
         # equal, so a reopen can tell a call cut short across shards.
@@ -1176,12 +1161,11 @@ class ShardedEngine:
         names = [f"shard-{i:04d}-{token}.nap" for i in range(self.shards)]
         checksums = self._run({i: _call("save", str(directory / name))
                                for i, name in enumerate(names)}, mutating=False)
-        lr, gate, decay = (snapshot._f32_hex(v) for v in self._params.float32())
         manifest = {
             "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "n": self._n,
             "bounds": list(self._bounds),
             "shards": [{"file": name, "checksum": checksums[i]} for i, name in enumerate(names)],
-            "params": {"lr": lr, "gate": gate, "decay": decay}, "iteration": self.iteration,
+            "params": snapshot.params_fields(self._params), "iteration": self.iteration,
             "nap_gpu_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -1239,17 +1223,8 @@ def _pieces(old_bounds: Sequence[int], files: Sequence[tuple[str, str]],
 def _write_json(path: pathlib.Path, document: dict) -> pathlib.Path:
     """Write ``document`` to ``path`` atomically and durably (temporary file, fsync, rename,
     fsync of the directory), as ``snapshot.write`` writes a snapshot."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(document, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    snapshot.fsync_directory(path.parent)
+    with atomic_file(path) as fh:
+        fh.write(json.dumps(document, indent=1).encode())
     return path
 
 
@@ -1274,9 +1249,7 @@ def _read_manifest(path: pathlib.Path) -> dict:
             raise ValueError(f"shard boundaries {bounds} do not cut [0, {n}) into ranges")
         if len(manifest["shards"]) != len(bounds) - 1:
             raise ValueError(f"{len(manifest['shards'])} shard files for {len(bounds) - 1} ranges")
-        p = manifest["params"]
-        params = Params(lr=snapshot._from_f32_hex(p["lr"]), gate=snapshot._from_f32_hex(p["gate"]),
-                        decay=snapshot._from_f32_hex(p["decay"]))
+        params = snapshot.params_from_fields(manifest["params"])
         return {**manifest, "n": n, "bounds": bounds, "params": params,
                 "iteration": int(manifest["iteration"])}
     except (KeyError, TypeError, ValueError) as exc:

@@ -41,6 +41,7 @@ import crc32c
 import numpy as np
 import numpy.typing as npt
 
+from ._files import atomic_file, write_all
 from .params import Params
 
 if TYPE_CHECKING:
@@ -81,12 +82,18 @@ class SnapshotInfo:
     checksum_ok: bool | None = None  # None: not verified
 
 
-def _f32_hex(value: float | np.float32) -> str:
-    return f"0x{np.array([value], np.float32).view(np.uint32)[0]:08x}"
+def params_fields(params: Params) -> dict[str, str]:
+    """The parameters as a snapshot's (and a sharded manifest's) metadata stores them: each
+    float32's bits in hex, ``{"lr": "0x3d4ccccd", ...}`` (`Params.to_bits`)."""
+    return {name: f"0x{bits:08x}" for name, bits in zip(_PARAM_NAMES, params.to_bits())}
 
 
-def _from_f32_hex(text: str) -> float:
-    return float(np.array([int(text, 16)], np.uint32).view(np.float32)[0])
+def params_from_fields(fields: dict) -> Params:
+    """`params_fields`' inverse; KeyError or ValueError for a missing or malformed field."""
+    return Params.from_bits(int(fields[name], 16) for name in _PARAM_NAMES)
+
+
+_PARAM_NAMES = ("lr", "gate", "decay")
 
 
 #: checksum name -> (incremental function(data, crc) -> crc): the name prefixes the stored value
@@ -162,31 +169,23 @@ def write(path: StrPath, weights: npt.NDArray[np.float32], params: Params, *,
     data = np.ascontiguousarray(weights, dtype="<f4").data.cast("B")
     metadata = {
         "format": FORMAT, "format_version": str(FORMAT_VERSION), "n": str(weights.size),
-        "lr": _f32_hex(params.lr), "gate": _f32_hex(params.gate), "decay": _f32_hex(params.decay),
+        **params_fields(params),
         "iteration": str(iteration), "sequence": str(sequence), "backend": backend,
         "nap_gpu_version": version,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with _worker(len(data)) as pool, open(tmp, "wb", buffering=0) as fh:
-            # The checksum is computed beside the writes and patched into the header at the end:
-            # it has a fixed width, so the header's length does not change.
-            weights_crc = pool.submit(_crc, _WRITE_CHECKSUM, data)
-            metadata["checksum"] = _seal(_WRITE_CHECKSUM, 0, metadata)
-            prefix = _header_bytes(metadata, len(data))
-            _write_all(fh, prefix)
-            _write_all(fh, data)
-            metadata["checksum"] = _seal(_WRITE_CHECKSUM, weights_crc.result(), metadata)
-            sealed = _header_bytes(metadata, len(data))
-            assert len(sealed) == len(prefix)
-            os.pwrite(fh.fileno(), sealed, 0)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
+    with _worker(len(data)) as pool, atomic_file(path) as fh:
+        # The checksum is computed beside the writes and patched into the header at the end:
+        # it has a fixed width, so the header's length does not change.
+        weights_crc = pool.submit(_crc, _WRITE_CHECKSUM, data)
+        metadata["checksum"] = _seal(_WRITE_CHECKSUM, 0, metadata)
+        prefix = _header_bytes(metadata, len(data))
+        write_all(fh.fileno(), prefix)
+        write_all(fh.fileno(), data)
+        metadata["checksum"] = _seal(_WRITE_CHECKSUM, weights_crc.result(), metadata)
+        sealed = _header_bytes(metadata, len(data))
+        assert len(sealed) == len(prefix)
+        os.pwrite(fh.fileno(), sealed, 0)
     return path
 
 
@@ -197,12 +196,6 @@ def _header_bytes(metadata: dict, nbytes: int) -> bytes:
                          "__metadata__": metadata}, separators=(",", ":")).encode()
     header += b" " * (-(8 + len(header)) % _ALIGN)  # safetensors pads its header with spaces
     return struct.pack("<Q", len(header)) + header
-
-
-def _write_all(fh: io.FileIO, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[fh.write(view[:_IO_CHUNK * 4]):]
 
 
 class _Inline:
@@ -253,20 +246,6 @@ def _read_into(path: pathlib.Path, fh: io.FileIO, buffer: memoryview, offset: in
             raise SnapshotError(f"{path}: truncated at byte {offset + done}, "
                                 f"expected {offset + len(buffer)} bytes")
         done += got
-
-
-def fsync_directory(directory: pathlib.Path) -> None:
-    """Make a creation, rename or removal in ``directory`` durable. Raises OSError when the
-    directory cannot be opened (EMFILE) or synced (EIO): a skipped sync would let a power loss
-    undo the rename, so callers must know. (Windows: directories cannot be opened, and a
-    rename is durable there.)"""
-    if os.name == "nt":  # pragma: no cover
-        return
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def inspect(path: StrPath, *, verify: bool = True) -> SnapshotInfo:
@@ -359,8 +338,7 @@ def _header(path: pathlib.Path, fh: io.FileIO) -> SnapshotInfo:
                                 f"(the file was written by nap_gpu {meta.get('nap_gpu_version')})")
         n = int(meta["n"])
         begin, end = (int(v) for v in tensor["data_offsets"])
-        params = Params(lr=_from_f32_hex(meta["lr"]), gate=_from_f32_hex(meta["gate"]),
-                        decay=_from_f32_hex(meta["decay"]))
+        params = params_from_fields(meta)
         info = SnapshotInfo(
             path=str(path), n=n, params=params, iteration=int(meta["iteration"]),
             sequence=int(meta["sequence"]), backend=meta["backend"],

@@ -16,10 +16,11 @@ import functools
 import importlib
 import importlib.util
 import logging
-import os
 from types import ModuleType
 
-__all__ = ["ORDER", "BackendUnavailableError", "available_backends", "get", "resolve"]
+from .. import _env
+
+__all__ = ["ORDER", "BackendUnavailableError", "available_backends", "best_host", "get", "resolve"]
 
 log = logging.getLogger("nap_gpu")
 
@@ -102,8 +103,8 @@ def get(name: str) -> ModuleType:
 def resolve(name: str | None = "auto") -> ModuleType:
     """The backend for a user's choice: a name, or ``"auto"``/``None`` (``NAP_BACKEND`` first)."""
     if name in (None, "auto"):
-        override = os.environ.get("NAP_BACKEND", "").strip().lower()
-        if override and override != "auto":
+        override = _env.backend_override()
+        if override is not None:
             log.info("nap_gpu: backend %r chosen by NAP_BACKEND", override)
             try:
                 return get(override)
@@ -119,3 +120,9 @@ def resolve(name: str | None = "auto") -> ModuleType:
     if not isinstance(name, str):
         raise TypeError(f"backend must be a name or 'auto', got {type(name).__name__}")
     return get(name.lower())
+
+
+def best_host() -> ModuleType:
+    """The fastest usable backend on host (NumPy) arrays: the C++ core, else NumPy. It is what
+    runs where a GPU gives nothing (host-side metrics, a shard worker without a GPU)."""
+    return get("cpp" if available_backends()["cpp"] is None else "numpy")

@@ -17,10 +17,10 @@ import hashlib
 import importlib.resources
 import os
 import pathlib
-import tempfile
 from typing import TYPE_CHECKING, Any
 
-from .. import _nvrtc
+from .. import _env, _nvrtc
+from .._files import atomic_file
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable  # importlib.resources.abc from 3.11 on
@@ -72,9 +72,9 @@ def compile_kernels(arch: int) -> _nvrtc.Compiled:
 
 def cache_dir() -> pathlib.Path:
     """``NAP_CACHE_DIR``, else ``$XDG_CACHE_HOME/nap_gpu/kernels`` (``~/.cache/...``)."""
-    explicit = os.environ.get("NAP_CACHE_DIR")
-    if explicit:
-        return pathlib.Path(explicit)
+    explicit = _env.kernel_cache_dir()
+    if explicit is not None:
+        return explicit
     base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
     return pathlib.Path(base) / "nap_gpu" / "kernels"
 
@@ -98,14 +98,8 @@ def cubin_path(arch: int, driver: int | None = None) -> pathlib.Path:
     if not path.exists():
         compiled = compile_kernels(arch)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".nap_kernels_", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(compiled.cubin)
-            os.replace(tmp, path)  # atomic: concurrent processes never see a torn cubin
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as fh:  # concurrent processes never see a torn cubin
+            fh.write(compiled.cubin)
     return path
 
 

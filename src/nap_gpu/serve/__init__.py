@@ -56,8 +56,7 @@ class ServiceState:
         self._token_stamp = _stamp(settings.api_token_file)
         self._reload = threading.Event()
         self.host_backend = backends.get("numpy")  # validation runs on host arrays
-        self.metrics_backend = backends.resolve("cpp" if backends.available_backends()["cpp"]
-                                                is None else "numpy")
+        self.metrics_backend = backends.best_host()
         self.metrics = ServiceMetrics(self)
         self.gpu_status = gpu_status_cached()
         self.disk_writable = disk_writable_probe(settings.state_dir)
