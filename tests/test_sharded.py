@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import nap_gpu as nap
 from nap_gpu import sharded, snapshot
 from nap_gpu.durable import DurabilityWarning, RecoveryError, recover_plan
+from nap_gpu.protocols import EngineLike
 
 from conftest import assert_same_bits
 
@@ -147,6 +148,7 @@ def test_shards_run_on_the_best_backend_of_their_workers(client):
     best = next(name for name, reason in nap.available_backends().items() if reason is None)
     with nap.ShardedEngine(100, shards=2, client=client, seed=1) as eng:
         assert eng.backends == (best, best)
+        assert isinstance(eng, EngineLike)  # the engine contract (nap_gpu.protocols)
 
 
 @pytest.mark.parametrize("shards", SHARD_COUNTS)
