@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pathlib
 from collections.abc import Callable
@@ -32,6 +33,15 @@ def _on_its_device(method: Callable[Concatenate[Engine, _P], _R]
         with self._backend.device_of(self._w):
             return method(self, *args, **kwargs)
     return call
+
+
+@dataclasses.dataclass(frozen=True)
+class _Restored:
+    """A snapshot's population for `Engine.load`: adopted without a copy or a range check (a
+    snapshot gives back exactly what was saved, even the NaN of a corrupted population)."""
+
+    weights: np.ndarray
+    iteration: int
 
 
 class Engine:
@@ -76,18 +86,17 @@ class Engine:
     """
 
     def __init__(self, n: int, *, backend: str = "auto", seed: int | None = None,
-                 init: InitialWeights = "uniform", params: Params | None = None) -> None:
+                 init: InitialWeights | _Restored = "uniform", params: Params | None = None) -> None:
         n = _inputs.whole(n, "n", minimum=1)
-        self._setup(_inputs.initial_weights(init, n, seed), backend, params, iteration=0)
-
-    def _setup(self, host_weights: np.ndarray, backend: str, params: Params | None,
-               iteration: int) -> None:
-        """Adopt a fresh, validated host population (no copy on host backends)."""
+        self.iteration: int = 0  # dense steps applied
+        if isinstance(init, _Restored):  # load(): the snapshot's weights, as they are
+            host_weights, self.iteration = init.weights, init.iteration
+        else:
+            host_weights = _inputs.initial_weights(init, n, seed)
         self._n = int(host_weights.size)
-        self.params = Params() if params is None else params
+        self.params = _inputs.law_params(params, default=Params())
         self._backend = backends.resolve(backend)
-        self._w = self._backend.from_host(host_weights)
-        self.iteration = iteration  # dense steps applied
+        self._w = self._backend.from_host(host_weights)  # no copy on host backends
 
     @classmethod
     def open(cls, directory: StrPath, **options: Any) -> DurableEngine:
@@ -105,9 +114,8 @@ class Engine:
         fault for a damaged, truncated, foreign or future-format file (``nap.load`` is this
         method). See `save` for an example."""
         weights, info = snapshot.read(path)
-        eng = cls.__new__(cls)
-        eng._setup(weights, backend, info.params, iteration=info.iteration)
-        return eng
+        return cls(info.n, backend=backend, init=_Restored(weights, info.iteration),
+                   params=info.params)
 
     @_on_its_device
     def save(self, path: StrPath) -> pathlib.Path:
