@@ -356,6 +356,58 @@ def test_metrics_identical_across_backends_large_after_training():
     assert float(first["separation"]) == float(mean_r - mean_p)
 
 
+def _one_bin(rng, n, base=0.5):
+    """n weights sharing their top 16 bits (one bin of the C++ rank_sums), heavy ties."""
+    low = rng.integers(0, 1 << 16, n).astype(np.uint32)
+    return (np.float32(base).view(np.uint32) + low).view(np.float32)
+
+
+def _finite_bit_patterns(rng, n):
+    """Any finite float32 (both signs, subnormals, -0.0): keys across the whole range."""
+    bits = rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32)
+    bits[(bits & 0x7F800000) == 0x7F800000] ^= np.uint32(0x00800000)  # NaN, inf -> finite
+    bits[:64] = 0x80000000  # -0.0, which ranks as +0.0
+    return bits.view(np.float32)
+
+
+#: Populations that take each path of the C++ core's O(n) rank_sums (cpp/src/ranks.cpp): one
+#: thread or several slices; no bin holding both labels; mixed bins sorted by std::sort,
+#: radix sorted, or counted; ties within and across bins and slices.
+RANK_CASES = {
+    "separated": lambda rng, n: np.where(rng.integers(0, 2, n) == 1, np.float32(0.98),
+                                         rng.random(n, dtype=np.float32) * np.float32(0.01)),
+    "one bin, counted": lambda rng, n: _one_bin(rng, n),
+    "one bin, radix sorted": lambda rng, n: _one_bin(rng, 3000),
+    "one bin, two values": lambda rng, n: _one_bin(rng, n) * 0 + np.float32(0.5),
+    "uniform, several slices": lambda rng, n: rng.random(n, dtype=np.float32),
+    "few values, several slices": lambda rng, n: (rng.integers(0, 7, n) / 6).astype(np.float32),
+    "any bit pattern": lambda rng, n: _finite_bit_patterns(rng, n),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RANK_CASES))
+def test_linear_rank_sums_equal_the_sorting_metrics(case):
+    """The C++ backend counts the inversion ratio's pairs without sorting; the metrics equal
+    the NumPy backend's (which sorts) and the sorting path on the C++ backend, bit for bit."""
+    if "cpp" not in usable_backends():
+        pytest.skip("the C++ core is not built")
+    rng = np.random.default_rng(sorted(RANK_CASES).index(case))
+    w = np.asarray(RANK_CASES[case](rng, 200_000), np.float32)
+    labels = rng.integers(0, 2, w.size).astype(np.uint8)
+    cpp, numpy = nap.backends.get("cpp"), nap.backends.get("numpy")
+    linear = nap.metrics.compute(w, labels, cpp)  # weights outside [0, 1] too: no Engine
+    assert _comparable(linear) == _comparable(nap.metrics.compute(w, labels, numpy))
+    sorting = nap.metrics.combine(nap.metrics.summarize(w, labels, cpp))
+    assert _comparable(linear) == _comparable(sorting)
+    assert not math.isnan(linear.inversion_ratio)
+    try:  # and whatever the thread count (slices cut elsewhere, bins split across them)
+        for threads in (1, 3):
+            cpp.set_num_threads(threads)
+            assert _comparable(nap.metrics.compute(w, labels, cpp)) == _comparable(linear)
+    finally:
+        cpp.set_num_threads(0)
+
+
 def test_nan_weights_counted_and_undefined_metrics():
     q = np.full(10, 0.7, np.float32)
     q[[3, 8]] = np.nan

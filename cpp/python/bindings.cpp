@@ -101,6 +101,20 @@ Sums exact_sums(Floats w, Labels labels) {
   return out;
 }
 
+py::tuple rank_sums(Floats w, Labels labels, std::uint32_t low_key, std::uint32_t high_key) {
+  if (labels.size() != w.size()) throw py::value_error("rank_sums: w and labels differ");
+  const float* wp = w.data();
+  const std::uint8_t* lp = labels.data();
+  const auto n = static_cast<std::size_t>(w.size());
+  nap::RankSums r;
+  {
+    py::gil_scoped_release nogil;
+    r = nap::rank_sums(wp, lp, n, low_key, high_key);
+  }
+  return py::make_tuple(r.twice_u_high, r.twice_u_low, r.reinforced, r.punished, r.saturated,
+                        r.min_key, r.max_key);
+}
+
 void triad(Floats w, Floats q, double s) {
   if (q.size() != w.size()) throw py::value_error("triad: w and q differ in length");
   float* wp = w.mutable_data();
@@ -129,6 +143,9 @@ PYBIND11_MODULE(_core, m) {
         "Index of the first id outside [0, n), or -1.");
   m.def("exact_sums", &exact_sums, py::arg("w").noconvert(), py::arg("labels").noconvert(),
         "Integer sums by (label, sign+exponent): count, significand, squared hi/lo halves.");
+  m.def("rank_sums", &rank_sums, py::arg("w").noconvert(), py::arg("labels").noconvert(),
+        py::arg("low_key"), py::arg("high_key"),
+        "(2U high, 2U low, |R|, |P|, saturated, min key, max key) in O(n).");
   m.def("triad", &triad, py::arg("w").noconvert(), py::arg("q").noconvert(), py::arg("s"),
         "Bandwidth floor for benchmarks: w += s * q in place.");
   m.def("num_threads", &nap::num_threads, "OpenMP threads the loops use.");

@@ -249,61 +249,27 @@ double separation(const Exact& r, const Exact& p) {
 }
 
 // -- Keys, the inversion ratio, saturation -----------------------------------------------------
-// Python's _keys: float32 bits as uint32 in the order of the values, -0.0 with +0.0's key;
-// NaNs lie beyond the infinities' keys.
+// Python's _keys (nap/law.h metric_key): float32 bits as uint32 in the order of the values,
+// -0.0 with +0.0's key; NaNs lie beyond the infinities' keys.
 
-constexpr std::uint32_t kKeyNegInf = 0x007FFFFFu, kKeyPosInf = 0xFF800000u;
-
-std::uint32_t key_of(float x) {
-  std::uint32_t b = bits_of(x);
-  if (b == 0x80000000u) b = 0;
-  return (b >> 31) ? ~b : (b | 0x80000000u);
-}
+std::uint32_t key_of(float x) { return metric_key(bits_of(x)); }
 
 float value_of(std::uint32_t key) { return float_of_bits((key >> 31) ? (key & 0x7FFFFFFFu) : ~key); }
 
 bool nan_key(std::uint32_t key) { return key < kKeyNegInf || key > kKeyPosInf; }
 
-/// 128-bit unsigned accumulator of 64 x 64-bit products (portable: no __int128).
-struct U128 {
-  std::uint64_t hi = 0, lo = 0;
-  void add_product(std::uint64_t a, std::uint64_t b) {
-    const std::uint64_t a0 = a & 0xFFFFFFFFu, a1 = a >> 32, b0 = b & 0xFFFFFFFFu, b1 = b >> 32;
-    const std::uint64_t p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
-    const std::uint64_t mid = (p00 >> 32) + (p01 & 0xFFFFFFFFu) + (p10 & 0xFFFFFFFFu);
-    const std::uint64_t low = (mid << 32) | (p00 & 0xFFFFFFFFu);
-    const std::uint64_t high = p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
-    lo += low;
-    hi += high + (lo < low);
-  }
-  Big big() const { return (Big(hi) << 64) + Big(lo); }
-};
-
 constexpr std::uint64_t kDotLimit = std::uint64_t{1} << 48;  // Python's _DOT_LIMIT
 
-/// The inversion ratio of sorted key arrays (any integer keys: only their order counts).
-/// 2U = sum over P weights of 2 #(r > p) + #(r == p), one term per distinct p.
-double ratio(const std::vector<std::uint32_t>& r, const std::vector<std::uint32_t>& p) {
-  if (r.empty() || p.empty()) return nan();
-  const std::uint64_t nr = r.size(), np = p.size();
-  if (2 * nr >= kDotLimit || np >= kDotLimit) {
-    throw std::overflow_error("nap::metrics: populations of " + std::to_string(nr) + " and " +
-                              std::to_string(np) + " weights exceed the exact inversion ratio's "
-                              "range (2|R| and |P| below 2^48)");
+/// U / (|R| |P|) from rank_sums' 2U (core.h), rounded once; NaN when a label has no weight.
+double ratio(const RankSums& s) {
+  if (!s.reinforced || !s.punished) return nan();
+  if (2 * s.reinforced >= kDotLimit || s.punished >= kDotLimit) {
+    throw std::overflow_error("nap::metrics: populations of " + std::to_string(s.reinforced) +
+                              " and " + std::to_string(s.punished) + " weights exceed the exact "
+                              "inversion ratio's range (2|R| and |P| below 2^48)");
   }
-  U128 twice_u;
-  std::size_t below = 0, at_most = 0;  // #(r < v), #(r <= v) for the current p value v
-  for (std::size_t j = 0; j < p.size();) {
-    const std::uint32_t v = p[j];
-    std::size_t end = j;
-    while (end < p.size() && p[end] == v) ++end;
-    while (below < r.size() && r[below] < v) ++below;
-    at_most = std::max(at_most, below);
-    while (at_most < r.size() && r[at_most] <= v) ++at_most;
-    twice_u.add_product(end - j, 2 * nr - at_most - below);
-    j = end;
-  }
-  return to_double(false, twice_u.big(), (Big(2 * nr) * Big(np)));
+  const Big twice_u = (Big(s.twice_u_high) << 64) + Big(s.twice_u_low);
+  return to_double(false, twice_u, Big(2 * s.reinforced) * Big(s.punished));
 }
 
 std::uint32_t saturation_key_low(double eps) { return key_of(static_cast<float>(eps)); }
@@ -324,29 +290,6 @@ void check_labels(const std::uint8_t* labels, std::size_t n) {
   }
 }
 
-/// Saturated count, extremes, and (when every weight is finite) the sorted keys of R and P.
-struct KeyScan {
-  std::uint64_t saturated = 0;
-  std::uint32_t kmin = 0xFFFFFFFFu, kmax = 0;
-  std::vector<std::uint32_t> r, p;
-};
-
-KeyScan scan_keys(const float* w, const std::uint8_t* labels, std::size_t n, double eps,
-                  bool sort) {
-  KeyScan s;
-  const std::uint32_t lo = saturation_key_low(eps), hi = saturation_key_high(eps);
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::uint32_t k = key_of(w[i]);
-    s.saturated += (k >= kKeyNegInf && k <= lo) || (k >= hi && k <= kKeyPosInf);
-    s.kmin = std::min(s.kmin, k);
-    s.kmax = std::max(s.kmax, k);
-    if (sort) (labels[i] ? s.r : s.p).push_back(k);
-  }
-  std::sort(s.r.begin(), s.r.end());
-  std::sort(s.p.begin(), s.p.end());
-  return s;
-}
-
 }  // namespace
 
 Metrics metrics(const float* w, const std::uint8_t* labels, std::size_t n, double eps) {
@@ -363,12 +306,13 @@ Metrics metrics(const float* w, const std::uint8_t* labels, std::size_t n, doubl
   m.reinforced = stats(r);
   m.punished = stats(p);
   m.separation = m.nonfinite || !r.count || !p.count ? nan() : separation(r, p);
-  const KeyScan keys = scan_keys(w, labels, n, eps, m.nonfinite == 0);  // else no sorts
-  m.inversion_ratio = m.nonfinite ? nan() : ratio(keys.r, keys.p);
-  m.saturation = n ? to_double(false, Big(keys.saturated), Big(n)) : nan();  // int / int
-  const bool no_extremes = n == 0 || nan_key(keys.kmin) || nan_key(keys.kmax);
-  m.min = no_extremes ? nan() : static_cast<double>(value_of(keys.kmin));
-  m.max = no_extremes ? nan() : static_cast<double>(value_of(keys.kmax));
+  const RankSums ranks =
+      rank_sums(w, labels, n, saturation_key_low(eps), saturation_key_high(eps));
+  m.inversion_ratio = m.nonfinite ? nan() : ratio(ranks);
+  m.saturation = n ? to_double(false, Big(ranks.saturated), Big(n)) : nan();  // int / int
+  const bool no_extremes = n == 0 || nan_key(ranks.min_key) || nan_key(ranks.max_key);
+  m.min = no_extremes ? nan() : static_cast<double>(value_of(ranks.min_key));
+  m.max = no_extremes ? nan() : static_cast<double>(value_of(ranks.max_key));
   return m;
 }
 
@@ -390,16 +334,13 @@ Metrics sample_metrics(const float* w, const std::uint8_t* labels, std::size_t n
 }
 
 double inversion_ratio(const float* r, std::size_t nr, const float* p, std::size_t np) {
-  std::vector<std::uint32_t> kr(nr), kp(np);
-  for (std::size_t i = 0; i < nr; ++i) kr[i] = key_of(r[i]);
-  for (std::size_t i = 0; i < np; ++i) kp[i] = key_of(p[i]);
-  if (kr.empty() || kp.empty()) return nan();
-  std::sort(kr.begin(), kr.end());
-  std::sort(kp.begin(), kp.end());
-  if (nan_key(std::min(kr.front(), kp.front())) || nan_key(std::max(kr.back(), kp.back()))) {
-    return nan();
-  }
-  return ratio(kr, kp);
+  if (nr == 0 || np == 0) return nan();
+  std::vector<float> w(r, r + nr);
+  w.insert(w.end(), p, p + np);
+  std::vector<std::uint8_t> labels(nr + np, 0);
+  std::fill(labels.begin(), labels.begin() + static_cast<std::ptrdiff_t>(nr), std::uint8_t{1});
+  const RankSums s = rank_sums(w.data(), labels.data(), nr + np, 0, 0);
+  return nan_key(s.min_key) || nan_key(s.max_key) ? nan() : ratio(s);
 }
 
 }  // namespace nap

@@ -7,9 +7,12 @@ not depend on summation order or thread count:
   sums of float32 significands grouped by exponent (a backend operation), combined with
   Python's exact rationals and rounded once to float64 at the end;
 * the inversion ratio is the Mann-Whitney U statistic divided by ``|R|·|P|`` (the ROC AUC of w
-  for R vs P, ties counted one half), counted exactly in integers from sorted populations:
-  O(n log n), and cheap with heavy ties since each distinct P value is searched once; the
-  sum of products behind U is formed in 24-bit pieces (``_dot_partials``), exact at any size;
+  for R vs P, ties counted one half), counted exactly in integers. The C++ backend counts
+  2U in O(n) without sorting (``rank_sums``: a histogram of the keys' top 16 bits, and the
+  bins holding both labels ranked apart, cpp/src/ranks.cpp); the others sort each label's
+  keys, O(n log n) (``summarize``: a GPU's sort is a radix sort, O(n) too), cheap with heavy
+  ties since each distinct P value is searched once, the sum of products behind U formed in
+  24-bit pieces (``_dot_partials``), exact at any size. Both give the same integer;
 * saturation counts weights within ``eps`` of 0 or 1 (w <= float32(eps) or
   w >= 1 - float32(eps), the float32 comparisons, made on integer keys).
 
@@ -113,8 +116,21 @@ class Health:
 
 def compute(w: BackendArray, labels: BackendArray, backend: ModuleType, *,
             eps: float = DEFAULT_EPS) -> Metrics:
-    """Metrics of weights ``w`` (an array of ``backend``) for uint8 ``labels`` (1 = R, 0 = P)."""
-    return combine(summarize(w, labels, backend, eps=eps), eps=eps, xp=backend.xp)
+    """Metrics of weights ``w`` (an array of ``backend``) for uint8 ``labels`` (1 = R, 0 = P).
+
+    A backend with ``rank_sums`` (the C++ core) counts the inversion ratio's pairs in O(n)
+    without sorting; the others sort (``summarize``). Both count the same integers exactly,
+    so the metrics are the same to the last bit."""
+    rank_sums = getattr(backend, "rank_sums", None)
+    if rank_sums is None or w.size == 0:
+        return combine(summarize(w, labels, backend, eps=eps), eps=eps, xp=backend.xp)
+    _check_eps(eps)
+    sums = np.asarray(backend.exact_sums(w, labels))
+    twice_u, nr, np_, saturated, kmin, kmax = rank_sums(w, labels, *_saturation_keys(eps))
+    nan = kmin < _KEY_NEG_INF or kmax > _KEY_POS_INF
+    ratio = math.nan if _nonfinite(sums) or not nr or not np_ else _exact_ratio(twice_u, nr, np_)
+    return _assemble(int(w.size), sums, ratio, saturated, math.nan if nan else _key_value(kmin),
+                     math.nan if nan else _key_value(kmax), eps)
 
 
 @dataclass(frozen=True)
@@ -201,21 +217,28 @@ def merge(parts: Iterable[Summary]) -> Summary:
 def combine(summary: Summary, *, eps: float = DEFAULT_EPS, xp: ModuleType = np) -> Metrics:
     """The metrics of the population ``summary`` describes (its arrays in namespace ``xp``)."""
     _check_eps(eps)
-    reinforced, nonfinite_r = _population(summary.sums[1])
-    punished, nonfinite_p = _population(summary.sums[0])
+    ratio = math.nan if _nonfinite(summary.sums) else _ratio(summary.reinforced,
+                                                              summary.punished, xp)
+    return _assemble(summary.n, summary.sums, ratio, summary.saturated, summary.min,
+                     summary.max, eps)
+
+
+def _assemble(n: int, sums: np.ndarray, ratio: float, saturated: int, lowest: float,
+              highest: float, eps: float) -> Metrics:
+    """The metrics from ``exact_sums``' bins and the rank statistics."""
+    reinforced, nonfinite_r = _population(sums[1])
+    punished, nonfinite_p = _population(sums[0])
     nonfinite = nonfinite_r + nonfinite_p
     if nonfinite or not reinforced.count or not punished.count:
         separation = math.nan
     else:  # all finite, both populations non-empty: _population gave both exact means
         assert reinforced.exact_mean is not None and punished.exact_mean is not None
         separation = float(reinforced.exact_mean - punished.exact_mean)
-    ratio = math.nan if nonfinite else _ratio(summary.reinforced, summary.punished, xp)
-    n = summary.n
     return Metrics(
         n=n, separation=separation, inversion_ratio=ratio,
-        saturation=summary.saturated / n if n else math.nan,
+        saturation=saturated / n if n else math.nan,
         reinforced=reinforced.public(), punished=punished.public(),
-        min=summary.min, max=summary.max, nonfinite=nonfinite, eps=float(eps))
+        min=lowest, max=highest, nonfinite=nonfinite, eps=float(eps))
 
 
 def inversion_ratio(reinforced: ArrayInput, punished: ArrayInput, xp: ModuleType = np) -> float:
@@ -346,12 +369,16 @@ def _ratio(reinforced: tuple, punished: tuple, xp: ModuleType = np) -> float:
         factor = (twice_nr - below_or_equal - below).astype(xp.uint64)
         partials += _dot_partials(p_counts[lo:lo + _RATIO_BLOCK], factor, xp)
     nr, np_, *sums = _gather(xp, [cumulative[-1], xp.sum(p_counts), partials])
+    # 2U = sum over p of count(p) * (2 #(r > p) + #(r == p)): an integer, at most 2 |R| |P|
+    return _exact_ratio(_dot_total(sums), nr, np_)
+
+
+def _exact_ratio(twice_u: int, nr: int, np_: int) -> float:
+    """U / (|R| |P|), correctly rounded (int / int), within the range ``_ratio`` is exact in."""
     if 2 * nr >= _DOT_LIMIT or np_ >= _DOT_LIMIT:
         raise OverflowError(f"populations of {nr} and {np_} weights exceed the exact "
                             f"inversion ratio's range (2|R| and |P| below 2^48)")
-    # 2U = sum over p of count(p) * (2 #(r > p) + #(r == p)): an integer, at most 2 |R| |P|
-    twice_u = _dot_total(sums)
-    return twice_u / (2 * nr * np_)  # int / int: correctly rounded
+    return twice_u / (2 * nr * np_)
 
 
 def _dot_partials(x: BackendArray, y: BackendArray, xp: ModuleType = np,

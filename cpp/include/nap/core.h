@@ -70,6 +70,20 @@ constexpr std::size_t kExactSumsSize = std::size_t{kExactBins} * 4;
 /// out has kExactSumsSize = 2 * 512 * 4 entries and is overwritten. Requires n < 2^40.
 void exact_sums(const float* w, const std::uint8_t* labels, std::size_t n, std::uint64_t* out);
 
+/// What the metrics need beyond exact_sums, for weights w labelled 1 (R) or 0 (P):
+/// twice_u = 2U = sum over P weights p of 2 #(R weights r > p) + #(r == p), exact as a 128-bit
+/// integer (high:low), comparing weights by their keys (metric_key; meaningful when every
+/// weight is finite); the counts of R and P; saturated = weights whose key lies in
+/// [kKeyNegInf, low_key] or [high_key, kKeyPosInf]; the smallest and largest key. O(n) on
+/// every thread, no sort of the population (cpp/src/ranks.cpp).
+struct RankSums {
+  std::uint64_t twice_u_high = 0, twice_u_low = 0;
+  std::uint64_t reinforced = 0, punished = 0;
+  std::uint64_t saturated = 0;
+  std::uint32_t min_key = 0xFFFFFFFFu, max_key = 0;
+};
+RankSums rank_sums(const float* w, const std::uint8_t* labels, std::size_t n,
+                   std::uint32_t low_key, std::uint32_t high_key);
 /// The memory-bandwidth floor for benchmarks: w[i] += s * q[i], the same bytes as a step.
 void triad(float* w, const float* q, float s, std::size_t n);
 

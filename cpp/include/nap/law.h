@@ -265,6 +265,17 @@ NAP_HOST_DEVICE unsigned int exact_bin(unsigned int b, unsigned int label) {
   return (label & 1u) * 512u + (b >> 23);
 }
 
+/// The metrics' order key of a weight with bit pattern b: uint32 keys that order as the
+/// float32 values do (a set sign bit flips every bit, a clear one only the sign bit), -0.0
+/// with +0.0's key, NaNs beyond the infinities' keys (nap_gpu/metrics.py's _keys).
+NAP_HOST_DEVICE unsigned int metric_key(unsigned int b) {
+  if (b == 0x80000000u) b = 0u;
+  return (b >> 31) ? ~b : (b | 0x80000000u);
+}
+
+/// Keys of -inf and +inf: every finite or infinite weight's key lies in between, a NaN's not.
+constexpr unsigned int kKeyNegInf = 0x007FFFFFu, kKeyPosInf = 0xFF800000u;
+
 /// What one weight adds to its bin's sums (besides 1 to its count).
 struct ExactTerms {
   unsigned long long significand;  ///< the 23 fraction bits, with the implicit bit if normal

@@ -7,7 +7,7 @@
 ///  - counts, means, standard deviations and the separation come from exact_sums (core.h):
 ///    integer sums of float32 significands by exponent, combined in exact integer arithmetic;
 ///  - the inversion ratio is the Mann-Whitney U over |R|·|P| (ties count one half), counted in
-///    integers from the weights sorted by their float32 bits;
+///    integers over the weights' float32 bits by rank_sums (core.h): O(n), no sort;
 ///  - saturation counts weights with w <= float32(eps) or w >= 1 - float32(eps).
 /// Undefined values (an empty population, a NaN or infinite weight) are NaN, as in Python:
 /// the separation, means, deviations and inversion ratio are NaN as soon as any weight is not
@@ -54,7 +54,7 @@ Metrics metrics(const float* w, const std::uint8_t* labels, std::size_t n,
 /// The metrics of a sample of the population: those of w[sample[j]], labels[sample[j]] for
 /// j < m (an index drawn twice counts twice), i.e. Python's
 /// metrics.compute(w[sample], labels[sample]). A host service with billions of weights reports
-/// the inversion ratio of a fixed sample cheaply (O(m log m) instead of O(n log n)).
+/// the inversion ratio of a fixed sample cheaply (O(m) instead of O(n)).
 /// Throws std::out_of_range for an index outside [0, n), and as metrics() does.
 Metrics sample_metrics(const float* w, const std::uint8_t* labels, std::size_t n,
                        const std::int64_t* sample, std::size_t m, double eps = kDefaultEps);
