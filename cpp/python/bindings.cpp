@@ -106,13 +106,15 @@ py::tuple rank_sums(Floats w, Labels labels, std::uint32_t low_key, std::uint32_
   const float* wp = w.data();
   const std::uint8_t* lp = labels.data();
   const auto n = static_cast<std::size_t>(w.size());
+  Sums sums({2, 512, 4});
+  std::uint64_t* sp = sums.mutable_data();
   nap::RankSums r;
   {
     py::gil_scoped_release nogil;
-    r = nap::rank_sums(wp, lp, n, low_key, high_key);
+    r = nap::rank_sums(wp, lp, n, low_key, high_key, sp);
   }
   return py::make_tuple(r.twice_u_high, r.twice_u_low, r.reinforced, r.punished, r.saturated,
-                        r.min_key, r.max_key);
+                        r.min_key, r.max_key, sums);
 }
 
 void triad(Floats w, Floats q, double s) {
@@ -145,7 +147,7 @@ PYBIND11_MODULE(_core, m) {
         "Integer sums by (label, sign+exponent): count, significand, squared hi/lo halves.");
   m.def("rank_sums", &rank_sums, py::arg("w").noconvert(), py::arg("labels").noconvert(),
         py::arg("low_key"), py::arg("high_key"),
-        "(2U high, 2U low, |R|, |P|, saturated, min key, max key) in O(n).");
+        "(2U high, 2U low, |R|, |P|, saturated, min key, max key, exact_sums) in one pass.");
   m.def("triad", &triad, py::arg("w").noconvert(), py::arg("q").noconvert(), py::arg("s"),
         "Bandwidth floor for benchmarks: w += s * q in place.");
   m.def("num_threads", &nap::num_threads, "OpenMP threads the loops use.");

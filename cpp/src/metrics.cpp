@@ -296,7 +296,8 @@ Metrics metrics(const float* w, const std::uint8_t* labels, std::size_t n, doubl
   check_eps(eps);
   check_labels(labels, n);
   std::vector<std::uint64_t> bins(kExactSumsSize);
-  exact_sums(w, labels, n, bins.data());
+  const RankSums ranks =
+      rank_sums(w, labels, n, saturation_key_low(eps), saturation_key_high(eps), bins.data());
   const Exact r = population(bins.data() + exact_bin(0, 1) * 4),  // label 1's first bin
       p = population(bins.data() + exact_bin(0, 0) * 4);
   Metrics m;
@@ -306,8 +307,6 @@ Metrics metrics(const float* w, const std::uint8_t* labels, std::size_t n, doubl
   m.reinforced = stats(r);
   m.punished = stats(p);
   m.separation = m.nonfinite || !r.count || !p.count ? nan() : separation(r, p);
-  const RankSums ranks =
-      rank_sums(w, labels, n, saturation_key_low(eps), saturation_key_high(eps));
   m.inversion_ratio = m.nonfinite ? nan() : ratio(ranks);
   m.saturation = n ? to_double(false, Big(ranks.saturated), Big(n)) : nan();  // int / int
   const bool no_extremes = n == 0 || nan_key(ranks.min_key) || nan_key(ranks.max_key);

@@ -86,19 +86,30 @@ void parallel_for(std::size_t count, int threads, Body body) {
   for (std::size_t i = 0; i < count; ++i) body(i);
 }
 
+/// Phase 1 over one slice; with `exact` (kExactSumsSize entries) exact_sums' bins too, from
+/// the same read of the weights.
+template <bool kWithExactSums>
 void count_slice(const float* w, const std::uint8_t* labels, std::uint32_t low_key,
-                 std::uint32_t high_key, Slice* s) {
+                 std::uint32_t high_key, Slice* s, std::uint64_t* exact) {
   s->r.assign(kBins, 0);
   s->p.assign(kBins, 0);
   std::uint64_t saturated = 0;
   std::uint32_t kmin = 0xFFFFFFFFu, kmax = 0;
   std::uint32_t* by_label[2] = {s->p.data(), s->r.data()};
   for (std::size_t i = s->lo; i < s->hi; ++i) {
-    const std::uint32_t k = key_at(w, i);
-    ++by_label[labels[i] & 1u][k >> kLowBits];
+    const std::uint32_t b = bits_of(w[i]), k = metric_key(b), label = labels[i] & 1u;
+    ++by_label[label][k >> kLowBits];
     saturated += (k >= kKeyNegInf && k <= low_key) || (k >= high_key && k <= kKeyPosInf);
     kmin = std::min(kmin, k);
     kmax = std::max(kmax, k);
+    if (kWithExactSums) {
+      const ExactTerms t = exact_terms(b);
+      std::uint64_t* acc = exact + std::size_t{exact_bin(b, label)} * 4;
+      acc[0] += 1;
+      acc[1] += t.significand;
+      acc[2] += t.square_high;
+      acc[3] += t.square_low;
+    }
   }
   s->saturated = saturated;
   s->min_key = kmin;
@@ -270,12 +281,24 @@ U128 rank_within(std::uint32_t* values, const Mixed& mixed, int threads) {
 }  // namespace
 
 RankSums rank_sums(const float* w, const std::uint8_t* labels, std::size_t n,
-                   std::uint32_t low_key, std::uint32_t high_key) {
+                   std::uint32_t low_key, std::uint32_t high_key, std::uint64_t* exact_sums) {
   const int threads = threads_for(n);
   std::vector<Slice> parts = cut_slices(n, threads);
+  std::vector<std::vector<std::uint64_t>> exact(exact_sums ? parts.size() : 0,
+                                                 std::vector<std::uint64_t>(kExactSumsSize, 0));
   parallel_for(parts.size(), threads, [&](std::size_t s) {  // phase 1
-    count_slice(w, labels, low_key, high_key, &parts[s]);
+    if (exact_sums) {
+      count_slice<true>(w, labels, low_key, high_key, &parts[s], exact[s].data());
+    } else {
+      count_slice<false>(w, labels, low_key, high_key, &parts[s], nullptr);
+    }
   });
+  if (exact_sums) {  // integer sums: any order gives the same bins
+    std::fill(exact_sums, exact_sums + kExactSumsSize, std::uint64_t{0});
+    for (const std::vector<std::uint64_t>& part : exact) {
+      for (std::size_t j = 0; j < kExactSumsSize; ++j) exact_sums[j] += part[j];
+    }
+  }
   RankSums out;
   const Mixed mixed = sum_bins(parts, &out);
   if (!mixed.bins.empty()) {

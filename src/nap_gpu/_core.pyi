@@ -28,9 +28,9 @@ def exact_sums(w: NDArray[np.float32], labels: NDArray[np.uint8]) -> NDArray[np.
     """Integer sums by (label, sign+exponent), shape (2, 512, 4): count, significand, squared
     hi/lo halves."""
 
-def rank_sums(w: NDArray[np.float32], labels: NDArray[np.uint8], low_key: int,
-              high_key: int) -> tuple[int, int, int, int, int, int, int]:
-    """(2U high, 2U low, |R|, |P|, saturated, min key, max key) in O(n)."""
+def rank_sums(w: NDArray[np.float32], labels: NDArray[np.uint8], low_key: int, high_key: int
+              ) -> tuple[int, int, int, int, int, int, int, NDArray[np.uint64]]:
+    """(2U high, 2U low, |R|, |P|, saturated, min key, max key, exact_sums) in one pass."""
 
 def triad(w: NDArray[np.float32], q: NDArray[np.float32], s: float) -> None:
     """Bandwidth floor for benchmarks: w += s * q in place."""

@@ -209,12 +209,14 @@ def labels(values, n: int) -> np.ndarray:
     elif arr.dtype != bool:
         if arr.dtype.kind not in "iu":
             raise TypeError(f"labels must be bool, 0/1 integers or 'R'/'P', got dtype {arr.dtype}")
-        wrong = (arr != 0) & (arr != 1)
+        wrong = arr > 1 if arr.dtype.kind == "u" else (arr < 0) | (arr > 1)
         if wrong.any():
             bad = int(np.argmax(wrong))
             raise ValueError(f"labels[{bad}] = {arr[bad]}: expected 0 (P) or 1 (R)")
     if arr.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {arr.shape}")
+    if arr.dtype == bool and arr.flags.c_contiguous:
+        return arr.view(np.uint8)  # the same 0/1 bytes: no copy of a billion labels
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 

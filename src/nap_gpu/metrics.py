@@ -125,8 +125,7 @@ def compute(w: BackendArray, labels: BackendArray, backend: ModuleType, *,
     if rank_sums is None or w.size == 0:
         return combine(summarize(w, labels, backend, eps=eps), eps=eps, xp=backend.xp)
     _check_eps(eps)
-    sums = np.asarray(backend.exact_sums(w, labels))
-    twice_u, nr, np_, saturated, kmin, kmax = rank_sums(w, labels, *_saturation_keys(eps))
+    twice_u, nr, np_, saturated, kmin, kmax, sums = rank_sums(w, labels, *_saturation_keys(eps))
     nan = kmin < _KEY_NEG_INF or kmax > _KEY_POS_INF
     ratio = math.nan if _nonfinite(sums) or not nr or not np_ else _exact_ratio(twice_u, nr, np_)
     return _assemble(int(w.size), sums, ratio, saturated, math.nan if nan else _key_value(kmin),

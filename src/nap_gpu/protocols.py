@@ -74,8 +74,9 @@ class Backend(Protocol):
     ``step``, ``step_scalar``, ``update`` and ``decay`` apply the law (docs/law.md §2) bit for
     bit as every other backend does; the ``first_*`` scans return the first bad position or
     -1; ``exact_sums`` returns the integer sums the exact metrics are made of. A backend may
-    also offer ``rank_sums(w, labels, low_key, high_key)``, the inversion ratio's integers
-    without a sort (the C++ core does; ``nap_gpu.metrics.compute`` uses it where present).
+    also offer ``rank_sums(w, labels, low_key, high_key)``: the inversion ratio's integers
+    without a sort, and ``exact_sums`` from the same pass (the C++ core does;
+    ``nap_gpu.metrics.compute`` uses it where present).
     """
 
     name: str

@@ -75,7 +75,8 @@ void exact_sums(const float* w, const std::uint8_t* labels, std::size_t n, std::
 /// integer (high:low), comparing weights by their keys (metric_key; meaningful when every
 /// weight is finite); the counts of R and P; saturated = weights whose key lies in
 /// [kKeyNegInf, low_key] or [high_key, kKeyPosInf]; the smallest and largest key. O(n) on
-/// every thread, no sort of the population (cpp/src/ranks.cpp).
+/// every thread, no sort of the population (cpp/src/ranks.cpp). With exact_sums non-null
+/// (kExactSumsSize entries, overwritten) it also computes exact_sums' bins, in the same pass.
 struct RankSums {
   std::uint64_t twice_u_high = 0, twice_u_low = 0;
   std::uint64_t reinforced = 0, punished = 0;
@@ -83,7 +84,8 @@ struct RankSums {
   std::uint32_t min_key = 0xFFFFFFFFu, max_key = 0;
 };
 RankSums rank_sums(const float* w, const std::uint8_t* labels, std::size_t n,
-                   std::uint32_t low_key, std::uint32_t high_key);
+                   std::uint32_t low_key, std::uint32_t high_key,
+                   std::uint64_t* exact_sums = nullptr);
 /// The memory-bandwidth floor for benchmarks: w[i] += s * q[i], the same bytes as a step.
 void triad(float* w, const float* q, float s, std::size_t n);
 

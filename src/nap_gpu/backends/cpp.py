@@ -59,13 +59,13 @@ def exact_sums(w: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return _core.exact_sums(w, labels)
 
 
-def rank_sums(w: np.ndarray, labels: np.ndarray, low_key: int,
-              high_key: int) -> tuple[int, int, int, int, int, int]:
-    """(2U, |R|, |P|, saturated, min key, max key) in O(n): nap_gpu.metrics.compute's
-    inversion ratio without a sort (nap/core.h rank_sums)."""
-    high, low, reinforced, punished, saturated, min_key, max_key = _core.rank_sums(
+def rank_sums(w: np.ndarray, labels: np.ndarray, low_key: int, high_key: int
+              ) -> tuple[int, int, int, int, int, int, np.ndarray]:
+    """(2U, |R|, |P|, saturated, min key, max key, exact_sums' bins), all in one O(n) pass:
+    nap_gpu.metrics.compute's inputs without a sort (nap/core.h rank_sums)."""
+    high, low, reinforced, punished, saturated, min_key, max_key, sums = _core.rank_sums(
         w, labels, low_key, high_key)
-    return (high << 64) | low, reinforced, punished, saturated, min_key, max_key
+    return (high << 64) | low, reinforced, punished, saturated, min_key, max_key, sums
 
 
 num_threads = _core.num_threads
