@@ -104,8 +104,3 @@ def impls(rows: pd.DataFrame) -> list[str]:
 def by_n(rows: pd.DataFrame) -> dict[int, pd.Series]:
     """One row per n (the last of several, as a dict built in order keeps it)."""
     return {int(r["n"]): r for _, r in rows.iterrows()}
-
-
-def value(x: Any) -> Any:
-    """A cell as the record held it: NaN (which pandas may put in a gap) as None."""
-    return None if isinstance(x, float) and x != x else x

@@ -22,7 +22,8 @@ class Plotter:
     """Draws into ``directory``; ``error`` says why it cannot (matplotlib missing)."""
 
     def __init__(self, directory: pathlib.Path | None) -> None:
-        self.directory, self.error, self.plt = directory, None, None
+        self.directory, self.error = directory, None
+        self.plt: Any = None  # matplotlib.pyplot, once imported
         if directory is None:
             return
         try:

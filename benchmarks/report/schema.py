@@ -92,10 +92,6 @@ class Record:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if getattr(self, f.name) != f.default and getattr(self, f.name) != {}}
 
-    def with_(self, **changes: Any) -> Record:
-        """A copy with ``changes`` (validated like a new record)."""
-        return dataclasses.replace(self, **changes)
-
     @classmethod
     def read(cls, extra_info: Mapping[str, Any]) -> Record:
         """The record a benchmark wrote; ValueError naming what is wrong with it."""

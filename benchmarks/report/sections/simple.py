@@ -52,7 +52,7 @@ def _kind(kind: str, gs: list[str], parts: dict[str, pd.DataFrame], paired: bool
 def _row(mine: dict[int, tuple[pd.Series, pd.DataFrame]], ns: list[int], paired: bool) -> list[Any]:
     first = next(iter(mine.values()))[0]
     times = [mine[n][0]["median"] if n in mine else "–" for n in ns]
-    ratios = []
+    ratios: list[Any] = []
     for n in ns:
         if n not in mine:
             ratios.append("–")

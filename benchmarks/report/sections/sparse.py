@@ -40,7 +40,10 @@ def _row(impl: str, mine: dict[int, pd.Series], ns: list[int],
         return [impl, "–", *["skipped"] * len(ns), *["–"] * len(ns), "–"]
     first = next(iter(mine.values()))
     rates = [mine[n]["events_per_s"] if n in mine else "skipped" for n in ns]
-    ratios = [mine[n]["median"] / peers[n]["median"] if n in mine and peers[n] is not None
-              else None for n in ns]
+    ratios = [_ratio(mine.get(n), peers[n]) for n in ns]
     return [impl, (first["bit_exact"], first["mismatches"]), *rates, *ratios,
             mine[max(mine)]["mem_peak_bytes_per_memory"]]
+
+
+def _ratio(mine: pd.Series | None, peer: pd.Series | None) -> float | None:
+    return mine["median"] / peer["median"] if mine is not None and peer is not None else None
