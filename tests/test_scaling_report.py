@@ -10,6 +10,7 @@ themselves and renders what they wrote.
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import math
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 import nap_gpu as nap
+from nap_gpu import cli
 from nap_gpu._sizes import size_label
 
 from benchmarks.report import frames as frames_
@@ -226,6 +228,24 @@ def test_frames_keep_gaps_as_none(data):
     floor = bench[(bench["impl"] == "floor") & (bench["op"] == "dense-step")].iloc[0]
     assert floor["bit_exact"] is None and floor["paired_floor_ratio"] is None
     assert list(bench["name"]) == [b["name"] for b in data["benchmarks"]]  # the file's order
+
+
+# ------------------------------------------------------------------------------------------
+# Layering: the runtime package never imports the benchmarks; its old command says where
+# ------------------------------------------------------------------------------------------
+def test_the_package_imports_no_benchmark_code():
+    local = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} | {"benchmarks"}
+    for path in (ROOT / "src" / "nap_gpu").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [])
+            assert not {n.split(".")[0] for n in names} & local, (path, names)
+
+
+def test_nap_gpu_report_names_the_new_command(capsys):
+    assert cli.main(["report", "benchmarks/results/scale-1M.json"]) == 2
+    assert "python -m benchmarks.report" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------
