@@ -252,16 +252,12 @@ def test_nap_gpu_report_names_the_new_command(capsys):
 # Convergence tables: identical on every backend
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def scale_support(monkeypatch_module):
-    monkeypatch_module.syspath_prepend(str(ROOT / "benchmarks"))
-    import scale_support
-    return scale_support
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
+def scale_support():
+    """benchmarks/scale_support.py, imported as the suites import it (benchmarks/ on the path)."""
     with pytest.MonkeyPatch.context() as mp:
-        yield mp
+        mp.syspath_prepend(str(ROOT / "benchmarks"))
+        import scale_support
+        yield scale_support
 
 
 @pytest.mark.parametrize("sigma", [0.0, 0.1, 0.2])
