@@ -17,9 +17,5 @@ for t in "${tiers[@]}"; do
     --ignore=benchmarks/gpu --benchmark-json="benchmarks/results/scale-$t.json" \
     --benchmark-columns=median,rounds -rs
 done
-# nap-gpu report, or the module itself where the installed package predates it
-if python3 -c "import nap_gpu.scaling_report" 2>/dev/null; then
-  python3 -m nap_gpu.scaling_report benchmarks/results/scale-*.json
-else
-  python3 src/nap_gpu/scaling_report.py benchmarks/results/scale-*.json
-fi
+# the report (benchmarks/report), from the repository root
+${PYTHON:-python3} -m benchmarks.report benchmarks/results/scale-*.json

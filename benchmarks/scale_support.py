@@ -145,10 +145,11 @@ def measure_peak(build, op) -> dict:
 
 
 def per_memory(info: dict, n: int) -> dict:
+    """A peak measurement as fields of a report record (benchmarks/report/schema.py): the
+    peak per memory, and the measurement in full under ``memory``."""
     out = {k: v for k, v in info.items()}
-    out["mem_peak_bytes_per_memory"] = info["mem_peak_bytes"] / n
     out["mem_transient_bytes_per_memory"] = info["mem_transient_bytes"] / n
-    return out
+    return {"mem_peak_bytes_per_memory": info["mem_peak_bytes"] / n, "memory": out}
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ import pytest
 import nap_gpu as nap
 from nap_gpu.metrics import inversion_ratio
 
+from benchmarks.report.schema import Record
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 ITERATIONS = 50  # the reference workload's convergence SLO (docs/law.md §4)
@@ -73,11 +75,12 @@ def test_inversion_ratio(benchmark, measure, datasets, metrics_size, metrics_siz
 
     benchmark.group = f"metrics-{metrics_size_name}"
     benchmark.name = f"{impl}-{data}[{metrics_size_name}]"
-    info = {"impl": impl, "role": "metric", "data": data, "n": metrics_size,
-            "size": metrics_size_name, "value": float(value),
+    # --metrics-sizes, not the tiers: one size, nothing to fit against n
+    info = {"op": "inversion-ratio", "impl": impl, "role": "metric", "data": data,
+            "n": metrics_size, "growth": "none", "value": float(value),
             "distinct_values": int(np.unique(w).size)}
     info.update(measure(lambda: None, target, metrics_size))
-    benchmark.extra_info.update(info)
+    benchmark.extra_info.update(Record(**info).json())
 
 
 def test_engine_metrics(benchmark, measure, converged, metrics_size, metrics_size_name):
@@ -86,8 +89,8 @@ def test_engine_metrics(benchmark, measure, converged, metrics_size, metrics_siz
     assert m.inversion_ratio == _nap_ratio(eng.to_numpy(), labels.astype(bool))
     benchmark.group = f"metrics-{metrics_size_name}"
     benchmark.name = f"engine-metrics-converged[{metrics_size_name}]"
-    info = {"impl": "engine-metrics", "role": "metric", "data": "converged", "n": metrics_size,
-            "size": metrics_size_name, "backend": eng.backend,
-            "inversion_ratio": m.inversion_ratio, "separation": m.separation}
+    info = {"op": "inversion-ratio", "impl": "engine-metrics", "role": "metric",
+            "data": "converged", "n": metrics_size, "growth": "none", "value": m.inversion_ratio,
+            "detail": {"backend": eng.backend, "separation": m.separation}}
     info.update(measure(lambda: None, lambda: eng.metrics(labels), metrics_size))
-    benchmark.extra_info.update(info)
+    benchmark.extra_info.update(Record(**info).json())

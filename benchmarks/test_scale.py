@@ -18,7 +18,7 @@ Groups, one per operation and size, so that pytest-benchmark's tables and
   ratio) and ``np.save`` + fsync / ``np.load``.
 
 Every benchmark also *measures* its peak memory (peak RSS above the process's RSS before its
-state was built: ``mem_peak_bytes_per_memory``) in ``extra_info``.
+state was built: ``mem_peak_bytes_per_memory``) in its record (benchmarks/report/schema.py).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from scale_support import CpuContention, size_label
 
 import nap_gpu as nap
 from nap_gpu import backends
+
+from benchmarks.report.schema import Record, measured
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -117,9 +119,14 @@ def test_sparse_batch(benchmark, measure, smoke, tier, sparse_pristine, events, 
         _sparse_verdicts[impl] = scale_peers.check_sparse(fn)
     batches, max_mult = _events(tier, events, dist)
     ids, q = batches[0]
+    # The work is the events: a larger population costs only through the memory system, judged
+    # against the plain sequential loop on the same events (numba-seq, the yardstick).
     info = {"impl": impl, "role": role, "about": about, "op": "sparse-batch", "n": tier,
-            "size": size_label(tier), "events": events, "dist": dist,
-            "max_multiplicity": max_mult, **_sparse_verdicts[impl]}
+            "events": events, "dist": dist, "max_multiplicity": max_mult,
+            "variant": f"{dist} {label} ev", "growth": "events", "yardstick": impl == "numba-seq",
+            "peak_row": "sparse-batch (1M uniform events)"
+            if (events, dist) == (1_000_000, "uniform") else None,
+            **measured(**_sparse_verdicts[impl])}
     if impl in ("numpy-raw", "numpy-rounds") and max_mult > MAX_ROUNDS:
         pytest.skip(f"{impl}: the hottest id has {max_mult:,} events = {max_mult:,} vectorised "
                     f"rounds (> {MAX_ROUNDS:,}); skipped to bound the run")
@@ -140,7 +147,7 @@ def test_sparse_batch(benchmark, measure, smoke, tier, sparse_pristine, events, 
     info.update(scale_support.per_memory(scale_support.measure_peak(
         lambda: (sparse_pristine.copy(), ids.copy(), q.copy()),
         lambda st: fn(*st)), tier))
-    benchmark.extra_info.update(info)
+    benchmark.extra_info.update(Record(**info).json())
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,14 +174,13 @@ def test_decay(benchmark, measure, tier, decay_pristine, k, impl):
         floor_role, _, floor_fn = scale_peers.decay_impl("floor")
     except peers.Unavailable as exc:
         pytest.skip(str(exc))
-    info = {"impl": impl, "role": role, "about": about, "op": "decay", "k": k, "n": tier,
-            "size": size_label(tier), "bytes": 8 * tier}
-    if role == "floor":
-        info["bit_exact"] = None
-    else:
+    info = {"impl": impl, "role": role, "about": about, "op": "decay", "n": tier,
+            "bytes": 8 * tier, "variant": f"k={k}", "yardstick": role == "floor",
+            "peak_row": "decay" if k == 1 and role != "floor" else None, "detail": {"k": k}}
+    if role != "floor":  # (the floor's bit_exact stays None: it computes something else)
         if (impl, k) not in _decay_verdicts:
             _decay_verdicts[(impl, k)] = scale_peers.check_decay(fn, k)
-        info.update(_decay_verdicts[(impl, k)])
+        info.update(measured(**_decay_verdicts[(impl, k)]))
     w = np.empty_like(decay_pristine)
     fw = np.empty_like(decay_pristine)
 
@@ -189,7 +195,7 @@ def test_decay(benchmark, measure, tier, decay_pristine, k, impl):
                         floor=None if role == "floor" else Floor(), budget_scale=0.5))
     info.update(scale_support.per_memory(scale_support.measure_peak(
         lambda: decay_pristine.copy(), lambda st: fn(st, k)), tier))
-    benchmark.extra_info.update(info)
+    benchmark.extra_info.update(Record(**info).json())
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +228,9 @@ def test_scale_metrics(benchmark, measure, tier, metrics_data, impl):
     w, labels, reference = metrics_data
     benchmark.group = f"scale-metrics-{size_label(tier)}"
     benchmark.name = f"{impl}[{size_label(tier)}]"
-    info = {"impl": impl, "op": "metrics", "n": tier, "size": size_label(tier)}
+    # the exact inversion ratio sorts: O(n log n)
+    info = {"impl": impl, "op": "metrics", "n": tier, "growth": "n log n", "peak_row": "metrics"}
+    detail = {}
     if impl == "sklearn":
         pytest.importorskip("sklearn.metrics", reason="scikit-learn is not installed")
         if tier > 10**8:
@@ -236,7 +244,7 @@ def test_scale_metrics(benchmark, measure, tier, metrics_data, impl):
         def op(x):
             return _sklearn_metrics(x, labels)
         sep, auc = op(w)
-        info["value_separation"], info["value_inversion_ratio"] = sep, auc
+        detail["value_separation"], detail["value_inversion_ratio"] = sep, auc
         info["bit_exact"] = (sep == reference.separation and auc == reference.inversion_ratio)
         info["abs_error"] = max(abs(sep - reference.separation),
                                 abs(auc - reference.inversion_ratio))
@@ -248,7 +256,7 @@ def test_scale_metrics(benchmark, measure, tier, metrics_data, impl):
         info["about"] = f"Engine(backend={impl!r}).metrics(labels): exact separation + inversion"
         eng = nap.Engine(tier, backend=impl, init=w)
         m = eng.metrics(labels)
-        info["value_separation"], info["value_inversion_ratio"] = m.separation, m.inversion_ratio
+        detail["value_separation"], detail["value_inversion_ratio"] = m.separation, m.inversion_ratio
         info["bit_exact"] = (m.separation == reference.separation
                              and m.inversion_ratio == reference.inversion_ratio)
 
@@ -262,7 +270,7 @@ def test_scale_metrics(benchmark, measure, tier, metrics_data, impl):
     info.update(measure(lambda: None, functools.partial(op, state), tier, budget_scale=0.4))
     del state
     info.update(scale_support.per_memory(scale_support.measure_peak(build, op), tier))
-    benchmark.extra_info.update(info)
+    benchmark.extra_info.update(Record(**info, detail=detail).json())
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,8 +311,8 @@ def snapshot_dir(tmp_path_factory, tier):
 def test_snapshot(benchmark, measure, tier, snapshot_dir, what, impl):
     benchmark.group = f"snapshot-{what}-{size_label(tier)}"
     benchmark.name = f"{impl}[{what}-{size_label(tier)}]"
-    info = {"impl": impl, "op": f"snapshot-{what}", "n": tier, "size": size_label(tier),
-            "bytes": 4 * tier}
+    info = {"impl": impl, "op": f"snapshot-{what}", "n": tier, "bytes": 4 * tier,
+            "yardstick": impl == "floor", "peak_row": None if impl == "floor" else f"snapshot-{what}"}
     src = np.random.default_rng([tier, 8]).random(tier, dtype=np.float32)
     raw, npy, nap_path = (snapshot_dir / "raw.f32", snapshot_dir / "w.npy",
                           snapshot_dir / "w.nap")
@@ -353,7 +361,7 @@ def test_snapshot(benchmark, measure, tier, snapshot_dir, what, impl):
     info.update(measure(lambda: None, lambda: op(state), tier, budget_scale=0.3,
                         floor=None if impl == "floor" else Floor()))
     info.update(scale_support.per_memory(scale_support.measure_peak(build, op), tier))
-    benchmark.extra_info.update(info)
+    benchmark.extra_info.update(Record(**info).json())
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,5 +373,6 @@ def test_machine(benchmark, tier):
     benchmark.name = f"machine[{size_label(tier)}]"
     with CpuContention() as c:
         benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    benchmark.extra_info.update({"role": "machine", "machine": scale_support.machine(),
-                                 "foreign_cpu": c.fraction, "n": tier})
+    benchmark.extra_info.update(Record(
+        op="machine", impl="machine", role="machine", n=tier, growth="none",
+        machine=scale_support.machine(), foreign_cpu=c.fraction).json())

@@ -30,6 +30,8 @@ from scale_support import size_label
 
 import nap_gpu as nap
 
+from benchmarks.report.schema import Record
+
 httpx = pytest.importorskip("httpx", reason="httpx is not installed")
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 
@@ -127,9 +129,10 @@ def test_serve_feedback(benchmark, smoke, tier, tmp_path, body, fsync):
     benchmark.name = f"{body}-{fsync}[{size_label(tier)}]"
     events = 20_000 if smoke else 400_000
     batches = _batches(tier, events)
-    info = {"impl": f"{body}-{fsync}", "op": "serve-feedback", "n": tier,
-            "size": size_label(tier), "events": events, "batch": BATCH, "clients": CLIENTS,
-            "role": "baseline" if body == "in-process" else "nap"}
+    # the same events at every tier: no growth with n to fit
+    info = {"impl": f"{body}-{fsync}", "op": "serve-feedback", "n": tier, "events": events,
+            "growth": "none", "role": "baseline" if body == "in-process" else "nap",
+            "detail": {"batch": BATCH, "clients": CLIENTS}}
     latencies: list[float] = []
     if body == "in-process":
         eng = (nap.Engine(tier, seed=0) if fsync == "none" else
@@ -155,7 +158,7 @@ def test_serve_feedback(benchmark, smoke, tier, tmp_path, body, fsync):
     p50, p99 = np.percentile(np.asarray(latencies) * 1e3, [50, 99])
     info.update(events_per_s=events / benchmark.stats.stats.median,
                 latency_ms_p50=float(p50), latency_ms_p99=float(p99))
-    benchmark.extra_info.update(info)
+    benchmark.extra_info.update(Record(**info).json())
 
 
 def test_serve_startup(benchmark, smoke, tier, tmp_path):
@@ -178,6 +181,5 @@ def test_serve_startup(benchmark, smoke, tier, tmp_path):
         service.proc.kill()
         service.proc.wait()
     benchmark.pedantic(start_and_stop, rounds=1 if smoke else 3, iterations=1)
-    benchmark.extra_info.update({"impl": "nap-gpu serve", "op": "serve-startup", "n": tier,
-                                 "size": size_label(tier), "role": "nap",
-                                 "first_start_s": created, "ready_s": seconds})
+    benchmark.extra_info.update(Record(op="serve-startup", impl="nap-gpu serve", role="nap", n=tier,
+                                       first_start_s=created, ready_s=seconds).json())

@@ -33,6 +33,8 @@ from scale_support import size_label
 
 import nap_gpu as nap
 
+from benchmarks.report.schema import Record
+
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed "
                                                          "(pip install 'nap_gpu[dask]')")
 da = pytest.importorskip("dask.array", reason="dask.array is not installed")
@@ -92,12 +94,13 @@ def _record(benchmark, measure, n, info, target, single_target=None) -> None:
     timing = measure(lambda: None, target, n, floor=paired, budget_scale=0.5)
     if "paired_floor_ratio" in timing:
         timing["single_ratio"] = timing.pop("paired_floor_ratio")
-    benchmark.extra_info.update({**info, **timing})
+    benchmark.extra_info.update(Record(**info, **timing).json())
 
 
-def _info(op: str, impl: str, tier: int, **extra) -> dict:
+def _info(op: str, impl: str, tier: int, detail: dict | None = None, **fields) -> dict:
+    """The record's fields so far (benchmarks/report/schema.py)."""
     return {"op": op, "impl": impl, "role": "nap" if impl.startswith("sharded") else "baseline",
-            "n": tier, "size": size_label(tier), "shards": SHARDS, **extra}
+            "n": tier, "detail": {"shards": SHARDS, **(detail or {})}, **fields}
 
 
 # -- dense step -----------------------------------------------------------------------------
@@ -164,7 +167,8 @@ def test_sharded_sparse_batch(benchmark, measure, dense, smoke, tier, impl):
         info["bit_exact"] = _bit_exact(single, sharded)
         _record(benchmark, measure, m, info, lambda: sharded.update(ids, q),
                 lambda: single.update(ids, q))
-    benchmark.extra_info["events_per_s"] = m / benchmark.stats.stats.median
+    benchmark.extra_info["events_per_s"] = Record.read(  # validated as the others
+        {**benchmark.extra_info, "events_per_s": m / benchmark.stats.stats.median}).events_per_s
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -196,13 +200,14 @@ def test_sharded_metrics(benchmark, measure, populations, tier, data, impl):
     single, sharded, labels = populations[data]
     benchmark.group = f"sharded-metrics-{data}-{size_label(tier)}"
     benchmark.name = f"{impl}-{data}[{size_label(tier)}]"
-    info = _info("sharded-metrics", impl, tier, data=data)
+    info = _info("sharded-metrics", impl, tier, data=data, variant=data)
     if impl == "single":
         _record(benchmark, measure, tier, info, lambda: single.metrics(labels))
         return
     summary_bytes = _summary_bytes(single, labels)
     info.update(bit_exact=sharded.metrics(labels) == single.metrics(labels),
-                bytes_moved=-(-tier // 8) + summary_bytes, summary_bytes=summary_bytes)
+                bytes_moved=-(-tier // 8) + summary_bytes)
+    info["detail"]["summary_bytes"] = summary_bytes
     _record(benchmark, measure, tier, info, lambda: sharded.metrics(labels),
             lambda: single.metrics(labels))
 

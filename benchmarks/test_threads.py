@@ -8,7 +8,7 @@ of this process's affinity mask (``loaded``: started here, killed after the benc
 defect this guards against: with OpenMP's spinning waits, the default threads were 10-40x
 slower than one thread under load (benchmarks/README.md "Threads and waiting").
 
-Read the ratios, which the module prints at the end and stores in ``extra_info``:
+Read the ratios, which the module prints at the end and stores in its record's ``detail``:
 ``ratio_to_1_thread`` (this benchmark's median over the 1-thread benchmark's of the same
 condition) and ``paired_ratio`` (the p50 of default-thread rounds over the p50 of 1-thread
 rounds, the two alternating in blocks of ``BLOCK`` rounds under the same load, which cancels
@@ -37,6 +37,8 @@ import nap_gpu as nap
 from nap_gpu import backends
 from nap_gpu.params import Params
 
+from benchmarks.report.schema import Record
+
 N = 1_000_000
 ROUNDS = 400       # per benchmark (the 1M step takes 0.1-0.3 ms idle, up to ~20 ms loaded)
 BLOCK = 10         # paired rounds: blocks of BLOCK rounds per thread count, alternating
@@ -47,7 +49,7 @@ pytestmark = pytest.mark.skipif(backends.available_backends()["cpp"] is not None
                                 reason=f"cpp backend unusable: "
                                        f"{backends.available_backends()['cpp']}")
 
-_rows: list[dict] = []  # one per benchmark run: condition, label, p50, its extra_info
+_rows: list[dict] = []  # one per benchmark run: condition, label, p50, its record's detail
 
 
 def _cpus() -> list[int]:
@@ -98,7 +100,7 @@ def data():
 @pytest.fixture(scope="module", autouse=True)
 def summary(request, cpp):
     """At the end of the module: each default-thread benchmark's ratio to the 1-thread one of
-    the same condition (into its extra_info, which pytest-benchmark writes out at the end of
+    the same condition (into its record's detail, which pytest-benchmark writes out at the end of
     the session, so the order the tests ran in does not matter), and the table."""
     yield
     if not _rows:
@@ -113,7 +115,7 @@ def summary(request, cpp):
         r["info"]["ratio_to_1_thread"] = ratio
         threads = f"{r['threads']} thread{'s' * (r['threads'] != 1)}"
         text = (f"  {r['condition']:<7} {r['label']:<8} ({threads}) p50 "
-                f"{r['p50_ms']:8.3f} ms  foreign CPU {r['info']['foreign_cpu']}")
+                f"{r['p50_ms']:8.3f} ms  foreign CPU {r['foreign_cpu']}")
         if ratio is not None:
             paired = r["info"].get("paired_ratio")
             text += f"   x{ratio:.2f} of 1 thread" + (
@@ -169,9 +171,9 @@ def test_threads(benchmark, request, cpp, default_threads, data, condition, labe
     reset, run = _stepper(cpp, data)
     saved = cpp.num_threads()
     config = cpp.thread_config()
-    info = {"op": "threads", "impl": f"cpp-{label}", "role": "nap", "n": N,
-            "condition": condition, "threads": threads, "default_threads": default_threads,
-            **{k: config[k] for k in ("threads_from", "wait_policy", "wait_from")}}
+    # (one n: the growth table shows it, with no slope to fit)
+    detail = {"condition": condition, "threads": threads, "default_threads": default_threads,
+              **{k: config[k] for k in ("threads_from", "wait_policy", "wait_from")}}
     with machine_load(condition) as busy:
         cpp.set_num_threads(threads)
         try:
@@ -183,9 +185,9 @@ def test_threads(benchmark, request, cpp, default_threads, data, condition, labe
         paired = None
         if label == "default" and not smoke:
             paired = _paired(cpp, reset, run, threads, PAIRED_BLOCKS)
-    info.update({"busy_processes": busy, "foreign_cpu": contention.fraction,
-                 "p50_ms": benchmark.stats.stats.median * 1e3, "paired_ratio": paired,
-                 "ratio_to_1_thread": None})  # filled in at the end of the module
-    benchmark.extra_info.update(info)
+    detail.update({"busy_processes": busy, "p50_ms": benchmark.stats.stats.median * 1e3,
+                   "paired_ratio": paired, "ratio_to_1_thread": None})  # filled in at the end
+    benchmark.extra_info.update(Record(op="threads", impl=f"cpp-{label}", role="nap", n=N,
+                                       foreign_cpu=contention.fraction, detail=detail).json())
     _rows.append({"condition": condition, "label": label, "threads": threads,
-                  "p50_ms": info["p50_ms"], "info": benchmark.extra_info})
+                  "p50_ms": detail["p50_ms"], "foreign_cpu": contention.fraction, "info": detail})

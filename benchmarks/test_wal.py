@@ -22,6 +22,8 @@ from scale_support import size_label
 
 import nap_gpu as nap
 
+from benchmarks.report.schema import Record
+
 BATCH = 1_000
 BATCHES = 200
 IMPLS = {"no-log": None, "wal-group": "group", "wal-always": "always"}
@@ -57,13 +59,14 @@ def test_wal_throughput(benchmark, measure, smoke, tier, wal_batches, tmp_path, 
             eng.update(ids, q)
 
     events = BATCH * len(batches)
+    # the same events at every tier: no growth with n to fit
     info = {"impl": impl, "role": "baseline" if fsync is None else "nap", "about": about,
-            "op": "wal", "n": tier, "size": size_label(tier), "events": events,
-            "batch": BATCH, "fsync": fsync or "none"}
+            "op": "wal", "n": tier, "events": events, "growth": "none",
+            "fsync": fsync or "none", "detail": {"batch": BATCH}}
     try:
         info.update(measure(lambda: None, target, events, budget_scale=0.3))
     finally:
         if fsync is not None:
             eng.close()
     info["events_per_s"] = events / benchmark.stats.stats.median
-    benchmark.extra_info.update(info)
+    benchmark.extra_info.update(Record(**info).json())

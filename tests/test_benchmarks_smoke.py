@@ -70,24 +70,34 @@ def test_convergence_identical_across_backends(smoke_json):
         assert all({k: r[k] for k in keys} == {k: recs[0][k] for k in keys} for r in recs)
 
 
+def test_every_benchmark_wrote_a_record(smoke_json):
+    from benchmarks.report.schema import Record
+    for b in smoke_json["benchmarks"]:
+        Record.read(b["extra_info"])  # ValueError naming the stray or mistyped field
+
+
 def test_report_reads_the_json(smoke_json, tmp_path):
-    try:
-        from nap_gpu import scaling_report as sr
-    except ImportError:  # the installed package predates the module
-        from test_scaling_report import sr
+    """The suites' own output, through the command line as run_scale.sh runs it."""
     path = tmp_path / "smoke.json"
     path.write_text(json.dumps(smoke_json))
-    assert sr.main([str(path), "-o", str(tmp_path / "SCALING.md"), "--no-plots"]) == 0
-    text = (tmp_path / "SCALING.md").read_text()
-    for section in ("## Dense step", "## Snapshot load", "## Write-ahead log"):
+    out = tmp_path / "SCALING.md"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.report", str(path), "-o", str(out),
+                           "--no-plots"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    for section in ("## The machine", "## Headline", "## Dense step", "## Sparse ordered batch",
+                    "## decay(k)", "## Metrics", "## Snapshot save", "## Snapshot load",
+                    "## Write-ahead log", "## Peak memory, measured",
+                    "## Convergence of the reference workload", "## Cost growth"):
         assert section in text
+    assert "| dense-step | `cpp-raw` |" in text.split("## Peak memory, measured")[1]
 
 
 def test_dense_step_targets_report_reads_the_json(smoke_json, tmp_path):
     path = tmp_path / "smoke.json"
     path.write_text(json.dumps(smoke_json))
-    done = subprocess.run([sys.executable, "benchmarks/report.py", str(path)], cwd=ROOT,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.report", "targets", str(path)],
+                          cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "### dense-step-" in done.stdout and "### Targets" in done.stdout
 

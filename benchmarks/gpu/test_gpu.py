@@ -14,6 +14,8 @@ from gpu_floor import STEP_BYTES_PER_MEMORY, CopyFloor  # benchmarks/gpu/gpu_flo
 import nap_gpu as nap
 from nap_gpu.backends import numpy as reference
 
+from benchmarks.report.schema import Record
+
 P = nap.Params()
 
 
@@ -95,8 +97,9 @@ def test_dense_step(benchmark, measure, gpu, device_data, gpu_size, impl):
     benchmark.group = f"gpu-dense-step-{gpu_size}"
     info = _timed(measure, cupy, pristine, work, fn, gpu_size)
     role = "floor" if impl.startswith("floor") else "nap" if impl == "nap-cuda" else "peer"
-    benchmark.extra_info.update(info, impl=impl, role=role,
-                                bytes=STEP_BYTES_PER_MEMORY * gpu_size, bit_exact=exact)
+    benchmark.extra_info.update(Record(
+        op="gpu-dense-step", impl=impl, role=role, n=gpu_size, bytes=STEP_BYTES_PER_MEMORY * gpu_size,
+        bit_exact=exact, yardstick=impl == "floor-triad", **info).json())
     if impl == "nap-cuda":  # and the engine's result is the reference's, bit for bit
         n = min(gpu_size, 1 << 20)
         expected = cupy.asnumpy(pristine[:n]).copy()
@@ -115,7 +118,9 @@ def test_sparse_batch_1M_events(benchmark, measure, gpu, ids_kind):
     work = cupy.empty_like(pristine)
     benchmark.group = f"gpu-sparse-{ids_kind}"
     info = _timed(measure, cupy, pristine, work, lambda: cuda.update(work, ids, q, P), m)
-    benchmark.extra_info.update(info, events=m)
+    benchmark.extra_info.update(Record(op="gpu-sparse-batch", impl="nap-cuda", role="nap", n=n,
+                                       events=m, dist=ids_kind, variant=ids_kind, growth="events",
+                                       **info).json())
 
 
 def test_metrics_10M(benchmark, measure, gpu):
@@ -127,4 +132,5 @@ def test_metrics_10M(benchmark, measure, gpu):
     labels = workload.labels
     benchmark.group = "gpu-metrics-10M"
     info = measure(lambda: None, lambda: eng.metrics(labels), eng.n)
-    benchmark.extra_info.update(info)
+    benchmark.extra_info.update(Record(op="gpu-metrics", impl="nap-cuda", role="nap", n=eng.n,
+                                       growth="n log n", **info).json())

@@ -6,7 +6,7 @@ backends, ``snapshot inspect`` reads a snapshot's metadata and checks it.
     nap-gpu info [--json]
     nap-gpu snapshot inspect FILE [--json]
     nap-gpu recover DIR [--json] [--accept-loss]
-    nap-gpu report RESULTS.json... [--output docs/SCALING.md]
+    nap-gpu report ...   (moved: python -m benchmarks.report, from a source checkout)
     nap-gpu serve [--state DIR] [--memories N] [--host H] [--port P] ...   (extra: serve)
 """
 
@@ -93,8 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         else:
             serve.add_argument(flag, type=kind, default=None, help=what)
 
-    report = sub.add_parser("report", help="turn scale-suite JSON into docs/SCALING.md + plots",
-                            add_help=False)
+    report = sub.add_parser("report", help="moved: python -m benchmarks.report RESULTS.json... "
+                                           "(from a source checkout)", add_help=False)
     report.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
@@ -163,12 +163,23 @@ def serve(args) -> int:
     return run(settings)
 
 
+#: Where the scaling report went: benchmark tooling, which the package never imports.
+REPORT_MOVED = ("nap-gpu report has moved: the scaling report is benchmark tooling now. From a "
+                "source checkout's root, run: python -m benchmarks.report RESULTS.json... "
+                "[-o docs/SCALING.md] (python -m benchmarks.report targets RESULTS.json... for "
+                "the dense-step targets); see benchmarks/README.md")
+
+
+def report_moved() -> int:
+    """``nap-gpu report``: a usage error naming the new command."""
+    print(f"nap-gpu: error: {REPORT_MOVED}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["report"]:  # its own parser (and --help): nap_gpu.scaling_report
-        from . import scaling_report  # noqa: PLC0415 - matplotlib only when reporting
-
-        return scaling_report.main(argv[1:])
+    if argv[:1] == ["report"]:
+        return report_moved()
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(message)s", stream=sys.stderr)
