@@ -10,7 +10,6 @@ themselves and renders what they wrote.
 
 from __future__ import annotations
 
-import ast
 import copy
 import json
 import math
@@ -231,18 +230,9 @@ def test_frames_keep_gaps_as_none(data):
 
 
 # ------------------------------------------------------------------------------------------
-# Layering: the runtime package never imports the benchmarks; its old command says where
+# The old command says where the report went (tests/test_layering.py: the runtime package
+# never imports benchmark code)
 # ------------------------------------------------------------------------------------------
-def test_the_package_imports_no_benchmark_code():
-    local = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} | {"benchmarks"}
-    for path in (ROOT / "src" / "nap_gpu").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
-                     else [])
-            assert not {n.split(".")[0] for n in names} & local, (path, names)
-
-
 def test_nap_gpu_report_names_the_new_command(capsys):
     assert cli.main(["report", "benchmarks/results/scale-1M.json"]) == 2
     assert "python -m benchmarks.report" in capsys.readouterr().err
