@@ -155,7 +155,7 @@ def summarize(w: BackendArray, labels: BackendArray, backend: ModuleType, *,
 
     Only integer operations touch the weights (their bits, through ``exact_sums`` and
     ``_keys``); the extreme keys and the saturated counts come to the host in one transfer."""
-    _check_eps(eps)
+    check_eps(eps)
     xp = backend.xp
     sums = np.asarray(backend.exact_sums(w, labels))
     n = int(w.size)
@@ -200,7 +200,7 @@ def merge(parts: Iterable[Summary]) -> Summary:
 
 def combine(summary: Summary, *, eps: float = DEFAULT_EPS, xp: ModuleType = np) -> Metrics:
     """The metrics of the population ``summary`` describes (its arrays in namespace ``xp``)."""
-    _check_eps(eps)
+    check_eps(eps)
     reinforced, nonfinite_r = _population(summary.sums[1])
     punished, nonfinite_p = _population(summary.sums[0])
     nonfinite = nonfinite_r + nonfinite_p
@@ -288,7 +288,9 @@ def _gather(xp: ModuleType, values: Sequence[Any]) -> list[int]:
     return [int(v) for v in np.asarray(_xp._to_host(stacked)).tolist()]
 
 
-def _check_eps(eps: float) -> None:
+def check_eps(eps: float) -> None:
+    """Refuse a saturation tolerance outside [0, 0.5) (ValueError): what `summarize` and
+    `combine` check, for callers that validate ``eps`` before any work (``ShardedEngine``)."""
     if not 0.0 <= eps < 0.5:  # NaN fails too; from 0.5 on, a weight would count twice
         raise ValueError(f"eps must lie in [0, 0.5), got {eps!r}")
 

@@ -1061,9 +1061,9 @@ class ShardedEngine:
             self._wait_for_tasks(checks, "checked")
             found = self._client.gather(checks)
             hits = [(i, hit) for i, hit in enumerate(found) if hit is not None]
-            if hits:  # the Engine's message (_inputs._require_finite), with the global index
+            if hits:  # the Engine's error, at the index in the whole array
                 i, (at, value) = hits[0]
-                raise ValueError(f"quality[{self._ranges[i].start + at}] = {value!r} is not finite")
+                raise _inputs.not_finite("quality", self._ranges[i].start + at, value)
         # allow_other_workers: if the shard's worker is gone, the task runs elsewhere and its
         # call to the lost actor fails, which starts recovery (instead of waiting forever)
         self._run({i: (lambda s, b=block: self._client.submit(
@@ -1143,7 +1143,7 @@ class ShardedEngine:
         """``Engine.metrics``, exactly: each shard summarises its part where it lives
         (integer sums, distinct weights with counts) and the client merges the summaries;
         the weights themselves never leave the shards."""
-        _metrics._check_eps(eps)
+        _metrics.check_eps(eps)
         host_labels = _inputs.labels(labels, self._n)
         parts = self._run({i: _call("summary", np.packbits(host_labels[r.start:r.stop]), eps)
                            for i, r in enumerate(self._ranges)}, mutating=False)
