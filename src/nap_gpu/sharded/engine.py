@@ -1,76 +1,62 @@
-"""ShardedEngine: one population split into contiguous id ranges on Dask workers.
+"""The client of a sharded population: ``ShardedEngine``.
 
-Each shard is an ``Engine`` (or, with ``state=``, a ``DurableEngine``) held by a Dask actor on
-a worker, resident between calls. The client validates every call with the Engine's own
-rules before anything is sent, routes each shard its part, and returns when every shard has
-acknowledged: the weights are, bit for bit, those a single ``Engine(n, seed=seed)`` would
-hold after the same calls, and ``metrics`` equals ``Engine.metrics`` exactly. The design,
-its costs and the fault model are in docs/sharding.md.
-
-Importing this module imports neither Dask nor any GPU library; ``ShardedEngine`` imports
-``dask.distributed`` when it is first used.
+Owns the engine's API: validating every call with the Engine's own rules before anything is
+sent, routing each shard its part (slices, partitioned events, packed labels), saving and
+loading a sharded snapshot, and for now starting, calling and recovering the shards.
+Formats and id ranges are ``manifest``'s, initial weights ``seeding``'s, the worker side
+``actor``'s, dask arrays ``dask_arrays``'. Imports Dask only when first used.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import functools
-import json
 import numbers
 import os
 import pathlib
-import re
 import signal
 import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Concatenate, NoReturn, ParamSpec, TypeGuard, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import numpy as np
 
-from . import __version__, _inputs, backends, durable, snapshot
-from . import metrics as _metrics
-from ._files import atomic_file, fsync_directory
-from .durable import DurabilityWarning, DurableEngine, RecoveryError
-from .engine import Engine
-from .params import Params
+from .. import _inputs, backends
+from .. import metrics as _metrics
+from ..durable import DurabilityWarning, RecoveryError
+from ..params import Params
+from . import dask_arrays
+from .actor import ShardActor
+from .manifest import (
+    SavedShards,
+    check_layout,
+    read_manifest,
+    remove_earlier_saves,
+    shard_bounds,
+    shard_file_names,
+    write_manifest,
+)
+from .seeding import initial_parts
 
 if TYPE_CHECKING:
     import dask.array
     import distributed
-    from numpy.random._pcg64 import _PCG64State
 
-    from ._types import ArrayInput, BackendArray, HostWeights, InitialWeights, Labels, StrPath
+    from .._types import ArrayInput, HostWeights, InitialWeights, Labels, StrPath
+    from .seeding import Seed
 
     #: One shard's part of a call: given the shard, start it there (returns a future).
     _Part = Callable[["_Shard"], Any]
-    #: What ``seed`` may be: split into shards through its generator's state.
-    _Seed = int | Sequence[int] | np.random.SeedSequence | None
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-try:  # POSIX: a rollback holds the shard's LOCK while it cuts the log
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]  # no fcntl module to type: mypy checks POSIX
+__all__ = ["CALL_TIMEOUT", "CallTimeoutError", "ShardedEngine", "ShardsLostError"]
 
-__all__ = ["MANIFEST", "CallTimeoutError", "ShardActor", "ShardedEngine", "ShardsLostError",
-           "shard_bounds"]
-
-#: The manifest of a sharded snapshot, written last: a save without it never happened.
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "nap-sharded-snapshot"
-MANIFEST_VERSION = 1
-#: A durable sharded state's layout file (n and the shard boundaries).
-LAYOUT = "sharding.json"
-LAYOUT_FORMAT = "nap-sharded-state"
-
-_SHARD_FILE = re.compile(r"^shard-\d{4}-[0-9a-f]{12}\.nap$")
 _PING_TIMEOUT = 10.0  # seconds a live worker has to answer "are you there?" after a failure
 _WORKER_TIMEOUT = 60.0  # seconds to wait for a worker to place a shard on
 #: Default ``call_timeout``: seconds a shard has to answer any call before it counts as
@@ -117,250 +103,6 @@ class _Stalled(Exception):
     """A shard did not answer within the call's deadline."""
 
 
-def shard_bounds(n: int, shards: int) -> tuple[int, ...]:
-    """Boundaries of ``shards`` contiguous id ranges over ``n`` ids, as ``numpy.array_split``
-    cuts them (the first ``n % shards`` ranges hold one id more): shard i is
-    ``range(bounds[i], bounds[i + 1])``.
-
-    Examples
-    --------
-    >>> from nap_gpu.sharded import shard_bounds
-    >>> shard_bounds(10, 3)
-    (0, 4, 7, 10)
-    """
-    size, extra = divmod(n, shards)
-    bounds = [0]
-    for i in range(shards):
-        bounds.append(bounds[-1] + size + (i < extra))
-    return tuple(bounds)
-
-
-# -- the shard, on a worker -----------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class _UniformSlice:
-    """Weights [start, stop) of ``np.random.default_rng(seed).random(n, dtype=float32)``,
-    made without the ones before ``start``: each float32 takes 32 bits of one of PCG64's
-    64-bit outputs, low half first, so weight i comes from output i // 2, and PCG64 jumps
-    to any output in O(log n) (``advance``). ``state`` is the fresh generator's state."""
-
-    state: Mapping[str, Any]
-    start: int
-    stop: int
-
-    def make(self) -> np.ndarray:
-        bits = np.random.PCG64()
-        # default_rng's bit generator is a PCG64: its state is one (typed as a plain dict)
-        bits.state = cast("_PCG64State", self.state)
-        bits.advance(self.start // 2)
-        rng = np.random.Generator(bits)
-        if self.start % 2:  # the low half of output start // 2 is weight start - 1
-            rng.random(1, dtype=np.float32)
-        return rng.random(self.stop - self.start, dtype=np.float32)
-
-
-def _shard_weights(init: _UniformSlice | InitialWeights, size: int) -> HostWeights:
-    """A shard's initial host weights from what the client sent for it."""
-    if isinstance(init, _UniformSlice):
-        return init.make()
-    return _inputs.initial_weights(init, size, None)  # a constant, or the shard's slice
-
-
-class ShardActor:
-    """One shard on a Dask worker: an Engine (or a DurableEngine) over ids [start, stop).
-
-    Created empty, then filled by ``create``/``open``/``load``: the population travels as a
-    method argument, never inside the task graph. Mutating methods return the shard's log
-    sequence (durable shards; ``None`` otherwise), which is what recovery compares.
-    """
-
-    def __init__(self) -> None:
-        self._eng: Engine | DurableEngine | None = None  # create/open/load make it
-        self._options: dict = {}  # a durable shard's DurableEngine.open options (reopen)
-        self._every = 0  # checkpoint every this many acknowledged calls (durable)
-        self._next_try = 0  # after a failed checkpoint: the sequence to try again at
-
-    def _engine(self) -> Engine | DurableEngine:
-        # The client calls a shard only after create/open/load filled it.
-        assert self._eng is not None, "the shard holds no population yet"
-        return self._eng
-
-    def _durable(self) -> DurableEngine:
-        # Log sequences (mutate's check, rollback) exist only on a shard open() made durable.
-        assert isinstance(self._eng, DurableEngine), "not a durable shard"
-        return self._eng
-
-    def _report(self) -> dict:
-        eng = self._engine()
-        return {"backend": eng.backend, "iteration": eng.iteration, "params": eng.params,
-                "sequence": self._sequence(), "pid": os.getpid()}
-
-    def _sequence(self) -> int | None:
-        return getattr(self._eng, "sequence", None)
-
-    # -- population
-    def create(self, init: _UniformSlice | InitialWeights, size: int, backend: str,
-               params: Params) -> dict:
-        self._eng = Engine(size, backend=backend, init=_shard_weights(init, size), params=params)
-        return self._report()
-
-    def open(self, directory: str, init: _UniformSlice | InitialWeights | None, size: int,
-             backend: str, params: Params | None,
-             options: dict, every: int = 0) -> dict:
-        """Open (recover) or create a durable shard; ``init=None`` means "recover only": a
-        directory without state is then an error (no ``n``), never a fresh population.
-        ``options`` go to ``DurableEngine.open`` (its own snapshots off: see ``mutate``)."""
-        self._options, self._every = dict(options, snapshot_every=0), int(every)
-        options = self._options
-        if init is None:
-            self._eng = DurableEngine.open(directory, backend=backend, params=params, **options)
-        else:
-            self._eng = DurableEngine.open(directory, n=size, backend=backend, params=params,
-                                           init=_shard_weights(init, size), **options)
-        if self._eng.n != size:
-            n = self._eng.n
-            self.close()
-            raise RecoveryError(f"{directory} holds {n} memories, the shard has {size}")
-        return self._report()
-
-    def load(self, pieces: Sequence[tuple[str, str, int, int]], backend: str, params: Params,
-             iteration: int) -> dict:
-        """Adopt ids from old shard snapshots: ``pieces`` are (path, checksum, first, stop)
-        ranges of those files, in id order; each file is read whole and verified
-        (``snapshot.read``), and must carry the checksum the manifest recorded for it."""
-        parts = []
-        for path, checksum, first, stop in pieces:
-            weights, info = snapshot.read(path)
-            if info.checksum != checksum:
-                raise snapshot.SnapshotError(f"{path}: checksum {info.checksum} is not the "
-                                             f"{checksum} the manifest recorded for it: the "
-                                             "file belongs to another save")
-            parts.append(weights[first:stop])
-        weights = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        self._eng = Engine(weights.size, backend=backend, init=weights, params=params)
-        self._eng.iteration = iteration
-        return self._report()
-
-    # -- the law (inputs validated by the client)
-    def mutate(self, expected: int | None, method: str, *args: Any) -> int | None:
-        """Apply one mutating call (``method(*args)``). A durable shard must be at log
-        sequence ``expected``, the one the client knows acknowledged by every shard; it
-        checkpoints here, before the call, never after: a snapshot then never covers a call
-        that another shard may not have, so a call cut short can always be rolled back by
-        cutting it off the log (``rollback``)."""
-        if expected is not None:
-            eng = self._durable()
-            if eng.sequence != expected:
-                raise RecoveryError(f"{eng.directory} is at log sequence {eng.sequence}, the "
-                                    f"client expected {expected}")
-            if (self._every and eng.sequence - eng.snapshot_sequence >= self._every
-                    and eng.sequence >= self._next_try):
-                try:
-                    eng.checkpoint()
-                except OSError:  # the log still holds every call: try again later
-                    self._next_try = eng.sequence + self._every
-        return getattr(self, method)(*args)
-
-    def rollback(self, sequence: int) -> dict:
-        """Undo this durable shard's last call, ``sequence + 1``, which was never
-        acknowledged (a call cut short across shards): close, cut its record off the end of
-        the log, reopen at ``sequence``."""
-        eng = self._durable()
-        if eng.sequence == sequence:
-            return self._report()
-        if eng.sequence != sequence + 1:
-            raise RecoveryError(f"{eng.directory} is at log sequence {eng.sequence}: cannot "
-                                f"roll back to {sequence} (only one call can be cut short)")
-        if eng.snapshot_sequence > sequence:
-            raise RecoveryError(f"{eng.directory}: a snapshot covers sequence "
-                                f"{eng.snapshot_sequence}, so the call cannot be rolled back "
-                                f"to {sequence}")
-        directory, backend = eng.directory, eng.backend
-        eng.close()
-        self._eng = None
-        _cut_log(directory, sequence)
-        self._eng = DurableEngine.open(directory, backend=backend, **self._options)
-        if self._eng.sequence != sequence:
-            raise RecoveryError(f"{directory}: reopened at sequence {self._eng.sequence} after "
-                                f"the rollback, not {sequence}")
-        return self._report()
-
-    def step(self, quality: ArrayInput, check_finite: bool = False) -> int | None:
-        self._engine().step(quality, check_finite=check_finite)
-        return self._sequence()
-
-    def update(self, ids: np.ndarray, quality: np.ndarray) -> int | None:
-        self._engine().update(ids, quality, check_finite=False)
-        return self._sequence()
-
-    def decay(self, k: int) -> int | None:
-        self._engine().decay(k)
-        return self._sequence()
-
-    def set_params(self, params: Params) -> int | None:
-        self._engine().params = params
-        return self._sequence()
-
-    # -- reading
-    def summary(self, packed_labels: np.ndarray, eps: float) -> _metrics.Summary:
-        """The shard's mergeable metrics summary, for its labels packed 8 to a byte."""
-        eng = self._engine()
-        backend = backends.get(eng.backend)
-        labels = np.unpackbits(packed_labels, count=eng.n)
-        return _metrics.summarize(eng.weights, backend.asarray(labels), backend,
-                                  eps=eps).on_host()
-
-    def save(self, path: str) -> str:
-        self._engine().save(path)
-        return snapshot.inspect(path, verify=False).checksum
-
-    def to_numpy(self) -> HostWeights:
-        return self._engine().to_numpy()
-
-    def ping(self) -> int:
-        return os.getpid()
-
-    def close(self) -> None:
-        if isinstance(self._eng, DurableEngine):
-            self._eng.close()
-
-
-def _cut_log(directory: pathlib.Path, sequence: int) -> None:
-    """Truncate a closed durable state's log just before record ``sequence + 1``, its last
-    one, holding the directory's LOCK meanwhile. (The log format is durable.py's; its
-    reader is reused, not restated.)"""
-    lock = open(directory / "LOCK", "a+b")
-    try:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if anyone holds it
-        _, segments = durable._list(directory)
-        later = [path for first, path in segments if first > sequence + 1]
-        for path in later:  # each open after the call started one, empty
-            if path.stat().st_size > durable._SEG_HEADER_SIZE:
-                raise RecoveryError(f"{path}: records after {sequence + 1}", path, 0)
-        for path in later:
-            path.unlink()
-        holding = [path for first, path in segments if first <= sequence + 1]
-        if not holding:
-            raise RecoveryError(f"{directory}: no log segment holds record {sequence + 1}")
-        path = holding[-1]
-        with open(path, "r+b") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            durable._read_segment_header(path, fh, size)
-            cut = None
-            for item in durable._records(path, fh, size):
-                if item[0] == "bad":  # open already dropped a torn tail; anything else raised
-                    raise RecoveryError(f"{path}: {item[2]} at offset {item[1]}", path, item[1])
-                if item[1] == sequence + 1:
-                    cut = item[0]
-                elif item[1] > sequence + 1:
-                    raise RecoveryError(f"{path}: record {item[1]} follows {sequence + 1}")
-            if cut is None:
-                raise RecoveryError(f"{path}: no record {sequence + 1} to roll back")
-            fh.truncate(cut)
-            os.fsync(fh.fileno())
-        fsync_directory(directory)  # the unlinked empty segments
-    finally:
-        lock.close()
 
 
 def _stop_worker_process(pid: int | None, dask_worker: Any = None) -> bool:
@@ -374,25 +116,7 @@ def _stop_worker_process(pid: int | None, dask_worker: Any = None) -> bool:
     return True
 
 
-def _first_nonfinite(block: BackendArray) -> tuple[int, float] | None:
-    """Dask task, where a block of a dask array of qualities lives: (index, value) of its
-    first non-finite quality, after the Engine's float32 conversion; None if all finite."""
-    host = backends.best_host()
-    q = _inputs.quality(block, int(block.size), host, check_finite=False)
-    bad = host.first_nonfinite(q)
-    return None if bad < 0 else (int(bad), float(q[bad]))
-
-
-def _step_with_block(actor: Any, expected: int | None, block: BackendArray) -> int | None:
-    """Dask task on a shard's worker: step the shard with its block of a dask array."""
-    return actor.mutate(expected, "step", block, False).result()
-
-
 # -- the client side ------------------------------------------------------------------------
-def _is_dask_array(x: object) -> TypeGuard[dask.array.Array]:
-    return type(x).__module__.startswith("dask.array")
-
-
 def _distributed() -> ModuleType:
     try:
         import distributed  # noqa: PLC0415 - only ShardedEngine needs Dask
@@ -528,14 +252,14 @@ class ShardedEngine:
     _shards: list[_Shard]
 
     def __init__(self, n: int, *, shards: int, client: distributed.Client | None = None,
-                 backend: str = "auto", seed: _Seed = None, init: InitialWeights = "uniform",
+                 backend: str = "auto", seed: Seed = None, init: InitialWeights = "uniform",
                  params: Params | None = None, state: StrPath | None = None,
                  state_options: dict[str, Any] | None = None,
                  call_timeout: float | None = CALL_TIMEOUT) -> None:
         n = _inputs.whole(n, "n", minimum=1)
         self._prepare(n, shards, client, backend, _inputs.law_params(params, default=Params()), iteration=0,
                       state=state, state_options=state_options, call_timeout=call_timeout)
-        inits = self._initial(init, seed)
+        inits = initial_parts(init, seed, self._n)
         if self._state is None:
             self._start({i: _call("create", inits(r), len(r), backend, self._params)
                          for i, r in enumerate(self._ranges)})
@@ -577,21 +301,6 @@ class ShardedEngine:
         self._lost = None
         self._closed = False
         self._shards = []
-
-    def _initial(self, init: InitialWeights, seed: _Seed) -> Callable[[range], Any]:
-        """A function of a shard's id range giving what that shard needs to make its part
-        of ``Engine(n, seed=seed, init=init)``'s weights, after the Engine's own checks."""
-        if isinstance(init, str) and init == "uniform":
-            if isinstance(seed, (np.random.Generator, np.random.BitGenerator)):
-                raise TypeError("seed must be None, an int, a sequence of ints or a "
-                                "SeedSequence: a Generator's state cannot be split into shards")
-            state = np.random.default_rng(seed).bit_generator.state  # fixes seed=None's entropy
-            return lambda ids: _UniformSlice(state, ids.start, ids.stop)
-        if isinstance(init, (str, numbers.Real)):
-            _inputs.initial_weights(init, 1, seed)  # the Engine's checks on a constant
-            return lambda ids: init
-        weights = _inputs.initial_weights(init, self._n, seed)  # validated, on the client anyway
-        return lambda ids: weights[ids.start:ids.stop]
 
     # -- shards: start, call, recover ----------------------------------------------------
     def _workers(self, avoid: frozenset = frozenset()) -> list[str]:
@@ -926,7 +635,7 @@ class ShardedEngine:
         and the others not: it was never acknowledged, and is rolled back where it was
         applied, so that every shard ends at the same point."""
         self._state_directory().mkdir(parents=True, exist_ok=True)
-        self._check_layout()
+        check_layout(self._state_directory(), self._n, self._bounds)
         reports = self._start({i: _call("open", str(self._shard_state(i)), inits(r), len(r),
                                         self._backend, params, self._state_options,
                                         self._snapshot_every)
@@ -956,22 +665,6 @@ class ShardedEngine:
                                 "shards (e.g. fsync='group' lost a window), so the shards do "
                                 "not hold one population")
         _, self.iteration, self._params = held.pop()
-
-    def _check_layout(self) -> None:
-        """The state's n and boundaries are fixed when it is created; reopening with others
-        would pair shard directories with the wrong ids."""
-        path = self._state_directory() / LAYOUT
-        layout = {"format": LAYOUT_FORMAT, "format_version": MANIFEST_VERSION, "n": self._n,
-                  "bounds": list(self._bounds)}
-        if not path.exists():
-            _write_json(path, layout)
-            return
-        held = json.loads(path.read_text())
-        if held.get("n") != self._n or held.get("bounds") != layout["bounds"]:
-            raise ValueError(f"{self._state} holds n = {held.get('n')} memories in "
-                             f"{len(held.get('bounds', [])) - 1} shard(s), not n = {self._n} "
-                             f"in {len(self._ranges)}: re-shard with save() and "
-                             "ShardedEngine.load()")
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -1039,9 +732,9 @@ class ShardedEngine:
         """Dense step (see ``Engine.step``): a scalar is broadcast; an array sends each shard
         only its slice; a dask array is rechunked to the shards and each block stepped on
         the shard's own worker, never passing through the client."""
-        if _is_dask_array(quality) and quality.ndim == 0:
+        if dask_arrays.is_dask_array(quality) and quality.ndim == 0:
             quality = quality.compute()  # one number for every memory
-        if _is_dask_array(quality):
+        if dask_arrays.is_dask_array(quality):
             self._step_dask(quality, check_finite)
         else:
             q = _inputs.quality(quality, self._n, backends.best_host(), check_finite=check_finite)
@@ -1053,55 +746,11 @@ class ShardedEngine:
         self.iteration += 1
 
     def _step_dask(self, quality: dask.array.Array, check_finite: bool) -> None:
-        blocks = self._blocks(self._dask_quality(quality))
-        if check_finite:  # pure tasks, not shard calls: Dask reruns them if a worker dies
-            checks = [self._client.submit(_first_nonfinite, block, pure=False,
-                                          workers=[s.worker], allow_other_workers=True)
-                      for s, block in zip(self._shards, blocks)]
-            self._wait_for_tasks(checks, "checked")
-            found = self._client.gather(checks)
-            hits = [(i, hit) for i, hit in enumerate(found) if hit is not None]
-            if hits:  # the Engine's error, at the index in the whole array
-                i, (at, value) = hits[0]
-                raise _inputs.not_finite("quality", self._ranges[i].start + at, value)
-        # allow_other_workers: if the shard's worker is gone, the task runs elsewhere and its
-        # call to the lost actor fails, which starts recovery (instead of waiting forever)
-        self._run({i: (lambda s, b=block: self._client.submit(
-                        _step_with_block, s.actor, s.sequence, b, pure=False, workers=[s.worker],
-                        allow_other_workers=True))
-                   for i, block in enumerate(blocks)}, mutating=True)
-
-    def _dask_quality(self, q: dask.array.Array) -> dask.array.Array:
-        """A dask array of qualities, a 1-D float array of length n by the Engine's shape
-        and dtype rules, checked on its metadata (nothing is computed)."""
-        if q.dtype.kind != "f" or q.shape != (self._n,):
-            # Engine's own checks on a zero-byte stand-in of the same shape: they raise what
-            # the array would (a float32 stand-in for float dtypes: nothing to convert)
-            dtype = np.float32 if q.dtype.kind == "f" else q.dtype
-            _inputs.quality(np.broadcast_to(np.zeros((), dtype), q.shape), self._n,
-                            backends.best_host(), check_finite=False)
-        return q
-
-    def _blocks(self, x: dask.array.Array) -> list:
-        """Futures of a dask array's blocks, one per shard (rechunked to the boundaries),
-        computed: an error of the array's own graph is raised here, before any shard call."""
-        sizes = tuple(len(r) for r in self._ranges)
-        blocks = self._client.compute(list(x.rechunk((sizes,)).to_delayed().ravel()))
-        self._wait_for_tasks(blocks, "computed")
-        for block in blocks:
-            if block.status == "error":
-                block.result()  # raises the graph's error
-        return blocks
-
-    def _wait_for_tasks(self, futures: list, what: str) -> None:
-        """Wait for the dask array's own tasks, within ``call_timeout``: no shard has been
-        called yet, so a timeout here changes nothing."""
-        try:
-            _distributed().wait(futures, timeout=self._call_timeout)
-        except TimeoutError:
-            raise TimeoutError(f"the qualities' blocks were not {what} within call_timeout = "
-                               f"{self._call_timeout:g} s (a worker holding them may be "
-                               "stalled); no shard was called") from None
+        blocks = dask_arrays.shard_blocks(self._client, quality, self._ranges, self._call_timeout)
+        if check_finite:
+            dask_arrays.require_finite(self._client, blocks, self.workers, self._ranges,
+                                       self._call_timeout)
+        self._run(dask_arrays.step_parts(self._client, blocks), mutating=True)
 
     @_serialized
     def update(self, ids: ArrayInput, quality: ArrayInput, *, check_finite: bool = True) -> None:
@@ -1157,22 +806,13 @@ class ShardedEngine:
         short leaves the previous one loadable. Returns the manifest's path."""
         directory = pathlib.Path(directory).resolve()
         directory.mkdir(parents=True, exist_ok=True)
-        token = uuid.uuid4().hex[:12]
-        names = [f"shard-{i:04d}-{token}.nap" for i in range(self.shards)]
+        names = shard_file_names(self.shards)
         checksums = self._run({i: _call("save", str(directory / name))
                                for i, name in enumerate(names)}, mutating=False)
-        manifest = {
-            "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "n": self._n,
-            "bounds": list(self._bounds),
-            "shards": [{"file": name, "checksum": checksums[i]} for i, name in enumerate(names)],
-            "params": snapshot.params_fields(self._params), "iteration": self.iteration,
-            "nap_gpu_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        path = _write_json(directory / MANIFEST, manifest)
-        for entry in os.scandir(directory):  # the files of earlier saves
-            if _SHARD_FILE.match(entry.name) and entry.name not in names:
-                os.unlink(entry.path)
+        path = write_manifest(directory, n=self._n, bounds=self._bounds,
+                              files=[(name, checksums[i]) for i, name in enumerate(names)],
+                              params=self._params, iteration=self.iteration)
+        remove_earlier_saves(directory, keep=names)
         return path
 
     @classmethod
@@ -1183,14 +823,12 @@ class ShardedEngine:
         continuing bit for bit. Each new shard reads the old shard files its ids fall in,
         whole, verified against their checksums and the manifest's."""
         directory = pathlib.Path(directory).resolve()
-        manifest = _read_manifest(directory / MANIFEST)
-        old = manifest["bounds"]
+        saved: SavedShards = read_manifest(directory)
         self = cls.__new__(cls)
-        self._prepare(manifest["n"], len(old) - 1 if shards is None else shards, client,
-                      backend, manifest["params"], iteration=manifest["iteration"],
+        self._prepare(saved.n, len(saved.bounds) - 1 if shards is None else shards, client,
+                      backend, saved.params, iteration=saved.iteration,
                       call_timeout=call_timeout)
-        files = [(str(directory / s["file"]), s["checksum"]) for s in manifest["shards"]]
-        self._start({i: _call("load", _pieces(old, files, r), backend, self._params,
+        self._start({i: _call("load", saved.pieces(r), backend, self._params,
                               self.iteration) for i, r in enumerate(self._ranges)})
         return self
 
@@ -1209,48 +847,3 @@ class ShardedEngine:
         self.close()
 
 
-def _pieces(old_bounds: Sequence[int], files: Sequence[tuple[str, str]],
-            ids: range) -> list[tuple[str, str, int, int]]:
-    """(file, checksum, first, stop) ranges of the old shard files holding ``ids``."""
-    pieces = []
-    for (lo, hi), (path, checksum) in zip(zip(old_bounds[:-1], old_bounds[1:]), files):
-        first, stop = max(lo, ids.start), min(hi, ids.stop)
-        if first < stop:
-            pieces.append((path, checksum, first - lo, stop - lo))
-    return pieces
-
-
-def _write_json(path: pathlib.Path, document: dict) -> pathlib.Path:
-    """Write ``document`` to ``path`` atomically and durably (temporary file, fsync, rename,
-    fsync of the directory), as ``snapshot.write`` writes a snapshot."""
-    with atomic_file(path) as fh:
-        fh.write(json.dumps(document, indent=1).encode())
-    return path
-
-
-def _read_manifest(path: pathlib.Path) -> dict:
-    """The manifest, checked for consistency; ``SnapshotError`` names the file and fault."""
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise snapshot.SnapshotError(f"{path}: no manifest: not a sharded save, or a save "
-                                     "that never finished") from None
-    except ValueError as exc:
-        raise snapshot.SnapshotError(f"{path}: unreadable manifest: {exc}") from None
-    try:
-        if manifest["format"] != MANIFEST_FORMAT:
-            raise ValueError(f"format {manifest['format']!r}, expected {MANIFEST_FORMAT!r}")
-        if manifest["format_version"] > MANIFEST_VERSION:
-            raise ValueError(f"format version {manifest['format_version']}; this nap_gpu reads "
-                             f"versions up to {MANIFEST_VERSION}: upgrade nap_gpu")
-        bounds = [int(b) for b in manifest["bounds"]]
-        n = int(manifest["n"])
-        if bounds[0] != 0 or bounds[-1] != n or any(a >= b for a, b in zip(bounds, bounds[1:])):
-            raise ValueError(f"shard boundaries {bounds} do not cut [0, {n}) into ranges")
-        if len(manifest["shards"]) != len(bounds) - 1:
-            raise ValueError(f"{len(manifest['shards'])} shard files for {len(bounds) - 1} ranges")
-        params = snapshot.params_from_fields(manifest["params"])
-        return {**manifest, "n": n, "bounds": bounds, "params": params,
-                "iteration": int(manifest["iteration"])}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise snapshot.SnapshotError(f"{path}: bad manifest: {exc}") from None
