@@ -11,6 +11,9 @@ Importing this package imports neither Dask nor any GPU library; ``ShardedEngine
 ``dask.distributed`` when it is first used. Its modules, one job each:
 
 - ``engine``: the client, ``ShardedEngine``;
+- ``supervisor``: running a call on every shard, and its faults (recovery, fencing,
+  rollbacks across shards, timeouts);
+- ``shards``: the client's handles on the shards, their calls, their placement on workers;
 - ``actor``: the worker side, ``ShardActor``;
 - ``manifest``: the id ranges (``shard_bounds``), the save manifest and the state's layout;
 - ``seeding``: each shard's part of the initial weights (PCG64 slices);
@@ -19,14 +22,19 @@ Importing this package imports neither Dask nor any GPU library; ``ShardedEngine
 
 # ``X as X``: public without being in __all__ (documented, or naming a format), as they were
 # in the former module nap_gpu.sharded.
+from . import supervisor as _supervisor
 from .actor import ShardActor
-from .engine import CALL_TIMEOUT as CALL_TIMEOUT
-from .engine import CallTimeoutError, ShardedEngine, ShardsLostError
+from .engine import ShardedEngine
 from .manifest import LAYOUT as LAYOUT
 from .manifest import LAYOUT_FORMAT as LAYOUT_FORMAT
 from .manifest import MANIFEST, shard_bounds
 from .manifest import MANIFEST_FORMAT as MANIFEST_FORMAT
 from .manifest import MANIFEST_VERSION as MANIFEST_VERSION
+from .supervisor import CallTimeoutError, ShardsLostError
+
+#: Default ``call_timeout``: seconds a shard has to answer any call before it counts as
+#: stalled (far above a healthy call's milliseconds, below Dask's own 5-minute worker TTL).
+CALL_TIMEOUT = _supervisor.CALL_TIMEOUT
 
 __all__ = ["MANIFEST", "CallTimeoutError", "ShardActor", "ShardedEngine", "ShardsLostError",
            "shard_bounds"]

@@ -3,32 +3,34 @@ where the block lives, so the qualities never pass through the client.
 
 Owns the array's checks (shape and dtype on its metadata, finiteness by a task per block),
 rechunking it to the shards, and the tasks that run on the workers (``_first_nonfinite``,
-``_step_with_block``). Imports ``_inputs`` and ``backends``; Dask only as the caller's
-client and arrays (this module imports none of it).
+``_step_with_block``). Imports ``_inputs``, ``backends`` and ``shards``; Dask only as the
+caller's client and arrays, and ``distributed.wait`` once a client exists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
 from .. import _inputs, backends
+from .shards import distributed
 
 if TYPE_CHECKING:
     import dask.array
-    import distributed
+    import distributed as _distributed
 
     from .._types import BackendArray
+    from .shards import Part
 
 
 def is_dask_array(x: object) -> TypeGuard[dask.array.Array]:
     return type(x).__module__.startswith("dask.array")
 
 
-def shard_blocks(client: distributed.Client, q: dask.array.Array, ranges: Sequence[range],
-                 timeout: float | None) -> list[distributed.Future]:
+def shard_blocks(client: _distributed.Client, q: dask.array.Array, ranges: Sequence[range],
+                 timeout: float | None) -> list[_distributed.Future]:
     """Futures of the blocks of a dask array of qualities, one per shard (``ranges``),
     computed: a wrong shape or dtype raises the Engine's error first, and an error of the
     array's own graph is raised here, before any shard call."""
@@ -42,7 +44,7 @@ def shard_blocks(client: distributed.Client, q: dask.array.Array, ranges: Sequen
     return blocks
 
 
-def require_finite(client: distributed.Client, blocks: Sequence[distributed.Future],
+def require_finite(client: _distributed.Client, blocks: Sequence[_distributed.Future],
                    workers: Sequence[str], ranges: Sequence[range], timeout: float | None) -> None:
     """The Engine's error for the first non-finite quality of the blocks (each checked by a
     task on its shard's worker), at its index in the whole array."""
@@ -58,12 +60,12 @@ def require_finite(client: distributed.Client, blocks: Sequence[distributed.Futu
         raise _inputs.not_finite("quality", ranges[i].start + at, value)
 
 
-def step_parts(client: distributed.Client,
-               blocks: Sequence[distributed.Future]) -> dict[int, Callable[[Any], Any]]:
+def step_parts(client: _distributed.Client,
+               blocks: Sequence[_distributed.Future]) -> dict[int, Part]:
     """Each shard's part of the step: a task on the shard's worker stepping it with its block.
     ``allow_other_workers``: if the shard's worker is gone, the task runs elsewhere and its
     call to the lost actor fails, which starts recovery (instead of waiting forever)."""
-    def part(block: distributed.Future) -> Callable[[Any], Any]:
+    def part(block: _distributed.Future) -> Part:
         return lambda shard: client.submit(_step_with_block, shard.actor, shard.sequence, block,
                                            pure=False, workers=[shard.worker],
                                            allow_other_workers=True)
@@ -84,10 +86,8 @@ def _check_metadata(q: dask.array.Array, n: int) -> None:
 def _wait_for_tasks(futures: list, what: str, timeout: float | None) -> None:
     """Wait for the dask array's own tasks, within ``call_timeout``: no shard has been
     called yet, so a timeout here changes nothing."""
-    import distributed  # noqa: PLC0415 - the caller's client has imported it already
-
     try:
-        distributed.wait(futures, timeout=timeout)
+        distributed().wait(futures, timeout=timeout)
     except TimeoutError:
         raise TimeoutError(f"the qualities' blocks were not {what} within call_timeout = "
                            f"{timeout:g} s (a worker holding them may be "

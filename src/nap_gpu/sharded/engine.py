@@ -1,33 +1,29 @@
 """The client of a sharded population: ``ShardedEngine``.
 
 Owns the engine's API: validating every call with the Engine's own rules before anything is
-sent, routing each shard its part (slices, partitioned events, packed labels), saving and
-loading a sharded snapshot, and for now starting, calling and recovering the shards.
-Formats and id ranges are ``manifest``'s, initial weights ``seeding``'s, the worker side
-``actor``'s, dask arrays ``dask_arrays``'. Imports Dask only when first used.
+sent, routing each shard its part (slices, partitioned events, packed labels), the engine's
+parameters and iteration, saving and loading a sharded snapshot, one call at a time, and
+the engine's lifetime.
+
+Running the calls and their faults is ``supervisor``'s, the formats ``manifest``'s, the
+initial weights ``seeding``'s, dask arrays ``dask_arrays``'; the shards themselves are
+``actor``'s ``ShardActor``. Imports those modules, ``shards`` (the calls' descriptions),
+``_inputs``, ``backends``, ``metrics`` and ``params``; Dask only when first used.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import numbers
-import os
 import pathlib
-import signal
 import threading
-import time
-import uuid
-import warnings
 from collections.abc import Callable
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Concatenate, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
 from .. import _inputs, backends
 from .. import metrics as _metrics
-from ..durable import DurabilityWarning, RecoveryError
 from ..params import Params
 from . import dask_arrays
 from .actor import ShardActor
@@ -41,128 +37,22 @@ from .manifest import (
     write_manifest,
 )
 from .seeding import initial_parts
+from .shards import Cluster, Part, ShardCall, ShardMutation, distributed
+from .supervisor import CALL_TIMEOUT, ShardsLostError, Supervisor
 
 if TYPE_CHECKING:
     import dask.array
-    import distributed
+    import distributed as _distributed
 
     from .._types import ArrayInput, HostWeights, InitialWeights, Labels, StrPath
     from .seeding import Seed
 
-    #: One shard's part of a call: given the shard, start it there (returns a future).
-    _Part = Callable[["_Shard"], Any]
-
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-__all__ = ["CALL_TIMEOUT", "CallTimeoutError", "ShardedEngine", "ShardsLostError"]
+__all__ = ["ShardedEngine"]
 
-_PING_TIMEOUT = 10.0  # seconds a live worker has to answer "are you there?" after a failure
-_WORKER_TIMEOUT = 60.0  # seconds to wait for a worker to place a shard on
-#: Default ``call_timeout``: seconds a shard has to answer any call before it counts as
-#: stalled (far above a healthy call's milliseconds, below Dask's own 5-minute worker TTL).
-CALL_TIMEOUT = 60.0
-_FENCE_WAIT = 10.0  # seconds a reopen waits for a killed worker's LOCK to be released
 _SNAPSHOT_EVERY = 50  # DurableEngine.open's default, kept for state_options["snapshot_every"]
-
-
-class ShardsLostError(RuntimeError):
-    """Shards were lost (their worker died, or a call failed on them) and could not be
-    recovered: without ``state=`` nothing else holds their weights. ``shards`` maps each lost
-    shard to its id range, ``causes`` to what happened. The engine refuses every later call
-    (and metrics) rather than answer from part of the population."""
-
-    def __init__(self, shards: dict[int, range], causes: dict[int, str]) -> None:
-        self.shards = dict(shards)
-        self.causes = dict(causes)
-        listed = "; ".join(f"shard {i} (ids {r.start}..{r.stop - 1}): {causes.get(i, 'lost')}"
-                           for i, r in sorted(shards.items()))
-        super().__init__(f"{len(shards)} shard(s) lost, the population is incomplete: {listed}")
-
-
-class CallTimeoutError(TimeoutError):
-    """A call did not finish within ``call_timeout``: some shards did not answer. With
-    ``state=`` the engine has already fenced their workers (killed through their nanny, so a
-    stalled process can never write again), reopened their shards elsewhere and rolled the
-    call back on every shard: it had no effect, and the engine goes on. ``shards`` maps each
-    shard that did not answer to its id range, ``workers`` says what became of each worker."""
-
-    def __init__(self, message: str, shards: dict[int, range], workers: dict[str, str],
-                 timeout: float) -> None:
-        super().__init__(message)
-        self.shards = dict(shards)
-        self.workers = dict(workers)
-        self.timeout = timeout
-
-
-class _Unrecoverable(Exception):
-    """A lost shard could not be brought back with nothing acknowledged lost (the reason)."""
-
-
-class _Stalled(Exception):
-    """A shard did not answer within the call's deadline."""
-
-
-
-
-def _stop_worker_process(pid: int | None, dask_worker: Any = None) -> bool:
-    """Run on a worker's nanny (``client.run(..., nanny=True)``): SIGKILL its worker process
-    if that is still ``pid``, the one that stopped answering. SIGKILL ends even a stopped
-    process, and its flock on a shard's LOCK goes with it. False: not that process any more
-    (it died, and the nanny may have started another)."""
-    if pid is None or getattr(dask_worker, "pid", None) != pid:
-        return False
-    os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
-    return True
-
-
-# -- the client side ------------------------------------------------------------------------
-def _distributed() -> ModuleType:
-    try:
-        import distributed  # noqa: PLC0415 - only ShardedEngine needs Dask
-    except ImportError as exc:
-        raise ImportError("ShardedEngine needs dask.distributed: "
-                          "pip install 'nap_gpu[dask]'") from exc
-    return distributed
-
-
-@dataclasses.dataclass
-class _Shard:
-    index: int
-    ids: range
-    worker: str
-    actor: Any  # a dask Actor proxy of ShardActor: its methods return futures
-    future: distributed.Future  # holds the actor alive
-    backend: str = ""
-    sequence: int | None = None  # the last acknowledged log sequence (durable shards)
-    pid: int | None = None  # the worker's process (what its nanny kills to fence it)
-
-    def logged(self) -> int:
-        # Recovery and rollbacks run only with state=, where every shard is durable.
-        assert self.sequence is not None, f"shard {self.index} is not durable: no log sequence"
-        return self.sequence
-
-
-def _call(method: str, *args: Any) -> _Part:
-    """A part of a call: invoke ``method`` on a shard's actor (returns a future)."""
-    return lambda shard: getattr(shard.actor, method)(*args)
-
-
-def _mutation(method: str, *args: Any) -> _Part:
-    """A part of a mutating call: ``ShardActor.mutate`` at the shard's acknowledged sequence."""
-    return lambda shard: shard.actor.mutate(shard.sequence, method, *args)
-
-
-def _wait(future: Any, deadline: float | None) -> Any:
-    """A shard future's result; ``_Stalled`` if it has none by ``deadline`` (monotonic)."""
-    if deadline is None or future.done():
-        return future.result()
-    try:  # a timeout of 0 would fail even a finished future: at least a millisecond
-        return future.result(timeout=max(deadline - time.monotonic(), 1e-3))
-    except TimeoutError:
-        if future.done():  # the shard itself raised a TimeoutError
-            return future.result()
-        raise _Stalled() from None
 
 
 def _serialized(method: Callable[Concatenate[ShardedEngine, _P], _R]
@@ -173,8 +63,8 @@ def _serialized(method: Callable[Concatenate[ShardedEngine, _P], _R]
         with self._lock:
             if self._closed:
                 raise ValueError("the ShardedEngine is closed")
-            if self._lost is not None:
-                raise ShardsLostError(*self._lost)
+            if self._supervisor.lost is not None:
+                raise ShardsLostError(*self._supervisor.lost)
             return method(self, *args, **kwargs)
     return locked
 
@@ -234,445 +124,53 @@ class ShardedEngine:
 
     _actor = ShardActor  # what holds a shard on its worker
 
-    # Set by _prepare, which both __init__ and load (on an instance from __new__) call.
-    _client: distributed.Client
-    _n: int
-    _bounds: tuple[int, ...]
-    _ranges: list[range]
-    _backend: str
-    _params: Params
-    iteration: int
-    _state: pathlib.Path | None  # the durable state's directory (None: not durable)
-    _state_options: dict
-    _snapshot_every: int
-    _call_timeout: float | None
-    _lock: threading.RLock
-    _lost: tuple[dict, dict] | None  # set when shards are lost: ShardsLostError's arguments
-    _closed: bool
-    _shards: list[_Shard]
-
-    def __init__(self, n: int, *, shards: int, client: distributed.Client | None = None,
+    def __init__(self, n: int, *, shards: int, client: _distributed.Client | None = None,
                  backend: str = "auto", seed: Seed = None, init: InitialWeights = "uniform",
                  params: Params | None = None, state: StrPath | None = None,
                  state_options: dict[str, Any] | None = None,
-                 call_timeout: float | None = CALL_TIMEOUT) -> None:
+                 call_timeout: float | None = CALL_TIMEOUT, _saved: SavedShards | None = None) -> None:
+        # _saved: the save ShardedEngine.load starts from (then neither init nor state)
         n = _inputs.whole(n, "n", minimum=1)
-        self._prepare(n, shards, client, backend, _inputs.law_params(params, default=Params()), iteration=0,
-                      state=state, state_options=state_options, call_timeout=call_timeout)
-        inits = initial_parts(init, seed, self._n)
-        if self._state is None:
-            self._start({i: _call("create", inits(r), len(r), backend, self._params)
-                         for i, r in enumerate(self._ranges)})
-        else:  # the state's own parameters unless given (as DurableEngine.open)
-            self._open_state(inits, params)
-
-    def _prepare(self, n: int, shards: int, client: distributed.Client | None, backend: str,
-                 params: Params, iteration: int, state: StrPath | None = None,
-                 state_options: dict[str, Any] | None = None,
-                 call_timeout: float | None = CALL_TIMEOUT) -> None:
-        if call_timeout is not None:
-            if isinstance(call_timeout, bool) or not isinstance(call_timeout, numbers.Real):
-                raise TypeError(f"call_timeout must be a number of seconds or None, got "
-                                f"{type(call_timeout).__name__}")
-            if not 0 < call_timeout < 1e9:  # compared, not float(): 10**400 would overflow
-                raise ValueError(f"call_timeout must be a positive number of seconds (below "
-                                 f"1e9) or None, got {call_timeout!r}")
+        self._params = _inputs.law_params(params, default=Params())
+        call_timeout = _checked_call_timeout(call_timeout)
         options = dict(state_options or {})
-        every = options.pop("snapshot_every", _SNAPSHOT_EVERY)
-        if every is not None and (isinstance(every, bool) or not isinstance(every, numbers.Integral)
-                                  or every < 0):
-            raise ValueError(f"snapshot_every must be an integer >= 0 or None, got {every!r}")
-        if not 1 <= _inputs.whole(shards, "shards", minimum=1) <= n:
-            raise ValueError(f"shards must lie in [1, n = {n}], got {shards}")
+        every = _checked_snapshot_every(options.pop("snapshot_every", _SNAPSHOT_EVERY))
+        self._bounds = shard_bounds(n, _checked_shards(shards, n))
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a name or 'auto', got {type(backend).__name__}")
-        self._client = _distributed().get_client() if client is None else client
+        client = distributed().get_client() if client is None else client
         self._n = n
-        self._bounds = shard_bounds(n, int(shards))
         self._ranges = [range(a, b) for a, b in zip(self._bounds[:-1], self._bounds[1:])]
         self._backend = backend
-        self._params = params
-        self.iteration = iteration
-        self._state = None if state is None else pathlib.Path(state).resolve()
-        self._state_options = options
-        self._snapshot_every = int(every or 0)
-        self._call_timeout = None if call_timeout is None else float(call_timeout)
+        self.iteration = 0 if _saved is None else _saved.iteration
+        self._state = None if state is None else pathlib.Path(state).resolve()  # None: in memory
         self._lock = threading.RLock()
-        self._lost = None
         self._closed = False
-        self._shards = []
+        self._supervisor = Supervisor(Cluster(client, self._actor, self._ranges, call_timeout),
+                                      backend=backend, state=self._state, state_options=options,
+                                      snapshot_every=every)
+        if _saved is not None:
+            self._load_shards(_saved)
+        elif self._state is None:
+            inits = initial_parts(init, seed, n)
+            self._supervisor.start({i: ShardCall("create", inits(r), len(r), backend, self._params)
+                                    for i, r in enumerate(self._ranges)})
+        else:  # the state's own parameters unless given (as DurableEngine.open)
+            inits = initial_parts(init, seed, n)
+            self._state.mkdir(parents=True, exist_ok=True)
+            check_layout(self._state, n, self._bounds)
+            self.iteration, self._params = self._supervisor.open_state(inits, params)
 
-    # -- shards: start, call, recover ----------------------------------------------------
-    def _workers(self, avoid: frozenset = frozenset()) -> list[str]:
-        """The cluster's workers but ``avoid``, waiting (up to a minute) for one to exist:
-        after a loss the scheduler may still list the dead worker, and a restarted one may
-        not be registered yet."""
-        deadline = time.monotonic() + _WORKER_TIMEOUT
-        while not (workers := sorted(set(self._client.scheduler_info()["workers"]) - avoid)):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no worker to place shards on within {_WORKER_TIMEOUT:.0f} s")
-            time.sleep(0.1)
-        return workers
-
-    def _spawn(self, placement: dict[int, str],
-               avoid: frozenset = frozenset()) -> dict[int, _Shard]:
-        """Empty shard actors, created concurrently: shard index -> worker. An actor whose
-        worker leaves the cluster before the actor exists (one the scheduler still listed
-        just after it died, or a fenced one) is placed again on a live worker, not waited
-        for: a worker restricted to a task that is gone would hold it forever."""
-        placement = dict(placement)
-
-        def submit(i: int) -> distributed.Future:
-            return self._client.submit(self._actor, actor=True, workers=[placement[i]],
-                                       pure=False, key=f"nap-shard-{i:04d}-{uuid.uuid4().hex[:8]}")
-
-        futures = {i: submit(i) for i in placement}
-        deadline = time.monotonic() + _WORKER_TIMEOUT
-        while pending := [f for f in futures.values() if not f.done()]:
-            if time.monotonic() > deadline:
-                raise TimeoutError("no worker created a shard actor within "
-                                   f"{_WORKER_TIMEOUT:.0f} s")
-            try:
-                _distributed().wait(pending, timeout=0.5)
-            except TimeoutError:
-                pass
-            live = sorted(set(self._client.scheduler_info()["workers"]) - avoid)
-            for i, future in futures.items():
-                if not future.done() and live and placement[i] not in live:
-                    future.cancel()
-                    placement[i] = live[i % len(live)]
-                    futures[i] = submit(i)
-        return {i: _Shard(i, self._ranges[i], placement[i], future.result(), future)
-                for i, future in futures.items()}
-
-    def _start(self, fills: dict) -> dict[int, dict]:
-        """Create one actor per shard, round-robin over the workers, and fill each with its
-        part (``fills``), concurrently; on any failure, release what was made and raise."""
-        workers = self._workers()
-        try:
-            spawned = self._spawn({i: workers[i % len(workers)] for i in range(self.shards)})
-            self._shards = [spawned[i] for i in range(self.shards)]
-            pending = {i: fill(self._shards[i]) for i, fill in fills.items()}
-            deadline = self._deadline()
-            reports = {}
-            for i, future in pending.items():
-                try:
-                    reports[i] = _wait(future, deadline)
-                except _Stalled:
-                    raise TimeoutError(f"shard {i} (worker {self._shards[i].worker}) did not "
-                                       f"answer within call_timeout = {self._call_timeout:g} s "
-                                       "while starting") from None
-        except BaseException:
-            self._release()
-            raise
-        for i, report in reports.items():
-            self._adopt(self._shards[i], report)
-        return reports
-
-    def _adopt(self, shard: _Shard, report: dict) -> None:
-        shard.backend = report["backend"]
-        shard.sequence = report["sequence"]
-        shard.pid = report["pid"]
-
-    def _deadline(self) -> float | None:
-        return None if self._call_timeout is None else time.monotonic() + self._call_timeout
-
-    def _ping_timeout(self) -> float:
-        if self._call_timeout is None:
-            return _PING_TIMEOUT
-        return min(_PING_TIMEOUT, self._call_timeout)
-
-    def _run(self, parts: dict, *, mutating: bool) -> dict:
-        """Run each shard's part of one call concurrently; return their results once all
-        acknowledged. Failures are recovered from (durable shards) or fail the engine; a
-        shard that does not answer within ``call_timeout`` is stalled (``_cut_short``)."""
-        launched, failures, results = {}, {}, {}
-        for i, part in parts.items():
-            try:
-                launched[i] = part(self._shards[i])
-            except Exception as exc:  # e.g. the actor's worker is already known to be lost
-                failures[i] = exc
-        deadline = self._deadline()  # one for the whole call: its shards run concurrently
-        for i, future in launched.items():
-            try:
-                results[i] = _wait(future, deadline)
-            except Exception as exc:
-                failures[i] = exc
-        if failures:
-            results.update(self._recover(failures, parts, mutating, results))
-        if mutating and self._state is not None:
-            for i, sequence in results.items():
-                self._shards[i].sequence = sequence
-        return results
-
-    def _recover(self, failures: dict, parts: dict, mutating: bool, results: dict) -> dict:
-        """Find every shard lost (a failed call, or a worker gone or stalled), fence the
-        workers that do not answer, then reopen each lost shard from its durable state and
-        finish its part of the call exactly once, or fail the engine. A call with stalled
-        shards is not finished but rolled back everywhere (``_cut_short``)."""
-        stalled = {i for i, exc in failures.items() if isinstance(exc, _Stalled)}
-        lost, unreachable = self._find_lost(failures, stalled)
-        if self._state is None:
-            self._fail(lost)
-        fenced = self._fence(unreachable)
-        if stalled:
-            self._cut_short(stalled, lost, unreachable, fenced, parts, mutating, results)
-        done = {}
-        for i in sorted(lost):
-            try:
-                result = self._recover_shard(i, parts.get(i), mutating, unreachable)
-            except _Unrecoverable as exc:
-                lost[i] = f"{lost[i]}; {exc}"
-                self._fail(lost)
-            if i in parts:
-                done[i] = result
-        return done
-
-    def _recover_shard(self, i: int, part: _Part | None, mutating: bool, unreachable: set) -> Any:
-        """Reopen shard i from its state, then finish its part: a mutating call whose record
-        reached the shard's log was applied by the replay; one that did not is run again."""
-        acknowledged = self._shards[i].logged()
-        shard = self._reopen_or_raise(i, unreachable)
-        if mutating and part is not None and shard.sequence == acknowledged + 1:
-            return shard.sequence
-        if shard.sequence != acknowledged:
-            raise _Unrecoverable(f"recovered at log sequence {shard.sequence}, but "
-                                 f"{acknowledged} calls were acknowledged")
-        if part is None:
-            return None
-        try:
-            return _wait(part(shard), self._deadline())
-        except Exception as exc:
-            raise _Unrecoverable(f"the call failed again after recovery: {exc!r}") from exc
-
-    def _reopen_or_raise(self, i: int, unreachable: set) -> _Shard:
-        try:
-            return self._reopen(i, unreachable)
-        except Exception as exc:
-            cause = "no answer in time" if isinstance(exc, _Stalled) else repr(exc)
-            raise _Unrecoverable(f"recovery from {self._shard_state(i)} failed: {cause}") from exc
-
-    def _cut_short(self, stalled: set, lost: dict, unreachable: set, fenced: dict, parts: dict,
-                   mutating: bool, results: dict) -> NoReturn:
-        """A call some shards did not answer in time: their workers are fenced already;
-        reopen every lost shard, roll the call back on every shard that has it (its
-        record is the last of their logs, never covered by a snapshot), and raise
-        ``CallTimeoutError``: the call had no effect. Nothing partial is kept: the shards
-        that answered had applied it too."""
-        acknowledged = {i: s.logged() for i, s in enumerate(self._shards)}
-        at = {i: results[i] for i in parts if i in results and mutating}
-        for i in sorted(lost):
-            try:
-                at[i] = self._reopen_or_raise(i, unreachable).sequence
-            except _Unrecoverable as exc:
-                lost[i] = f"{lost[i]}; {exc}"
-                if mutating:  # best effort: keep the reachable shards at what was acknowledged
-                    try:
-                        self._roll_back({j: acknowledged[j] for j, s in at.items()
-                                         if j not in lost and s == acknowledged[j] + 1})
-                    except Exception:
-                        pass
-                self._fail(lost)
-        if mutating:
-            behind = {i: s for i, s in at.items()
-                      if s not in (acknowledged[i], acknowledged[i] + 1)}
-            if behind:
-                self._fail({i: f"{lost.get(i, 'shard')}; recovered at log sequence {s}, but "
-                               f"{acknowledged[i]} calls were acknowledged"
-                            for i, s in behind.items()})
-            try:
-                self._roll_back({i: acknowledged[i] for i, s in at.items()
-                                 if s == acknowledged[i] + 1})
-            except Exception as exc:
-                self._fail({i: f"the call that timed out could not be rolled back: {exc!r}"
-                            for i in parts})
-        t = self._call_timeout
-        assert t is not None, "only a call with a deadline has stalled shards"
-        listed = ", ".join(f"shard {i} (ids {self._ranges[i].start}..{self._ranges[i].stop - 1})"
-                           for i in sorted(stalled))
-        workers = "; ".join(f"{w}: {note}" for w, note in sorted(fenced.items()))
-        moved = ", ".join(f"shard {i} -> {self._shards[i].worker}" for i in sorted(lost))
-        effect = ("the call was rolled back on every shard: it had no effect" if mutating
-                  else "nothing was changed")
-        raise CallTimeoutError(
-            f"the call did not finish within call_timeout = {t:g} s: {listed} did not "
-            f"answer. Their worker(s) were fenced ({workers}) and the shards on them reopened "
-            f"from their state ({moved}); {effect}. The engine goes on.",
-            {i: self._ranges[i] for i in stalled}, fenced, t)
-
-    def _roll_back(self, targets: dict[int, int]) -> dict[int, dict]:
-        """Roll shards back to the given log sequences (their last call was cut short);
-        returns their reports."""
-        futures = {i: self._shards[i].actor.rollback(sequence) for i, sequence in targets.items()}
-        deadline = self._deadline()
-        reports = {i: _wait(future, deadline) for i, future in futures.items()}
-        for i, report in reports.items():
-            self._adopt(self._shards[i], report)
-        return reports
-
-    def _find_lost(self, failures: dict,
-                   stalled: set[int] | frozenset[int] = frozenset()) -> tuple[dict[int, str], set[str]]:
-        """({shard: cause} for shards whose call failed or whose worker does not answer,
-        the workers that do not answer): all shards of a dead or stalled worker are lost,
-        not only those this call reached."""
-        suspects = {self._shards[i].worker for i in stalled}
-        lost, unreachable = {}, set(suspects)
-        for shard in self._shards:
-            if shard.worker in suspects:
-                lost[shard.index] = (f"worker {shard.worker} did not answer within "
-                                     f"call_timeout = {self._call_timeout:g} s")
-        probes = {}
-        for shard in self._shards:
-            if shard.worker in suspects:
-                continue  # a stalled worker would only make the ping wait too
-            try:
-                probes[shard.index] = shard.actor.ping()
-            except Exception as exc:  # the actor is already known to be lost
-                probes[shard.index] = exc
-        deadline = time.monotonic() + self._ping_timeout()
-        for i, probe in probes.items():
-            try:
-                if isinstance(probe, Exception):
-                    raise probe
-                _wait(probe, deadline)
-            except Exception as exc:
-                lost[i] = f"worker {self._shards[i].worker} lost ({failures.get(i, exc)!r})"
-                unreachable.add(self._shards[i].worker)
-        for i, failure in failures.items():
-            lost.setdefault(i, f"failed on worker {self._shards[i].worker}: {failure!r}")
-        return lost, unreachable
-
-    def _fence(self, workers: set[str]) -> dict[str, str]:
-        """Make sure no worker that stopped answering can write again before its shards are
-        reopened elsewhere: its nanny SIGKILLs it (a stopped process too). The shards' LOCK
-        (DurableEngine's flock) is then the arbiter: a reopen succeeds only once the old
-        process is gone, and waits (``_FENCE_WAIT``) or fails while it holds the LOCK, e.g.
-        a stalled worker without a nanny. Returns what was done, per worker."""
-        notes = {}
-        for worker in sorted(workers):
-            pid = next((s.pid for s in self._shards if s.worker == worker and s.pid), None)
-            try:
-                answers = self._client.run(_stop_worker_process, pid, workers=[worker],
-                                           nanny=True, callback_timeout=self._ping_timeout())
-            except Exception as exc:  # e.g. the scheduler has already removed it
-                notes[worker] = f"its nanny could not be asked to kill it ({type(exc).__name__})"
-                continue
-            if not answers:
-                notes[worker] = "it has no nanny to kill it"
-            elif any(answers.values()):
-                notes[worker] = f"process {pid} killed by its nanny"
-            else:
-                notes[worker] = f"process {pid} already gone"
-        return notes
-
-    def _fail(self, lost: dict[int, str]) -> NoReturn:
-        """Refuse this call and every later one: the population is incomplete."""
-        self._lost = ({i: self._ranges[i] for i in lost}, dict(lost))
-        raise ShardsLostError(*self._lost)
-
-    def _state_directory(self) -> pathlib.Path:
-        # Shard states, their layout and recovery exist only on a durable engine (state=).
-        assert self._state is not None, "the ShardedEngine has no state="
-        return self._state
-
-    def _shard_state(self, i: int) -> pathlib.Path:
-        return self._state_directory() / f"shard-{i:04d}"
-
-    def _reopen(self, i: int, avoid: set) -> _Shard:
-        """Shard i again, from its state, on the answering worker holding fewest shards.
-        While a fenced worker's process still holds the shard's LOCK, the open is retried
-        (for ``_FENCE_WAIT``); never opened beside a live old owner."""
-        old = self._shards[i]
-        self._retire(old, close=old.worker not in avoid)
-        live = self._workers(frozenset(avoid))
-        held = {w: sum(s.worker == w for s in self._shards if s is not old) for w in live}
-        shard = self._spawn({i: min(live, key=lambda w: (held[w], w))}, frozenset(avoid))[i]
-        self._shards[i] = shard
-        give_up = time.monotonic() + _FENCE_WAIT
-        while True:
-            try:
-                report = _wait(shard.actor.open(str(self._shard_state(i)), None, len(old.ids),
-                                                self._backend, None, self._state_options,
-                                                self._snapshot_every), self._deadline())
-                break
-            except RuntimeError as exc:
-                if "LOCK is held" not in str(exc) or time.monotonic() > give_up:
-                    raise
-        self._adopt(shard, report)
-        return shard
-
-    def _retire(self, shard: _Shard, close: bool = True) -> None:
-        """Let go of a shard's actor: close it if its worker still answers (a durable shard
-        releases its directory), then release it."""
-        if close:
-            try:
-                _wait(shard.actor.close(), time.monotonic() + self._ping_timeout())
-            except Exception:  # its worker is gone: nothing to close
-                pass
-        shard.future.release()
-
-    def _release(self) -> None:
-        closing = {}
-        for shard in self._shards:  # all at once: one deadline, not one per shard
-            try:
-                closing[shard.index] = shard.actor.close()
-            except Exception:
-                pass
-        deadline = time.monotonic() + self._ping_timeout()
-        for future in closing.values():
-            try:
-                _wait(future, deadline)
-            except Exception:
-                pass
-        for shard in self._shards:
-            shard.future.release()
-        self._shards = []
-
-    # -- durable state ------------------------------------------------------------------
-    def _open_state(self, inits: Callable[[range], Any], params: Params | None) -> None:
-        """Open every shard's durable state (creating it on first use). The shards must
-        agree on where they are; if the client stopped in the middle of a call, some have it
-        and the others not: it was never acknowledged, and is rolled back where it was
-        applied, so that every shard ends at the same point."""
-        self._state_directory().mkdir(parents=True, exist_ok=True)
-        check_layout(self._state_directory(), self._n, self._bounds)
-        reports = self._start({i: _call("open", str(self._shard_state(i)), inits(r), len(r),
-                                        self._backend, params, self._state_options,
-                                        self._snapshot_every)
-                               for i, r in enumerate(self._ranges)})
-        sequences = {i: r["sequence"] for i, r in reports.items()}
-        low = min(sequences.values())
-        ahead = {i: low for i, s in sequences.items() if s == low + 1}
-        if ahead and max(sequences.values()) == low + 1:
-            try:
-                reports.update(self._roll_back(ahead))
-            except Exception as exc:
-                self._release()
-                raise RecoveryError(f"{self._state}: a call was cut short across shards "
-                                    f"(shard: log sequence {sequences}), and rolling it back "
-                                    f"on shard(s) {sorted(ahead)} failed: {exc}") from exc
-            warnings.warn(f"{self._state}: a call was cut short across shards (the client "
-                          f"stopped mid-call): shard(s) {sorted(ahead)} had applied it, the "
-                          f"others not; it was never acknowledged and was rolled back to log "
-                          f"sequence {low}", DurabilityWarning, stacklevel=3)
-        held = {(r["sequence"], r["iteration"], r["params"]) for r in reports.values()}
-        if len(held) > 1:
-            self._release()
-            where = {i: (r["sequence"], r["iteration"]) for i, r in reports.items()}
-            raise RecoveryError(f"{self._state}: the shards recovered at different points "
-                                f"(shard: (log sequence, iteration)) {where}, more than one "
-                                "call apart: acknowledged calls are missing from some "
-                                "shards (e.g. fsync='group' lost a window), so the shards do "
-                                "not hold one population")
-        _, self.iteration, self._params = held.pop()
+    def _load_shards(self, saved: SavedShards) -> None:
+        """Fill each shard from the saved shard files its ids fall in."""
+        self._supervisor.start({i: ShardCall("load", saved.pieces(r), self._backend, self._params,
+                                             self.iteration)
+                                for i, r in enumerate(self._ranges)})
 
     # -- state ---------------------------------------------------------------------------
     @property
     def n(self) -> int:
         """Number of memories, over all shards."""
-        return self._n
-
-    def __len__(self) -> int:
         return self._n
 
     @property
@@ -688,12 +186,12 @@ class ShardedEngine:
     @property
     def backends(self) -> tuple[str, ...]:
         """Each shard's backend, as its worker resolved it."""
-        return tuple(s.backend for s in self._shards)
+        return tuple(s.backend for s in self._supervisor.shards)
 
     @property
     def workers(self) -> tuple[str, ...]:
         """Each shard's worker address."""
-        return tuple(s.worker for s in self._shards)
+        return tuple(s.worker for s in self._supervisor.shards)
 
     @property
     def params(self) -> Params:
@@ -706,8 +204,11 @@ class ShardedEngine:
 
     @_serialized
     def _set_params(self, value: Params) -> None:
-        self._run(self._everywhere_mutation("set_params", value), mutating=True)
+        self._supervisor.run(self._everywhere(ShardMutation, "set_params", value), mutating=True)
         self._params = value
+
+    def __len__(self) -> int:
+        return self._n
 
     def __repr__(self) -> str:
         state = "" if self._state is None else f", state={str(self._state)!r}"
@@ -717,14 +218,12 @@ class ShardedEngine:
     @_serialized
     def to_numpy(self) -> HostWeights:
         """All n weights gathered on the client (n * 4 bytes moved): for checks and exports."""
-        parts = self._run(self._everywhere("to_numpy"), mutating=False)
+        parts = self._supervisor.run(self._everywhere(ShardCall, "to_numpy"), mutating=False)
         return np.concatenate([parts[i] for i in range(self.shards)])
 
-    def _everywhere(self, method: str, *args: Any) -> dict[int, _Part]:
-        return {i: _call(method, *args) for i in range(self.shards)}
-
-    def _everywhere_mutation(self, method: str, *args: Any) -> dict[int, _Part]:
-        return {i: _mutation(method, *args) for i in range(self.shards)}
+    def _everywhere(self, kind: type[ShardCall], method: str, *args: Any) -> dict[int, Part]:
+        """The same part (``kind(method, *args)``) for every shard."""
+        return {i: kind(method, *args) for i in range(self.shards)}
 
     # -- the law -------------------------------------------------------------------------
     @_serialized
@@ -739,18 +238,18 @@ class ShardedEngine:
         else:
             q = _inputs.quality(quality, self._n, backends.best_host(), check_finite=check_finite)
             if isinstance(q, float):
-                self._run(self._everywhere_mutation("step", q), mutating=True)
+                self._supervisor.run(self._everywhere(ShardMutation, "step", q), mutating=True)
             else:
-                self._run({i: _mutation("step", q[r.start:r.stop])
-                           for i, r in enumerate(self._ranges)}, mutating=True)
+                self._supervisor.run({i: ShardMutation("step", q[r.start:r.stop])
+                                      for i, r in enumerate(self._ranges)}, mutating=True)
         self.iteration += 1
 
     def _step_dask(self, quality: dask.array.Array, check_finite: bool) -> None:
-        blocks = dask_arrays.shard_blocks(self._client, quality, self._ranges, self._call_timeout)
+        client, timeout = self._supervisor.cluster.client, self._supervisor.cluster.call_timeout
+        blocks = dask_arrays.shard_blocks(client, quality, self._ranges, timeout)
         if check_finite:
-            dask_arrays.require_finite(self._client, blocks, self.workers, self._ranges,
-                                       self._call_timeout)
-        self._run(dask_arrays.step_parts(self._client, blocks), mutating=True)
+            dask_arrays.require_finite(client, blocks, self.workers, self._ranges, timeout)
+        self._supervisor.run(dask_arrays.step_parts(client, blocks), mutating=True)
 
     @_serialized
     def update(self, ids: ArrayInput, quality: ArrayInput, *, check_finite: bool = True) -> None:
@@ -760,8 +259,8 @@ class ShardedEngine:
         batches = self._partition(ids_, q)
         # Durable shards take every call, empty ones too: their log sequences then stay
         # equal, so a reopen can tell a call cut short across shards.
-        self._run({i: _mutation("update", *batch) for i, batch in batches.items()
-                   if batch[0].size or self._state is not None}, mutating=True)
+        self._supervisor.run({i: ShardMutation("update", *batch) for i, batch in batches.items()
+                              if batch[0].size or self._state is not None}, mutating=True)
 
     def _partition(self, ids: np.ndarray, q: np.ndarray) -> dict[int, tuple]:
         """Each shard's (local ids, qualities): a stable partition by owner, so every id's
@@ -784,7 +283,8 @@ class ShardedEngine:
     @_serialized
     def decay(self, k: int = 1) -> None:
         """Passive decay only, ``k`` times, for every memory."""
-        self._run(self._everywhere_mutation("decay", _inputs.repeat_count(k)), mutating=True)
+        self._supervisor.run(self._everywhere(ShardMutation, "decay", _inputs.repeat_count(k)),
+                             mutating=True)
 
     # -- monitoring ----------------------------------------------------------------------
     @_serialized
@@ -794,8 +294,9 @@ class ShardedEngine:
         the weights themselves never leave the shards."""
         _metrics.check_eps(eps)
         host_labels = _inputs.labels(labels, self._n)
-        parts = self._run({i: _call("summary", np.packbits(host_labels[r.start:r.stop]), eps)
-                           for i, r in enumerate(self._ranges)}, mutating=False)
+        packed = [np.packbits(host_labels[r.start:r.stop]) for r in self._ranges]
+        parts = self._supervisor.run({i: ShardCall("summary", bits, eps) for i, bits in enumerate(packed)},
+                                     mutating=False)
         return _metrics.combine(_metrics.merge([parts[i] for i in range(self.shards)]), eps=eps)
 
     # -- snapshots -----------------------------------------------------------------------
@@ -807,8 +308,8 @@ class ShardedEngine:
         directory = pathlib.Path(directory).resolve()
         directory.mkdir(parents=True, exist_ok=True)
         names = shard_file_names(self.shards)
-        checksums = self._run({i: _call("save", str(directory / name))
-                               for i, name in enumerate(names)}, mutating=False)
+        checksums = self._supervisor.run({i: ShardCall("save", str(directory / name))
+                                          for i, name in enumerate(names)}, mutating=False)
         path = write_manifest(directory, n=self._n, bounds=self._bounds,
                               files=[(name, checksums[i]) for i, name in enumerate(names)],
                               params=self._params, iteration=self.iteration)
@@ -817,20 +318,15 @@ class ShardedEngine:
 
     @classmethod
     def load(cls, directory: StrPath, *, shards: int | None = None,
-             client: distributed.Client | None = None,
+             client: _distributed.Client | None = None,
              backend: str = "auto", call_timeout: float | None = CALL_TIMEOUT) -> ShardedEngine:
         """The population a sharded save holds, in ``shards`` shards (default: as saved),
         continuing bit for bit. Each new shard reads the old shard files its ids fall in,
         whole, verified against their checksums and the manifest's."""
-        directory = pathlib.Path(directory).resolve()
-        saved: SavedShards = read_manifest(directory)
-        self = cls.__new__(cls)
-        self._prepare(saved.n, len(saved.bounds) - 1 if shards is None else shards, client,
-                      backend, saved.params, iteration=saved.iteration,
-                      call_timeout=call_timeout)
-        self._start({i: _call("load", saved.pieces(r), backend, self._params,
-                              self.iteration) for i, r in enumerate(self._ranges)})
-        return self
+        saved = read_manifest(pathlib.Path(directory).resolve())
+        return cls(saved.n, shards=len(saved.bounds) - 1 if shards is None else shards,
+                   client=client, backend=backend, params=saved.params,
+                   call_timeout=call_timeout, _saved=saved)
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
@@ -838,7 +334,7 @@ class ShardedEngine:
         and release their actors."""
         with self._lock:
             self._closed = True
-            self._release()
+            self._supervisor.release()
 
     def __enter__(self) -> ShardedEngine:
         return self
@@ -847,3 +343,29 @@ class ShardedEngine:
         self.close()
 
 
+def _checked_shards(shards: int, n: int) -> int:
+    """``shards`` as an int in [1, n]."""
+    if not 1 <= _inputs.whole(shards, "shards", minimum=1) <= n:
+        raise ValueError(f"shards must lie in [1, n = {n}], got {shards}")
+    return int(shards)
+
+
+def _checked_call_timeout(value: float | None) -> float | None:
+    """``call_timeout`` as seconds (a float), or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"call_timeout must be a number of seconds or None, got "
+                        f"{type(value).__name__}")
+    if not 0 < value < 1e9:  # compared, not float(): 10**400 would overflow
+        raise ValueError(f"call_timeout must be a positive number of seconds (below "
+                         f"1e9) or None, got {value!r}")
+    return float(value)
+
+
+def _checked_snapshot_every(value: Any) -> int:
+    """``state_options["snapshot_every"]``: an integer >= 0, or None (0: never)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                              or value < 0):
+        raise ValueError(f"snapshot_every must be an integer >= 0 or None, got {value!r}")
+    return int(value or 0)
