@@ -26,6 +26,8 @@ import nap_gpu as nap
 from nap_gpu import sharded, snapshot
 from nap_gpu.durable import DurabilityWarning, RecoveryError, recover_plan
 from nap_gpu.protocols import EngineLike
+from nap_gpu.sharded import supervisor as sharded_supervisor
+from nap_gpu.sharded.seeding import UniformSlice
 
 from conftest import assert_same_bits
 
@@ -95,7 +97,7 @@ def test_each_shard_makes_its_slice_of_the_seeded_weights(n, shards, seed):
     bounds = sharded.shard_bounds(n, shards)
     assert list(bounds) == [0, *np.cumsum([len(a) for a in np.array_split(np.arange(n), shards)])]
     state = np.random.default_rng(seed).bit_generator.state
-    made = [sharded._UniformSlice(state, a, b).make() for a, b in zip(bounds[:-1], bounds[1:])]
+    made = [UniformSlice(state, a, b).make() for a, b in zip(bounds[:-1], bounds[1:])]
     assert_same_bits(np.concatenate(made), nap.Engine(n, seed=seed, backend="numpy").to_numpy())
 
 
@@ -635,7 +637,7 @@ def test_stopped_worker_without_a_nanny_is_never_replaced_beside_it(tmp_path):
             started = time.monotonic()
             with pytest.raises(nap.ShardsLostError, match="LOCK is held") as lost:
                 eng.step(0.3)
-            assert time.monotonic() - started < STALL_TIMEOUT + sharded._FENCE_WAIT + 15
+            assert time.monotonic() - started < STALL_TIMEOUT + sharded_supervisor._FENCE_WAIT + 15
             assert set(lost.value.shards) == {stalled_shard}
             assert "no nanny" in lost.value.causes[stalled_shard] or "LOCK" in str(lost.value)
             eng.close()  # releases the shards that still answer

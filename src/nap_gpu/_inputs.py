@@ -364,7 +364,13 @@ def _as_float32(arr, argument: str, backend: ModuleType):
     return arr.astype(np.float32)
 
 
+def not_finite(argument: str, index: int, value: float) -> ValueError:
+    """The error for a non-finite input, ``argument[index] = value``: ``index`` counts in the
+    whole argument (a sharded input's blocks report theirs plus the block's start)."""
+    return ValueError(f"{argument}[{index}] = {value!r} is not finite")
+
+
 def _require_finite(arr, argument: str, backend: ModuleType) -> None:
     bad = backend.first_nonfinite(arr)
     if bad >= 0:
-        raise ValueError(f"{argument}[{bad}] = {float(arr[bad])!r} is not finite")
+        raise not_finite(argument, bad, float(arr[bad]))

@@ -124,7 +124,7 @@ def compute(w: BackendArray, labels: BackendArray, backend: ModuleType, *,
     rank_sums = getattr(backend, "rank_sums", None)
     if rank_sums is None or w.size == 0:
         return combine(summarize(w, labels, backend, eps=eps), eps=eps, xp=backend.xp)
-    _check_eps(eps)
+    check_eps(eps)
     twice_u, nr, np_, saturated, kmin, kmax, sums = rank_sums(w, labels, *_saturation_keys(eps))
     nan = kmin < _KEY_NEG_INF or kmax > _KEY_POS_INF
     ratio = math.nan if _nonfinite(sums) or not nr or not np_ else _exact_ratio(twice_u, nr, np_)
@@ -170,7 +170,7 @@ def summarize(w: BackendArray, labels: BackendArray, backend: ModuleType, *,
 
     Only integer operations touch the weights (their bits, through ``exact_sums`` and
     ``_keys``); the extreme keys and the saturated counts come to the host in one transfer."""
-    _check_eps(eps)
+    check_eps(eps)
     xp = backend.xp
     sums = np.asarray(backend.exact_sums(w, labels))
     n = int(w.size)
@@ -215,7 +215,7 @@ def merge(parts: Iterable[Summary]) -> Summary:
 
 def combine(summary: Summary, *, eps: float = DEFAULT_EPS, xp: ModuleType = np) -> Metrics:
     """The metrics of the population ``summary`` describes (its arrays in namespace ``xp``)."""
-    _check_eps(eps)
+    check_eps(eps)
     ratio = math.nan if _nonfinite(summary.sums) else _ratio(summary.reinforced,
                                                               summary.punished, xp)
     return _assemble(summary.n, summary.sums, ratio, summary.saturated, summary.min,
@@ -310,7 +310,9 @@ def _gather(xp: ModuleType, values: Sequence[Any]) -> list[int]:
     return [int(v) for v in np.asarray(_xp._to_host(stacked)).tolist()]
 
 
-def _check_eps(eps: float) -> None:
+def check_eps(eps: float) -> None:
+    """Refuse a saturation tolerance outside [0, 0.5) (ValueError): what `summarize` and
+    `combine` check, for callers that validate ``eps`` before any work (``ShardedEngine``)."""
     if not 0.0 <= eps < 0.5:  # NaN fails too; from 0.5 on, a weight would count twice
         raise ValueError(f"eps must lie in [0, 0.5), got {eps!r}")
 
