@@ -63,7 +63,7 @@ def test_the_promise_tables_cite_tests():
 # -- the reference documentation (docs/conf.py: Sphinx, numpydoc, MyST) ----------------------
 #: The modules whose docstrings are the API reference: each has examples, and they run.
 DOCTESTED = ["nap_gpu", "nap_gpu.functional", "nap_gpu.params", "nap_gpu.engine",
-             "nap_gpu.durable", "nap_gpu.sharded", "nap_gpu.metrics", "nap_gpu.monitor",
+             "nap_gpu.durable.engine", "nap_gpu.sharded", "nap_gpu.metrics", "nap_gpu.monitor",
              "nap_gpu.snapshot", "nap_gpu.workload", "nap_gpu.serve.settings"]
 #: What each optional module needs to import (the test extra installs it).
 NEEDS = {"nap_gpu.sharded": "distributed", "nap_gpu.serve.settings": "pydantic_settings"}

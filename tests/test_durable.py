@@ -223,7 +223,7 @@ def test_rejected_calls_log_nothing_and_change_nothing(tmp_path, backend):
 
 
 def test_open_arguments(tmp_path, monkeypatch):
-    monkeypatch.setattr(durable, "_LOCK_WAIT", 0.05)
+    monkeypatch.setattr(durable.lock, "_LOCK_WAIT", 0.05)
     with pytest.raises(ValueError, match="pass n"):
         DurableEngine.open(tmp_path / "new")
     with DurableEngine.open(tmp_path / "s", n=100, params=nap.Params(lr=0.1)) as deng:
@@ -688,7 +688,7 @@ def test_failed_fsync_rolls_back_or_fails_the_engine(tmp_path, monkeypatch):
     """An fsync error on an append removes the record and raises (nothing applied); if the
     rollback cannot be made durable either, the engine refuses further calls until reopened.
     Either way a reopen holds exactly the acknowledged calls."""
-    real = durable._sync
+    real = durable.writer._sync
     ref = Reference()
     deng = DurableEngine.open(tmp_path / "s", n=N, seed=SEED, backend="numpy")
     for i in (1, 2):
@@ -699,7 +699,7 @@ def test_failed_fsync_rolls_back_or_fails_the_engine(tmp_path, monkeypatch):
         if next(failures, False):
             raise OSError(5, "Input/output error")
         real(fd)
-    monkeypatch.setattr(durable, "_sync", flaky)
+    monkeypatch.setattr(durable.writer, "_sync", flaky)
     before = deng.to_numpy()
     with pytest.raises(OSError, match="Input/output"):
         apply_call(deng, make_call(3, N))
@@ -710,12 +710,12 @@ def test_failed_fsync_rolls_back_or_fails_the_engine(tmp_path, monkeypatch):
 
     def broken(fd):
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr(durable, "_sync", broken)
+    monkeypatch.setattr(durable.writer, "_sync", broken)
     with pytest.raises(durable.EngineFailedError, match="reopen"):
         apply_call(deng, make_call(4, N))
     with pytest.raises(durable.EngineFailedError):
         deng.decay(1)
-    monkeypatch.setattr(durable, "_sync", real)
+    monkeypatch.setattr(durable.writer, "_sync", real)
     deng.close()
     with DurableEngine.open(tmp_path / "s", backend="numpy") as again:
         assert again.sequence == 3  # the rolled-back record is gone
@@ -771,7 +771,7 @@ class RotationFaults:
 
         def fake_open(path, flags, *args, **kwargs):
             name = os.path.basename(os.fspath(path))
-            if self.plan and self.plan[0] == "emfile-open" and durable._SEG_RE.match(name) \
+            if self.plan and self.plan[0] == "emfile-open" and durable.format.SEG_RE.match(name) \
                     and flags == os.O_WRONLY:
                 self.done.append(self.plan.pop(0))
                 raise OSError(errno.EMFILE, "Too many open files", os.fspath(path))
@@ -886,7 +886,7 @@ ROTATION_CHILD = textwrap.dedent("""
 
     def fake_open(path, flags, *args, **kwargs):
         name = os.path.basename(os.fspath(path))
-        if fault[0] == "emfile-open" and durable._SEG_RE.match(name) and flags == os.O_WRONLY:
+        if fault[0] == "emfile-open" and durable.format.SEG_RE.match(name) and flags == os.O_WRONLY:
             fault[0] = None
             raise OSError(errno.EMFILE, "Too many open files", os.fspath(path))
         if fault[0] == "emfile-dir" and os.path.isdir(path):
@@ -995,14 +995,14 @@ def test_overlapping_segments_are_refused_and_reported(pristine, tmp_path):
     (a / w37).write_bytes(segment_header(37))
     b = tmp_path / "b"
     shutil.copytree(pristine[0], b)
-    (b / durable._seg_name(39)).write_bytes(segment_header(39) + records[layout[2][0] - 32:])
+    (b / durable.format.seg_name(39)).write_bytes(segment_header(39) + records[layout[2][0] - 32:])
     c = tmp_path / "c"
     shutil.copytree(pristine[0], c)
     data = bytearray((c / w25).read_bytes())
     data[:32] = segment_header(26)
     (c / w25).write_bytes(bytes(data))
 
-    for directory, names in ((a, (w31, w37)), (b, (w37, durable._seg_name(39))), (c, (w25,))):
+    for directory, names in ((a, (w31, w37)), (b, (w37, durable.format.seg_name(39))), (c, (w25,))):
         before = {p.name: p.read_bytes() for p in directory.iterdir()}
         with pytest.raises(RecoveryError) as caught:
             DurableEngine.open(directory, backend="numpy")

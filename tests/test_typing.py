@@ -92,10 +92,11 @@ PUBLIC_MODULES = ("nap_gpu", "nap_gpu.backends", "nap_gpu.durable", "nap_gpu.eng
                   "nap_gpu.functional", "nap_gpu.metrics", "nap_gpu.monitor", "nap_gpu.params",
                   "nap_gpu.sharded", "nap_gpu.snapshot", "nap_gpu.workload")
 
-#: The modules mypy checks with --disallow-untyped-defs --disallow-incomplete-defs.
-STRICTLY_TYPED = [f"src/nap_gpu/{m}.py" for m in ("engine", "functional", "params", "metrics",
-                                                  "monitor", "snapshot", "durable", "sharded",
-                                                  "workload")]
+#: The modules mypy checks with --disallow-untyped-defs --disallow-incomplete-defs (a package:
+#: its directory).
+STRICTLY_TYPED = [f"src/nap_gpu/{m}" if (ROOT / "src" / "nap_gpu" / m).is_dir() else f"src/nap_gpu/{m}.py"
+                  for m in ("engine", "functional", "params", "metrics", "monitor", "snapshot",
+                            "durable", "sharded", "workload")]
 
 
 def _defined_here(fn: Any) -> bool:

@@ -1,0 +1,168 @@
+"""Dropping log data on purpose, from a closed state, holding its LOCK: ``accept_loss`` makes
+a state that open refuses openable at its newest consistent point, keeping what it drops as
+evidence beside the state and journaling each repair (`LOSS_JOURNAL`); `cut_log_after` rolls
+back a last call that was never acknowledged (a sharded call cut short across shards).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import time
+from typing import TYPE_CHECKING, Any
+
+from .._files import fsync_directory, write_all
+from .errors import RecoveryError
+from .format import SEG_HEADER_SIZE, list_state, read_records, read_segment_header
+from .lock import lock_directory
+from .recovery import Recovery, recover_plan
+from .repairs import describe
+
+if TYPE_CHECKING:
+    from .._types import StrPath
+
+__all__ = ["LOSS_JOURNAL", "accept_loss", "cut_log_after"]
+
+log = logging.getLogger("nap_gpu.durable")
+
+#: What ``accept_loss`` did, one JSON object a line, kept in the state directory.
+LOSS_JOURNAL = "accepted-losses.log"
+
+
+def _aside(path: pathlib.Path, suffix: str) -> pathlib.Path:
+    """A free name for evidence kept beside the state (never overwriting earlier evidence)."""
+    target, i = path.with_name(path.name + suffix), 0
+    while target.exists():
+        i += 1
+        target = path.with_name(f"{path.name}{suffix}.{i}")
+    return target
+
+
+def _apply_repair(directory: pathlib.Path, exc: RecoveryError) -> dict:
+    assert exc.repair is not None, "accept_loss repairs only a refusal that has a repair"
+    plan = describe(directory, exc.repair)
+    evidence = []
+    for path in reversed(plan["move"]):  # newest first: a crash midway leaves a shorter log
+        target = _aside(path, ".dropped")
+        os.replace(path, target)
+        evidence.append(target.name)
+    if plan["cut"] is not None:
+        path, offset = plan["cut"]
+        target = _aside(path, f".dropped-from-{offset}")
+        with open(path, "r+b") as fh, open(target, "wb") as out:
+            fh.seek(offset)
+            while chunk := fh.read(1 << 22):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+            fh.truncate(offset)
+            fh.flush()
+            os.fsync(fh.fileno())
+        evidence.append(target.name)
+    if plan["snapshot"] is not None:
+        target = _aside(plan["snapshot"], ".damaged")
+        os.replace(plan["snapshot"], target)
+        evidence.append(target.name)
+    fsync_directory(directory)
+    lost = plan["sequences"]
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": "accept_loss",
+             "directory": str(directory), "refused_because": str(exc),
+             "dropped_sequences": None if lost is None else {"from": lost[0], "to": lost[1]},
+             "done": plan["text"], "evidence": evidence}
+    line = json.dumps(entry)
+    log.warning(line)
+    fd = os.open(directory / LOSS_JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        write_all(fd, (line + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return entry
+
+
+def accept_loss(directory: StrPath) -> dict[str, Any]:
+    """Make a state that ``open`` refuses openable at its newest consistent point, dropping
+    what stands in the way; never done by ``open`` itself (``nap-gpu recover DIR
+    --accept-loss``). Each break recovery finds is repaired in turn, with the least loss:
+
+    * a corrupt or out-of-order record, a damaged segment header, a gap: the log is cut
+      there (the rest of that segment and every later segment dropped);
+    * two segments claiming the same sequences: later segments that hold no record (a
+      failed rotation's trace) are dropped, else the older segment's overlapping tail;
+    * a damaged newest snapshot the log does not reach: renamed ``*.damaged`` (the calls
+      after the log's end up to it are lost).
+
+    Nothing is deleted: dropped segments become ``*.dropped``, a cut tail
+    ``*.dropped-from-OFFSET``. Every repair is logged (logger ``nap_gpu.durable``, WARNING,
+    one JSON object: the refusal, the sequences dropped, the files) and appended to
+    ``LOSS_JOURNAL`` in the directory. Returns ``{"directory", "dropped": [those objects],
+    "plan": recover_plan afterwards}``. Raises RecoveryError when nothing can get past the
+    refusal (a newer format: upgrade; no usable snapshot), RuntimeError while an engine has
+    the directory open, FileNotFoundError for a missing directory."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such state directory")
+    lock = lock_directory(directory)
+    try:
+        dropped = []
+        # each repair removes a file, a tail or a snapshot from what recovery reads: bounded
+        for _ in range(2 * sum(1 for _ in os.scandir(directory)) + 2):
+            try:
+                Recovery(directory).run(load=False)
+                break
+            except RecoveryError as exc:
+                if exc.repair is None:
+                    raise RecoveryError(f"{exc} (accept_loss cannot get past this)", exc.path,
+                                        exc.offset) from None
+                dropped.append(_apply_repair(directory, exc))
+        else:  # pragma: no cover - every repair shrinks what recovery reads
+            raise RuntimeError(f"{directory}: accept_loss made no progress")
+    finally:
+        if lock is not None:
+            lock.close()
+    return {"directory": str(directory), "dropped": dropped, "plan": recover_plan(directory)}
+
+
+
+def cut_log_after(directory: pathlib.Path, sequence: int) -> None:
+    """Truncate a closed state's log just before record ``sequence + 1``, which must be its
+    last (a sharded call cut short across shards is rolled back so), holding the LOCK
+    meanwhile. The empty segments later opens started after it are removed."""
+    lock = lock_directory(directory)
+    try:
+        _, segments = list_state(directory)
+        later = [path for first, path in segments if first > sequence + 1]
+        for path in later:  # each open after the call started one, empty
+            if path.stat().st_size > SEG_HEADER_SIZE:
+                raise RecoveryError(f"{path}: records after {sequence + 1}", path, 0)
+        for path in later:
+            path.unlink()
+        holding = [path for first, path in segments if first <= sequence + 1]
+        if not holding:
+            raise RecoveryError(f"{directory}: no log segment holds record {sequence + 1}")
+        _truncate_before(holding[-1], sequence + 1)
+        fsync_directory(directory)  # the unlinked empty segments
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _truncate_before(path: pathlib.Path, sequence: int) -> None:
+    """Cut segment ``path`` at record ``sequence``, its last; RecoveryError if it is not."""
+    with open(path, "r+b") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        read_segment_header(path, fh, size)
+        cut = None
+        for item in read_records(fh, size):
+            if item[0] == "bad":  # open already dropped a torn tail; anything else raised
+                raise RecoveryError(f"{path}: {item[2]} at offset {item[1]}", path, item[1])
+            if item[1] == sequence:
+                cut = item[0]
+            elif item[1] > sequence:
+                raise RecoveryError(f"{path}: record {item[1]} follows {sequence}")
+        if cut is None:
+            raise RecoveryError(f"{path}: no record {sequence} to roll back")
+        fh.truncate(cut)
+        os.fsync(fh.fileno())
