@@ -98,8 +98,8 @@ def _public_api():
     for module, names in [(snapshot, ["SnapshotInfo", "inspect", "read", "write"]),
                           (metrics, ["Summary", "combine", "compute", "inversion_ratio",
                                      "merge", "summarize"]),
-                          (durable, ["accept_loss", "decay_rounds_bound", "recover_plan",
-                                     "recover_report"]),
+                          (durable, ["DamagedSnapshotError", "FormatTooNewError", "accept_loss",
+                                     "decay_rounds_bound", "recover_plan", "recover_report"]),
                           (sharded, ["shard_bounds"])]:
         found += [(f"{module.__name__}.{name}", getattr(module, name)) for name in names]
     return found

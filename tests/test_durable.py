@@ -567,6 +567,21 @@ def test_damaged_snapshot_without_log_is_an_error(tmp_path):
     assert open_outcome(tmp_path / "p")[0] == "error"
 
 
+def test_a_damaged_snapshot_the_log_does_not_reach_is_a_damaged_snapshot_error(tmp_path):
+    """Falling back past a damaged snapshot whose calls the log no longer holds would lose
+    them: `DamagedSnapshotError`, whose repair sets the snapshot aside (losing those calls)."""
+    build_state(tmp_path / "p", 40, snapshot_every=6, keep=3, wal_retention="newest")
+    newest = sorted((tmp_path / "p").glob("snap-*.nap"))[-1]  # 36; the log holds 37.. only
+    directory = damaged_copy((tmp_path / "p",), tmp_path / "d", newest.name, truncate(100))
+    for seg in directory.glob("wal-*.log"):
+        seg.unlink()
+    with pytest.raises(durable.DamagedSnapshotError, match="falling back would lose") as caught:
+        DurableEngine.open(directory, backend="numpy")
+    assert caught.value.fallback and caught.value.path == str(directory / newest.name)
+    repair = caught.value.repair
+    assert (repair.file.name, repair.from_sequence, repair.to_sequence) == (newest.name, 31, 36)
+
+
 def test_future_versions_are_refused_with_the_version(pristine, tmp_path):
     import json
     newest = sorted(pristine[0].glob("snap-*.nap"))[-1]
@@ -578,9 +593,11 @@ def test_future_versions_are_refused_with_the_version(pristine, tmp_path):
         text = json.dumps(header).encode()
         return data[:8] + text + b" " * (length - len(text)) + data[8 + length:]
     directory = damaged_copy(pristine, tmp_path / "snap", newest.name, future)
-    with pytest.raises(RecoveryError, match=rf"format version {snapshot.FORMAT_VERSION + 1}.*"
-                                            rf"up to {snapshot.FORMAT_VERSION}.*upgrade"):
+    with pytest.raises(durable.FormatTooNewError, match=rf"format version {snapshot.FORMAT_VERSION + 1}.*"
+                                                        rf"up to {snapshot.FORMAT_VERSION}.*upgrade"):
         DurableEngine.open(directory)
+    with pytest.raises(durable.FormatTooNewError, match="cannot get past"):
+        durable.accept_loss(directory)
     seg = sorted(pristine[0].glob("wal-*.log"))[-1]
 
     def future_log(data):
@@ -588,8 +605,9 @@ def test_future_versions_are_refused_with_the_version(pristine, tmp_path):
         data[28:32] = struct.pack("<I", zlib.crc32(bytes(data[:28])))
         return data
     directory = damaged_copy(pristine, tmp_path / "log", seg.name, future_log)
-    with pytest.raises(RecoveryError, match=r"log format version 2.*up to 1.*upgrade"):
+    with pytest.raises(durable.FormatTooNewError, match=r"log format version 2.*up to 1.*upgrade") as caught:
         DurableEngine.open(directory)
+    assert caught.value.repair is None  # nothing but an upgrade gets past it
 
 
 # -- full disk ------------------------------------------------------------------------------

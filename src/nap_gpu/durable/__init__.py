@@ -22,11 +22,17 @@ from __future__ import annotations
 
 from .calls import decay_rounds_bound
 from .engine import DurableEngine
-from .errors import DurabilityWarning, EngineFailedError, RecoveryError
+from .errors import (
+    DamagedSnapshotError,
+    DurabilityWarning,
+    EngineFailedError,
+    FormatTooNewError,
+    RecoveryError,
+)
 from .format import LOG_FORMAT_VERSION
 from .losses import LOSS_JOURNAL, accept_loss
 from .recovery import recover_plan, recover_report
 
-__all__ = ["DurabilityWarning", "DurableEngine", "LOG_FORMAT_VERSION", "LOSS_JOURNAL", "RecoveryError",
-           "EngineFailedError", "accept_loss", "decay_rounds_bound", "recover_plan",
-           "recover_report"]
+__all__ = ["DamagedSnapshotError", "DurabilityWarning", "DurableEngine", "EngineFailedError",
+           "FormatTooNewError", "LOG_FORMAT_VERSION", "LOSS_JOURNAL", "RecoveryError",
+           "accept_loss", "decay_rounds_bound", "recover_plan", "recover_report"]

@@ -22,7 +22,7 @@ from ..params import Params
 if TYPE_CHECKING:
     from .._types import HostWeights
     from ..engine import Engine
-    from .format import Parts
+    from .format import Parts, Record
 
 STEP, STEP_SCALAR, UPDATE, DECAY, PARAMS = 1, 2, 3, 4, 5
 KIND_NAMES = {STEP: "step", STEP_SCALAR: "step(scalar)", UPDATE: "update", DECAY: "decay",
@@ -92,8 +92,10 @@ def set_params(params: Params) -> Payload:
 
 
 # -- reading --------------------------------------------------------------------------------
-def decode(kind: int, flags: int, payload: bytes) -> Any:
+def decode(record: Record) -> Any:
     """The call a record describes, as Engine arguments; raises ValueError if malformed."""
+    kind, flags, payload = record.kind, record.flags, record.payload
+
     def data(expected: int, offset: int) -> bytes:
         raw = payload[offset:]
         if flags & _ZLIB:

@@ -3,17 +3,22 @@ notices.
 
 A `RecoveryError` is a refusal: opening would lose acknowledged data (or the files are from a
 newer nap_gpu). It names the file and byte offset at fault, and carries the repair
-``accept_loss`` would make to get past it, if any.
+``accept_loss`` would make to get past it, if any. The subclasses name the refusals callers
+tell apart: `FormatTooNewError` (upgrade nap_gpu; no repair) and `DamagedSnapshotError` (the
+log does not reach past a damaged snapshot).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .._types import StrPath
+    from .repairs import Repair
 
-__all__ = ["DurabilityWarning", "EngineFailedError", "RecoveryError"]
+__all__ = ["DamagedSnapshotError", "DurabilityWarning", "EngineFailedError", "FormatTooNewError",
+           "RecoveryError"]
 
 
 class DurabilityWarning(UserWarning):
@@ -23,23 +28,41 @@ class DurabilityWarning(UserWarning):
 
 class RecoveryError(ValueError):
     """The state cannot be recovered without losing acknowledged data (or it is from a newer
-    nap_gpu); the message names the file and the byte offset at fault."""
+    nap_gpu); the message names the file and the byte offset at fault.
+
+    ``path`` and ``offset`` say where; ``repair`` is what ``accept_loss`` would drop to get
+    past it (None: nothing can: a newer format, no usable snapshot).
+    """
 
     def __init__(self, message: str, path: StrPath | None = None, offset: int | None = None, *,
-                 repair: dict | None = None) -> None:
+                 repair: Repair | None = None) -> None:
         super().__init__(message)
         self.path = None if path is None else str(path)
         self.offset = offset
-        self.fallback = False
-        # what accept_loss would drop to get past this (None: nothing can: a newer format,
-        # no usable snapshot)
         self.repair = repair
+
+    @property
+    def fallback(self) -> bool:
+        """Whether this is a `DamagedSnapshotError` (the flag older code tested)."""
+        return isinstance(self, DamagedSnapshotError)
 
     @classmethod
     def fallback_error(cls, *args: Any, **kwargs: Any) -> RecoveryError:
-        exc = cls(*args, **kwargs)
-        exc.fallback = True  # already says which snapshot is damaged
-        return exc
+        """Deprecated: raise `DamagedSnapshotError` (same arguments) instead."""
+        warnings.warn("RecoveryError.fallback_error is deprecated: use DamagedSnapshotError",
+                      DeprecationWarning, stacklevel=2)
+        return DamagedSnapshotError(*args, **kwargs)
+
+
+class FormatTooNewError(RecoveryError):
+    """A snapshot or log segment was written in a newer format version than this nap_gpu
+    reads: upgrade nap_gpu (no repair can get past it)."""
+
+
+class DamagedSnapshotError(RecoveryError):
+    """A snapshot is damaged and the log from the previous one does not reach the calls it
+    covered: falling back would lose acknowledged calls. Restore the file from a backup, or
+    ``accept_loss`` (which sets it aside, losing those calls)."""
 
 
 class EngineFailedError(RuntimeError):

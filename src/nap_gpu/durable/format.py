@@ -24,9 +24,10 @@ import re
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
 
-from .errors import RecoveryError
+from .errors import FormatTooNewError, RecoveryError
 
 if TYPE_CHECKING:
     from ..params import Params
@@ -103,7 +104,8 @@ def encode_record(sequence: int, kind: int, flags: int, parts: Parts) -> list[by
 
 # -- reading --------------------------------------------------------------------------------
 def read_segment_header(path: pathlib.Path, fh: BinaryIO, size: int) -> int:
-    """The first sequence a segment's header names; RecoveryError if it is damaged or newer."""
+    """The first sequence a segment's header names; RecoveryError if it is damaged,
+    FormatTooNewError if a newer nap_gpu wrote it."""
     raw = fh.read(SEG_HEADER_SIZE)
     if len(raw) < SEG_HEADER_SIZE:
         raise RecoveryError(f"{path}: segment header truncated ({size} bytes, need "
@@ -115,8 +117,9 @@ def read_segment_header(path: pathlib.Path, fh: BinaryIO, size: int) -> int:
     if crc != zlib.crc32(raw[:SEG_HEADER.size]):
         raise RecoveryError(f"{path}: segment header checksum mismatch (bytes 0..32)", path, 0)
     if version > LOG_FORMAT_VERSION:
-        raise RecoveryError(f"{path}: written in log format version {version}; this nap_gpu "
-                            f"reads versions up to {LOG_FORMAT_VERSION}: upgrade nap_gpu", path, 0)
+        raise FormatTooNewError(f"{path}: written in log format version {version}; this nap_gpu "
+                                f"reads versions up to {LOG_FORMAT_VERSION}: upgrade nap_gpu",
+                                path, 0)
     return first
 
 
@@ -128,34 +131,55 @@ def _zero_tail(fh: BinaryIO, offset: int) -> bool:
     return True
 
 
-def read_records(fh: BinaryIO, size: int) -> Iterator[tuple[Any, ...]]:
-    """Yield (offset, sequence, kind, flags, payload) for each valid record, then, if the
-    segment does not end cleanly, ("bad", offset, reason, torn) where ``torn`` says the bad
-    part is an unfinished final write (a short header or body, or a zero-filled tail)."""
+@dataclass(frozen=True)
+class Record:
+    """A record whose framing and checksums hold, at byte ``offset`` of its segment."""
+
+    offset: int
+    sequence: int
+    kind: int
+    flags: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class DamagedRecord:
+    """Where a segment stops holding valid records, and why. ``torn``: the damage is an
+    unfinished final write (a short header or body, or a zero-filled tail), what a crash
+    leaves; anything else is corruption."""
+
+    offset: int
+    reason: str
+    torn: bool
+
+
+def read_records(fh: BinaryIO, size: int) -> Iterator[Record | DamagedRecord]:
+    """Each valid record of a segment (its header already read), in order; then, if the
+    segment does not end cleanly, one `DamagedRecord`."""
     offset = SEG_HEADER_SIZE
     fh.seek(offset)
     while offset < size:
         head = fh.read(REC_HEADER.size)
         if len(head) < REC_HEADER.size:
-            yield "bad", offset, f"record header cut short ({len(head)} of 16 bytes)", True
+            yield DamagedRecord(offset, f"record header cut short ({len(head)} of 16 bytes)", True)
             return
         length, body_crc, head_crc = REC_HEADER.unpack(head)
         if head_crc != zlib.crc32(head[:12]):
-            yield "bad", offset, "record header checksum mismatch", _zero_tail(fh, offset)
+            yield DamagedRecord(offset, "record header checksum mismatch", _zero_tail(fh, offset))
             return
         if length < BODY_HEAD.size:
-            yield "bad", offset, f"record length {length} too small", False
+            yield DamagedRecord(offset, f"record length {length} too small", False)
             return
         if offset + REC_HEADER.size + length > size:
-            yield ("bad", offset, f"record body cut short ({size - offset - 16} of {length} "
-                   "bytes)", True)
+            yield DamagedRecord(offset, f"record body cut short ({size - offset - 16} of {length} "
+                                "bytes)", True)
             return
         body = fh.read(length)
         if zlib.crc32(body) != body_crc:
-            yield "bad", offset, "record checksum mismatch", False
+            yield DamagedRecord(offset, "record checksum mismatch", False)
             return
         sequence, kind, flags, _ = BODY_HEAD.unpack_from(body)
-        yield offset, sequence, kind, flags, body[BODY_HEAD.size:]
+        yield Record(offset, sequence, kind, flags, body[BODY_HEAD.size:])
         offset += REC_HEADER.size + length
 
 

@@ -5,8 +5,10 @@ fcntl (Windows) nothing is locked.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import time
+from collections.abc import Iterator
 from typing import BinaryIO
 
 try:  # POSIX: one process per state directory
@@ -35,6 +37,17 @@ def lock_directory(directory: pathlib.Path) -> BinaryIO | None:
             fh.close()
             raise RuntimeError(f"{directory} is open in another DurableEngine (LOCK is held); "
                                "close that one first") from None
+
+
+@contextlib.contextmanager
+def locked(directory: pathlib.Path) -> Iterator[None]:
+    """Hold the directory's LOCK (`lock_directory`) for the block: repairs of a closed state."""
+    lock = lock_directory(directory)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def held_elsewhere(directory: pathlib.Path) -> bool:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._files import fsync_directory, write_all
 from .errors import RecoveryError
-from .format import SEG_HEADER_SIZE, list_state, read_records, read_segment_header
-from .lock import lock_directory
+from .format import SEG_HEADER_SIZE, DamagedRecord, list_state, read_records, read_segment_header
+from .lock import locked
 from .recovery import Recovery, recover_plan
 from .repairs import describe
 
@@ -40,37 +40,52 @@ def _aside(path: pathlib.Path, suffix: str) -> pathlib.Path:
     return target
 
 
-def _apply_repair(directory: pathlib.Path, exc: RecoveryError) -> dict:
+def _apply_repair(directory: pathlib.Path, exc: RecoveryError) -> dict[str, Any]:
+    """Do what the refusal's repair says, keeping every dropped byte as evidence; journal it.
+    Returns the journal entry."""
     assert exc.repair is not None, "accept_loss repairs only a refusal that has a repair"
-    plan = describe(directory, exc.repair)
+    changes = describe(directory, exc.repair)
     evidence = []
-    for path in reversed(plan["move"]):  # newest first: a crash midway leaves a shorter log
-        target = _aside(path, ".dropped")
-        os.replace(path, target)
-        evidence.append(target.name)
-    if plan["cut"] is not None:
-        path, offset = plan["cut"]
-        target = _aside(path, f".dropped-from-{offset}")
-        with open(path, "r+b") as fh, open(target, "wb") as out:
-            fh.seek(offset)
-            while chunk := fh.read(1 << 22):
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-            fh.truncate(offset)
-            fh.flush()
-            os.fsync(fh.fileno())
-        evidence.append(target.name)
-    if plan["snapshot"] is not None:
-        target = _aside(plan["snapshot"], ".damaged")
-        os.replace(plan["snapshot"], target)
-        evidence.append(target.name)
+    for path in reversed(changes.move):  # newest first: a crash midway leaves a shorter log
+        evidence.append(_rename_aside(path, ".dropped"))
+    if changes.cut is not None:
+        evidence.append(_cut_aside(*changes.cut))
+    if changes.snapshot is not None:
+        evidence.append(_rename_aside(changes.snapshot, ".damaged"))
     fsync_directory(directory)
-    lost = plan["sequences"]
+    lost = changes.sequences
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": "accept_loss",
              "directory": str(directory), "refused_because": str(exc),
              "dropped_sequences": None if lost is None else {"from": lost[0], "to": lost[1]},
-             "done": plan["text"], "evidence": evidence}
+             "done": changes.text, "evidence": evidence}
+    _journal(directory, entry)
+    return entry
+
+
+def _rename_aside(path: pathlib.Path, suffix: str) -> str:
+    target = _aside(path, suffix)
+    os.replace(path, target)
+    return target.name
+
+
+def _cut_aside(path: pathlib.Path, offset: int) -> str:
+    """Truncate ``path`` at ``offset``, its tail first copied (synced) beside it."""
+    target = _aside(path, f".dropped-from-{offset}")
+    with open(path, "r+b") as fh, open(target, "wb") as out:
+        fh.seek(offset)
+        while chunk := fh.read(1 << 22):
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+        fh.truncate(offset)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return target.name
+
+
+def _journal(directory: pathlib.Path, entry: dict[str, Any]) -> None:
+    """Log the repair (logger ``nap_gpu.durable``, WARNING) and append it, synced, to the
+    directory's `LOSS_JOURNAL`."""
     line = json.dumps(entry)
     log.warning(line)
     fd = os.open(directory / LOSS_JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -79,7 +94,6 @@ def _apply_repair(directory: pathlib.Path, exc: RecoveryError) -> dict:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return entry
 
 
 def accept_loss(directory: StrPath) -> dict[str, Any]:
@@ -104,8 +118,7 @@ def accept_loss(directory: StrPath) -> dict[str, Any]:
     directory = pathlib.Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such state directory")
-    lock = lock_directory(directory)
-    try:
+    with locked(directory):
         dropped = []
         # each repair removes a file, a tail or a snapshot from what recovery reads: bounded
         for _ in range(2 * sum(1 for _ in os.scandir(directory)) + 2):
@@ -114,14 +127,11 @@ def accept_loss(directory: StrPath) -> dict[str, Any]:
                 break
             except RecoveryError as exc:
                 if exc.repair is None:
-                    raise RecoveryError(f"{exc} (accept_loss cannot get past this)", exc.path,
-                                        exc.offset) from None
+                    raise type(exc)(f"{exc} (accept_loss cannot get past this)", exc.path,
+                                    exc.offset) from None
                 dropped.append(_apply_repair(directory, exc))
         else:  # pragma: no cover - every repair shrinks what recovery reads
             raise RuntimeError(f"{directory}: accept_loss made no progress")
-    finally:
-        if lock is not None:
-            lock.close()
     return {"directory": str(directory), "dropped": dropped, "plan": recover_plan(directory)}
 
 
@@ -130,8 +140,7 @@ def cut_log_after(directory: pathlib.Path, sequence: int) -> None:
     """Truncate a closed state's log just before record ``sequence + 1``, which must be its
     last (a sharded call cut short across shards is rolled back so), holding the LOCK
     meanwhile. The empty segments later opens started after it are removed."""
-    lock = lock_directory(directory)
-    try:
+    with locked(directory):
         _, segments = list_state(directory)
         later = [path for first, path in segments if first > sequence + 1]
         for path in later:  # each open after the call started one, empty
@@ -144,9 +153,6 @@ def cut_log_after(directory: pathlib.Path, sequence: int) -> None:
             raise RecoveryError(f"{directory}: no log segment holds record {sequence + 1}")
         _truncate_before(holding[-1], sequence + 1)
         fsync_directory(directory)  # the unlinked empty segments
-    finally:
-        if lock is not None:
-            lock.close()
 
 
 def _truncate_before(path: pathlib.Path, sequence: int) -> None:
@@ -156,12 +162,13 @@ def _truncate_before(path: pathlib.Path, sequence: int) -> None:
         read_segment_header(path, fh, size)
         cut = None
         for item in read_records(fh, size):
-            if item[0] == "bad":  # open already dropped a torn tail; anything else raised
-                raise RecoveryError(f"{path}: {item[2]} at offset {item[1]}", path, item[1])
-            if item[1] == sequence:
-                cut = item[0]
-            elif item[1] > sequence:
-                raise RecoveryError(f"{path}: record {item[1]} follows {sequence}")
+            if isinstance(item, DamagedRecord):  # open already dropped a torn tail, or raised
+                raise RecoveryError(f"{path}: {item.reason} at offset {item.offset}", path,
+                                    item.offset)
+            if item.sequence == sequence:
+                cut = item.offset
+            elif item.sequence > sequence:
+                raise RecoveryError(f"{path}: record {item.sequence} follows {sequence}")
         if cut is None:
             raise RecoveryError(f"{path}: no record {sequence} to roll back")
         fh.truncate(cut)

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from .. import snapshot
 from . import calls
-from .errors import RecoveryError
+from .errors import DamagedSnapshotError, FormatTooNewError, RecoveryError
 from .format import (
     SEG_HEADER_SIZE,
+    DamagedRecord,
     intact_records,
     list_state,
     meta_crc,
@@ -26,19 +27,13 @@ from .format import (
     record_offset,
 )
 from .lock import held_elsewhere
-from .repairs import describe
+from .repairs import CutLog, DropSegments, DropSnapshot, Repair, TrimOverlap, describe
 
 if TYPE_CHECKING:
     from .._types import StrPath
     from ..engine import Engine
 
 __all__ = ["recover_plan", "recover_report"]
-
-
-def _cut(path: pathlib.Path, offset: int, from_sequence: int) -> dict:
-    """accept_loss's repair for a break at ``offset`` of ``path``: keep what is before it,
-    drop the rest of the segment and every later one."""
-    return {"kind": "cut", "file": str(path), "offset": offset, "from_sequence": from_sequence}
 
 
 def _overlap_error(segs: list[tuple[int, pathlib.Path]], a: int, b: int) -> RecoveryError:
@@ -48,15 +43,15 @@ def _overlap_error(segs: list[tuple[int, pathlib.Path]], a: int, b: int) -> Reco
     (first_a, path_a), (first_b, path_b) = segs[a], segs[b]
     offset = record_offset(path_a, first_b - first_a)
     later = segs[b:]
-    repair: dict[str, Any] | None
+    repair: Repair | None
     if all(p.stat().st_size <= SEG_HEADER_SIZE for _, p in later):
         # the later segments hold no record: the trace of a failed rotation; dropping them
         # loses nothing
-        repair = {"kind": "drop", "files": [str(p) for _, p in later], "from_sequence": None}
+        repair = DropSegments(tuple(p for _, p in later))
     elif offset is None:
         repair = None
     else:  # the later segment wins (what recovery reads); the older one's overlap is dropped
-        repair = {"kind": "trim", "file": str(path_a), "offset": offset, "from_sequence": first_b}
+        repair = TrimOverlap(path_a, offset, first_b)
     return RecoveryError(
         f"{path_a} and {path_b} overlap: {path_a.name} holds a record with sequence "
         f"{first_b} (offset {offset}) or later, but {path_b.name} starts at sequence "
@@ -81,8 +76,7 @@ def _check_older_segment(segs: list[tuple[int, pathlib.Path]], i: int) -> None:
             if header_first != first:
                 raise RecoveryError(f"{path}: header says first sequence {header_first}, the "
                                     f"file name {first}: out of order (offset 16)", path, 16,
-                                    repair={"kind": "drop", "files": [str(path)],
-                                            "from_sequence": None})
+                                    repair=DropSegments((path,)))
             holds = segs[i + 1][0] - first  # records it may hold before the next one starts
             for count, _ in enumerate(intact_records(fh, size), 1):
                 if count > holds:
@@ -140,9 +134,9 @@ class Recovery:
                     raise snapshot.SnapshotError(
                         f"{path}: the metadata (n, parameters, iteration, sequence) do not "
                         f"match the CRC-32 {meta:08x} in the file name (bytes 8..{info.data_offset})")
+            except snapshot.SnapshotTooNewError as exc:
+                raise FormatTooNewError(str(exc), path, 0) from None
             except snapshot.SnapshotError as exc:
-                if "upgrade nap_gpu" in str(exc):
-                    raise RecoveryError(str(exc), path, 0) from None
                 entry["status"] = f"damaged: {exc}"
                 failures.append((sequence, path, str(exc)))
                 continue
@@ -157,10 +151,10 @@ class Recovery:
         try:
             return self._replay(chosen, engine, failures)
         except RecoveryError as exc:
-            if not failures or exc.fallback:
+            if not failures or isinstance(exc, DamagedSnapshotError):
                 raise
             bad = max(failures)
-            raise RecoveryError(
+            raise type(exc)(
                 f"{bad[1]}: snapshot is damaged ({bad[2]}); falling back to "
                 f"{pathlib.Path(chosen.path).name} needs the log after it, which cannot be "
                 f"replayed: {exc}", exc.path, exc.offset, repair=exc.repair) from None
@@ -188,25 +182,26 @@ class Recovery:
             if first > sequence + 1:
                 raise RecoveryError(f"{path}: the log has a gap: records {sequence + 1}.."
                                     f"{first - 1} are missing before this segment (offset 0)",
-                                    path, 0, repair=_cut(path, 0, first))
+                                    path, 0, repair=CutLog(path, 0, first))
             if i > start and first <= sequence:
                 raise _overlap_error(segs, i - 1, i)
             with open(path, "rb") as fh:
                 try:
                     header_first = read_segment_header(path, fh, size)
+                except FormatTooNewError:
+                    raise
                 except RecoveryError as exc:
-                    if "upgrade nap_gpu" not in str(exc):
-                        exc.repair = _cut(path, 0, first)
+                    exc.repair = CutLog(path, 0, first)
                     raise
                 if header_first != first:
                     raise RecoveryError(f"{path}: header says first sequence {header_first}, "
                                         f"the file name {first}: out of order (offset 16)",
-                                        path, 16, repair=_cut(path, 0, first))
+                                        path, 16, repair=CutLog(path, 0, first))
                 expected = first
                 for item in read_records(fh, size):
-                    if item[0] == "bad":
-                        _, offset, reason, torn = item
-                        if torn and last_segment:
+                    if isinstance(item, DamagedRecord):
+                        offset, reason = item.offset, item.reason
+                        if item.torn and last_segment:
                             self.torn = (path, offset, size)
                             self.report["torn_tail"] = {"file": path.name, "offset": offset,
                                                         "bytes": size - offset, "reason": reason}
@@ -218,9 +213,9 @@ class Recovery:
                         raise RecoveryError(f"{path}: corrupt log record at offset {offset}: "
                                             f"{reason}{where}; records from sequence {expected} "
                                             "on cannot be replayed", path, offset,
-                                            repair=_cut(path, offset, expected))
-                    offset, rec_seq, kind, flags, payload = item
-                    cut = _cut(path, offset, expected)
+                                            repair=CutLog(path, offset, expected))
+                    offset, rec_seq, kind = item.offset, item.sequence, item.kind
+                    cut = CutLog(path, offset, expected)
                     if rec_seq != expected:
                         raise RecoveryError(f"{path}: record at offset {offset} has sequence "
                                             f"{rec_seq}, expected {expected}", path, offset,
@@ -230,7 +225,7 @@ class Recovery:
                     if rec_seq <= sequence:
                         continue  # covered by the snapshot
                     try:
-                        args = calls.decode(kind, flags, payload)
+                        args = calls.decode(item)
                     except (ValueError, struct.error, zlib.error) as exc:
                         raise RecoveryError(f"{path}: undecodable record at offset {offset} "
                                             f"(sequence {rec_seq}): {exc}", path, offset,
@@ -250,13 +245,12 @@ class Recovery:
         needed = max((s for s, _, _ in failures), default=0)
         if sequence < needed:
             bad = max(failures)
-            raise RecoveryError.fallback_error(
+            raise DamagedSnapshotError(
                 f"{bad[1]}: snapshot is damaged ({bad[2]}) and the log from "
                 f"{pathlib.Path(chosen.path).name} reaches only sequence {sequence}, not "
                 f"{bad[0]}: falling back would lose acknowledged calls; restore the file from "
                 "a backup", bad[1], 0,
-                repair={"kind": "snapshot", "file": bad[1], "from_sequence": sequence + 1,
-                        "to_sequence": bad[0]})
+                repair=DropSnapshot(bad[1], sequence + 1, bad[0]))
         for _, path, msg in failures:
             self.damaged.append(path)
             self.warn(f"{path}: damaged snapshot bypassed ({msg}); recovered from "
@@ -284,7 +278,7 @@ def recover_plan(directory: StrPath) -> dict[str, Any]:
     except RecoveryError as exc:
         report.update(status="error", error=str(exc), error_file=exc.path, error_offset=exc.offset,
                       accept_loss=None if exc.repair is None
-                      else describe(directory, exc.repair)["text"])
+                      else describe(directory, exc.repair).text)
         return report
     actions = report["actions"]
     if report["status"] == "empty":
