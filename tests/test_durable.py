@@ -701,6 +701,28 @@ def test_recover_report_is_a_dry_run(pristine, tmp_path):
     assert "error:" in durable.recover_report(bad)
 
 
+def test_the_dry_run_is_a_typed_plan_with_the_dict_and_text_forms(pristine, tmp_path):
+    """`dry_run` returns the `RecoveryPlan` that `recover_plan` (``to_dict``) and
+    `recover_report` render; a refusal is its ``error``, not an exception."""
+    seg = sorted(pristine[0].glob("wal-*.log"))[-1]
+    layout = segment_layout(seg)
+    torn = damaged_copy(pristine, tmp_path / "torn", seg.name, truncate(layout[-1][0] + 20))
+    bad = damaged_copy(pristine, tmp_path / "bad", seg.name, flip(layout[1][0] + 30))
+    for directory in (torn, bad, tmp_path / "none"):
+        plan = durable.dry_run(directory)
+        assert isinstance(plan, durable.RecoveryPlan)
+        assert plan.to_dict() == durable.recover_plan(directory)
+        assert durable.recover_report(plan) == durable.recover_report(directory) == plan.render()
+    plan = durable.dry_run(torn)
+    assert (plan.status, plan.sequence, plan.error) == ("ok", 39, None)
+    assert plan.torn_tail.offset == layout[-1][0] and isinstance(plan.params, nap.Params)
+    assert plan.replay.last == 39 and plan.replay.records == sum(plan.replay.kinds.values())
+    plan = durable.dry_run(bad)
+    assert plan.status == "error" and plan.error.offset == layout[1][0]
+    assert plan.error.file == str(bad / seg.name) and plan.error.accept_loss.startswith("drop")
+    assert durable.dry_run(tmp_path / "none").status == "missing"
+
+
 # -- fsync failures and group commit ----------------------------------------------------------
 def test_failed_fsync_rolls_back_or_fails_the_engine(tmp_path, monkeypatch):
     """An fsync error on an append removes the record and raises (nothing applied); if the

@@ -13,7 +13,8 @@ is the API):
 * `format`: the state directory's files and the log's binary format (segments, records);
 * `calls`: each mutating call as a record payload, its replay, and the ``decay(k)`` bound;
 * `writer`: the log writer (appends, group commit, rotation, rollback of a failed append);
-* `recovery`: the snapshot and log scan open runs, and the dry run (`recover_plan`);
+* `recovery`: the snapshot and log scan open runs, and the dry run (`dry_run`);
+* `plan`: the `RecoveryPlan` the scan fills, as a dict (`recover_plan`) and as text;
 * `repairs`: what a refusal's repair would change; `losses`: ``accept_loss``, which does it;
 * `lock`: the directory's LOCK; `engine`: `DurableEngine`.
 """
@@ -31,8 +32,10 @@ from .errors import (
 )
 from .format import LOG_FORMAT_VERSION
 from .losses import LOSS_JOURNAL, accept_loss
-from .recovery import recover_plan, recover_report
+from .plan import RecoveryPlan
+from .recovery import dry_run, recover_plan, recover_report
 
 __all__ = ["DamagedSnapshotError", "DurabilityWarning", "DurableEngine", "EngineFailedError",
            "FormatTooNewError", "LOG_FORMAT_VERSION", "LOSS_JOURNAL", "RecoveryError",
-           "accept_loss", "decay_rounds_bound", "recover_plan", "recover_report"]
+           "RecoveryPlan", "accept_loss", "decay_rounds_bound", "dry_run", "recover_plan",
+           "recover_report"]

@@ -6,7 +6,6 @@ through `recovery`, holds its LOCK while open, writes snapshots and applies rete
 from __future__ import annotations
 
 import numbers
-import os
 import pathlib
 import threading
 import time
@@ -183,32 +182,23 @@ class DurableEngine:
             eng.iteration = info.iteration
             return eng
 
-        eng = rec.run(load=True, engine_factory=factory)
+        eng = rec.run(engine_factory=factory)
         fresh = eng is None
         if eng is None:  # fresh (tested on eng itself, which narrows its type)
             if n is None:
                 raise ValueError(f"{directory} holds no state yet: pass n to create one")
             eng = Engine(n, backend=backend, seed=seed, init=init, params=params)
-            rec.sequence = 0
         elif params is not None and params != eng.params:
             raise ValueError(f"{directory} holds {eng.params}, not {params}: set "
                              "eng.params after opening to change them (the change is logged)")
-        for message in rec.report["warnings"]:
+        for message in rec.plan.warnings:
             warnings.warn(message, DurabilityWarning, stacklevel=3)
-        if rec.torn is not None:
-            path, offset, _ = rec.torn
-            with open(path, "r+b") as fh:
-                fh.truncate(offset)
-                os.fsync(fh.fileno())
-        for path in rec.damaged:
-            os.replace(path, path.with_name(path.name + ".damaged"))
-        if rec.damaged:
-            fsync_directory(directory)
+        set_aside = rec.clear_damage()
         self._eng = eng
         self._bk = backends.get(eng.backend)
         self._sequence = rec.sequence
         self._snap_seq = rec.sequence
-        if fresh or rec.damaged:
+        if fresh or set_aside:
             try:
                 self._write_snapshot()
             except _UnsnapshotableWeights as exc:
@@ -468,7 +458,7 @@ class DurableEngine:
                 return eng
 
             rec = Recovery(self._directory)
-            eng = rec.run(load=True, engine_factory=factory)
+            eng = rec.run(engine_factory=factory)
             if eng is None or rec.sequence != self._sequence:
                 raise RecoveryError(f"{self._directory}: the disk holds sequence "
                                     f"{rec.sequence}, the engine acknowledged {self._sequence}")

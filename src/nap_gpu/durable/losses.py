@@ -123,7 +123,7 @@ def accept_loss(directory: StrPath) -> dict[str, Any]:
         # each repair removes a file, a tail or a snapshot from what recovery reads: bounded
         for _ in range(2 * sum(1 for _ in os.scandir(directory)) + 2):
             try:
-                Recovery(directory).run(load=False)
+                Recovery(directory).run()
                 break
             except RecoveryError as exc:
                 if exc.repair is None:

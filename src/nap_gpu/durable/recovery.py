@@ -1,7 +1,8 @@
 """Recovery: what opening a state finds and does. The newest snapshot that verifies, then the
 log after it, replayed record by record; every break that would lose an acknowledged call is
 a `RecoveryError` naming the file and offset (and the repair ``accept_loss`` would make). The
-dry run (`recover_plan`, `recover_report`) reads and verifies the same and changes nothing.
+dry run (`dry_run`, and its dict and text forms `recover_plan`, `recover_report`) reads and
+verifies the same, changes nothing, and returns the `RecoveryPlan` instead of raising.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ import pathlib
 import struct
 import zlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from .. import snapshot
+from .._files import fsync_directory
 from . import calls
 from .errors import DamagedSnapshotError, FormatTooNewError, RecoveryError
 from .format import (
     SEG_HEADER_SIZE,
     DamagedRecord,
+    Record,
     intact_records,
     list_state,
     meta_crc,
@@ -27,13 +31,15 @@ from .format import (
     record_offset,
 )
 from .lock import held_elsewhere
+from .plan import RecoveryPlan, Refusal, Replay, SegmentRead, SnapshotCheck, TornTail
 from .repairs import CutLog, DropSegments, DropSnapshot, Repair, TrimOverlap, describe
 
 if TYPE_CHECKING:
-    from .._types import StrPath
+    from .._types import HostWeights, StrPath
     from ..engine import Engine
+    from ..params import Params
 
-__all__ = ["recover_plan", "recover_report"]
+__all__ = ["Recovery", "dry_run", "recover_plan", "recover_report"]
 
 
 def _overlap_error(segs: list[tuple[int, pathlib.Path]], a: int, b: int) -> RecoveryError:
@@ -85,244 +91,318 @@ def _check_older_segment(segs: list[tuple[int, pathlib.Path]], i: int) -> None:
         return
 
 
+class _Bypassed(NamedTuple):
+    """A damaged snapshot recovery went past (newest first; ``max`` is the newest)."""
+
+    sequence: int
+    path: pathlib.Path
+    reason: str
+
+
+@dataclass
+class _Progress:
+    """Where the replay stands: the state reached so far and the records applied."""
+
+    sequence: int
+    iteration: int
+    params: Params
+    kinds: dict[str, int] = field(default_factory=dict)
+    records: int = 0
+
+    def count(self, kind: int, args: Any) -> None:
+        if kind in (calls.STEP, calls.STEP_SCALAR):
+            self.iteration += 1
+        elif kind == calls.PARAMS:
+            self.params = args
+        name = calls.KIND_NAMES[kind]
+        self.kinds[name] = self.kinds.get(name, 0) + 1
+        self.records += 1
+
+
 class Recovery:
-    """What open would do: the snapshot it starts from and the log it replays. With
-    ``engine_factory`` the snapshot is loaded and the log applied; without it (the dry run)
-    everything is read and verified and nothing is changed."""
+    """One scan of a state directory: the snapshot open starts from and the log it replays,
+    written into `plan` as it goes. ``run(engine_factory)`` loads the snapshot and applies the
+    log; ``run()`` (the dry run) reads and verifies everything and changes nothing."""
 
     def __init__(self, directory: pathlib.Path) -> None:
         self.directory = directory
         self.snapshots, self.segments = list_state(directory)
-        self.report: dict = {
-            "directory": str(directory), "status": None, "snapshots": [], "segments": [],
-            "snapshot": None, "replay": None, "torn_tail": None, "sequence": None,
-            "iteration": None, "n": None, "params": None, "warnings": [], "actions": [],
-            "error": None,
-        }
-        self.torn: tuple[pathlib.Path, int, int] | None = None  # (path, offset, size)
-        self.damaged: list[pathlib.Path] = []
+        self.plan = RecoveryPlan(str(directory), status="empty")  # until a snapshot is found
+        self.sequence = 0  # the last record replayed (0: empty)
+        self.torn: tuple[pathlib.Path, int] | None = None  # the torn final record's (segment, offset)
+        self.damaged: list[pathlib.Path] = []  # the snapshots bypassed
 
-    def warn(self, message: str) -> None:
-        self.report["warnings"].append(message)
-
-    def run(self, load: bool,
-            engine_factory: Callable[[Any, snapshot.SnapshotInfo], Engine] | None = None
+    def run(self, engine_factory: Callable[[Any, snapshot.SnapshotInfo], Engine] | None = None
             ) -> Engine | None:
-        snaps, segs = self.snapshots, self.segments
-        if not snaps:
-            if segs:
-                raise RecoveryError(f"{self.directory}: {len(segs)} log segment(s) but no "
-                                    f"snapshot (e.g. {segs[0][1].name}): the state the log "
-                                    "starts from is missing", segs[0][1])
-            self.report["status"] = "empty"
+        """The recovered engine (None: empty, or a dry run); RecoveryError if open refuses."""
+        if not self.snapshots:
+            if self.segments:
+                raise RecoveryError(f"{self.directory}: {len(self.segments)} log segment(s) but "
+                                    f"no snapshot (e.g. {self.segments[0][1].name}): the state the "
+                                    "log starts from is missing", self.segments[0][1])
             return None
-        failures, chosen, weights = [], None, None
-        for sequence, meta, path in snaps:
-            entry = {"file": path.name, "sequence": sequence, "status": "not needed"}
-            self.report["snapshots"].append(entry)
+        weights, chosen, bypassed = self._choose_snapshot(load=engine_factory is not None)
+        self.plan.snapshot, self.plan.n = pathlib.Path(chosen.path).name, chosen.n
+        engine = None if engine_factory is None else engine_factory(weights, chosen)
+        weights = None  # the engine holds its own copy: free this one before the replay
+        try:
+            self._replay(chosen, engine, bypassed)
+        except RecoveryError as exc:
+            if not bypassed or isinstance(exc, DamagedSnapshotError):
+                raise
+            bad = max(bypassed)
+            raise type(exc)(
+                f"{bad.path}: snapshot is damaged ({bad.reason}); falling back to "
+                f"{pathlib.Path(chosen.path).name} needs the log after it, which cannot be "
+                f"replayed: {exc}", exc.path, exc.offset, repair=exc.repair) from None
+        return engine
+
+    def clear_damage(self) -> bool:
+        """Do what open does before the log goes on: truncate the torn final record, rename
+        the bypassed snapshots ``*.damaged``. Returns whether any snapshot was set aside."""
+        if self.torn is not None:
+            path, offset = self.torn
+            with open(path, "r+b") as fh:
+                fh.truncate(offset)
+                os.fsync(fh.fileno())
+        for path in self.damaged:
+            os.replace(path, path.with_name(path.name + ".damaged"))
+        if self.damaged:
+            fsync_directory(self.directory)
+        return bool(self.damaged)
+
+    # -- the snapshot ----------------------------------------------------------------------
+    def _choose_snapshot(self, load: bool
+                         ) -> tuple[HostWeights | None, snapshot.SnapshotInfo, list[_Bypassed]]:
+        """The newest snapshot that verifies (its weights if ``load``), and those bypassed."""
+        chosen, weights, bypassed = None, None, []
+        for sequence, meta, path in self.snapshots:
+            check = SnapshotCheck(path.name, sequence)
+            self.plan.snapshots.append(check)
             if chosen is not None:
                 continue
             try:
-                if load:
-                    weights, info = snapshot.read(path)
-                else:
-                    info = snapshot.inspect(path, verify=True)
-                    if not info.checksum_ok:
-                        raise snapshot.SnapshotError(f"{path}: checksum mismatch in the weights "
-                                                     f"(bytes {info.data_offset}..)")
-                if meta != meta_crc(info.n, info.params, info.iteration, info.sequence):
-                    raise snapshot.SnapshotError(
-                        f"{path}: the metadata (n, parameters, iteration, sequence) do not "
-                        f"match the CRC-32 {meta:08x} in the file name (bytes 8..{info.data_offset})")
+                weights, info = _read_snapshot(path, meta, load)
             except snapshot.SnapshotTooNewError as exc:
                 raise FormatTooNewError(str(exc), path, 0) from None
             except snapshot.SnapshotError as exc:
-                entry["status"] = f"damaged: {exc}"
-                failures.append((sequence, path, str(exc)))
+                check.status = f"damaged: {exc}"
+                bypassed.append(_Bypassed(sequence, path, str(exc)))
                 continue
-            entry.update(status="ok", iteration=info.iteration)
+            check.status, check.iteration = "ok", info.iteration
             chosen = info
         if chosen is None:
             raise RecoveryError(f"{self.directory}: no usable snapshot: "
-                                + "; ".join(msg for _, _, msg in failures), failures[0][1])
-        self.report.update(snapshot=pathlib.Path(chosen.path).name, n=chosen.n)
-        engine = None if engine_factory is None else engine_factory(weights, chosen)
-        weights = None
-        try:
-            return self._replay(chosen, engine, failures)
-        except RecoveryError as exc:
-            if not failures or isinstance(exc, DamagedSnapshotError):
-                raise
-            bad = max(failures)
-            raise type(exc)(
-                f"{bad[1]}: snapshot is damaged ({bad[2]}); falling back to "
-                f"{pathlib.Path(chosen.path).name} needs the log after it, which cannot be "
-                f"replayed: {exc}", exc.path, exc.offset, repair=exc.repair) from None
+                                + "; ".join(b.reason for b in bypassed), bypassed[0].path)
+        return weights, chosen, bypassed
 
+    # -- the log ---------------------------------------------------------------------------
     def _replay(self, chosen: snapshot.SnapshotInfo, engine: Engine | None,
-                failures: list[tuple[int, pathlib.Path, str]]) -> Engine | None:
+                bypassed: list[_Bypassed]) -> None:
         segs = self.segments
-        sequence, iteration, params = chosen.sequence, chosen.iteration, chosen.params
-        kinds: dict[str, int] = {}
-        replayed = 0
+        progress = _Progress(chosen.sequence, chosen.iteration, chosen.params)
         # the segment holding sequence + 1 and every later one, contiguous
-        start = 0
-        for i, (first, _) in enumerate(segs):
-            if first <= sequence + 1:
-                start = i
+        start = max([i for i, (first, _) in enumerate(segs) if first <= chosen.sequence + 1],
+                    default=0)
         for i in range(start):  # not replayed, but they must not overlap what is
             _check_older_segment(segs, i)
         for i in range(start, len(segs)):
-            first, path = segs[i]
-            last_segment = i == len(segs) - 1
-            size = path.stat().st_size
-            seg_entry: dict[str, Any] = {"file": path.name, "first_sequence": first, "bytes": size,
-                                         "records": 0}
-            self.report["segments"].append(seg_entry)
-            if first > sequence + 1:
-                raise RecoveryError(f"{path}: the log has a gap: records {sequence + 1}.."
-                                    f"{first - 1} are missing before this segment (offset 0)",
-                                    path, 0, repair=CutLog(path, 0, first))
-            if i > start and first <= sequence:
-                raise _overlap_error(segs, i - 1, i)
-            with open(path, "rb") as fh:
-                try:
-                    header_first = read_segment_header(path, fh, size)
-                except FormatTooNewError:
-                    raise
-                except RecoveryError as exc:
-                    exc.repair = CutLog(path, 0, first)
-                    raise
-                if header_first != first:
-                    raise RecoveryError(f"{path}: header says first sequence {header_first}, "
-                                        f"the file name {first}: out of order (offset 16)",
-                                        path, 16, repair=CutLog(path, 0, first))
-                expected = first
-                for item in read_records(fh, size):
-                    if isinstance(item, DamagedRecord):
-                        offset, reason = item.offset, item.reason
-                        if item.torn and last_segment:
-                            self.torn = (path, offset, size)
-                            self.report["torn_tail"] = {"file": path.name, "offset": offset,
-                                                        "bytes": size - offset, "reason": reason}
-                            self.warn(f"{path}: dropped a torn final record at offset {offset} "
-                                      f"({size - offset} bytes: {reason}): a write cut short by "
-                                      "a crash, whose call had not returned")
-                            break
-                        where = "" if last_segment else " (not the last segment)"
-                        raise RecoveryError(f"{path}: corrupt log record at offset {offset}: "
-                                            f"{reason}{where}; records from sequence {expected} "
-                                            "on cannot be replayed", path, offset,
-                                            repair=CutLog(path, offset, expected))
-                    offset, rec_seq, kind = item.offset, item.sequence, item.kind
-                    cut = CutLog(path, offset, expected)
-                    if rec_seq != expected:
-                        raise RecoveryError(f"{path}: record at offset {offset} has sequence "
-                                            f"{rec_seq}, expected {expected}", path, offset,
-                                            repair=cut)
-                    expected += 1
-                    seg_entry["records"] += 1
-                    if rec_seq <= sequence:
-                        continue  # covered by the snapshot
-                    try:
-                        args = calls.decode(item)
-                    except (ValueError, struct.error, zlib.error) as exc:
-                        raise RecoveryError(f"{path}: undecodable record at offset {offset} "
-                                            f"(sequence {rec_seq}): {exc}", path, offset,
-                                            repair=cut) from None
-                    if (problem := calls.misfit(kind, args, chosen.n)) is not None:
-                        raise RecoveryError(f"{path}: record at offset {offset} {problem}", path,
-                                            offset, repair=cut)
-                    if engine is not None:
-                        calls.apply(engine, kind, args)
-                    if kind in (calls.STEP, calls.STEP_SCALAR):
-                        iteration += 1
-                    elif kind == calls.PARAMS:
-                        params = args
-                    kinds[calls.KIND_NAMES[kind]] = kinds.get(calls.KIND_NAMES[kind], 0) + 1
-                    replayed += 1
-                sequence = max(sequence, expected - 1)
-        needed = max((s for s, _, _ in failures), default=0)
-        if sequence < needed:
-            bad = max(failures)
-            raise DamagedSnapshotError(
-                f"{bad[1]}: snapshot is damaged ({bad[2]}) and the log from "
-                f"{pathlib.Path(chosen.path).name} reaches only sequence {sequence}, not "
-                f"{bad[0]}: falling back would lose acknowledged calls; restore the file from "
-                "a backup", bad[1], 0,
-                repair=DropSnapshot(bad[1], sequence + 1, bad[0]))
-        for _, path, msg in failures:
-            self.damaged.append(path)
-            self.warn(f"{path}: damaged snapshot bypassed ({msg}); recovered from "
-                      f"{pathlib.Path(chosen.path).name} and the log")
-        self.report.update(status="ok", sequence=sequence, iteration=iteration,
-                           params=str(params),
-                           replay={"from": chosen.sequence + 1, "to": sequence,
-                                   "records": replayed, "kinds": kinds})
-        self.sequence, self.iteration, self.params = sequence, iteration, params
-        return engine
+            self._replay_segment(i, progress, chosen.n, engine, follows=i > start)
+        _check_reaches(chosen, bypassed, progress.sequence)
+        for bad in bypassed:
+            self.damaged.append(bad.path)
+            self.plan.warnings.append(f"{bad.path}: damaged snapshot bypassed ({bad.reason}); "
+                                      f"recovered from {pathlib.Path(chosen.path).name} and the log")
+        self.sequence = progress.sequence
+        self.plan.status = "ok"
+        self.plan.sequence, self.plan.iteration = progress.sequence, progress.iteration
+        self.plan.params = progress.params
+        self.plan.replay = Replay(chosen.sequence + 1, progress.sequence, progress.records,
+                                  progress.kinds)
+
+    def _replay_segment(self, i: int, progress: _Progress, n: int, engine: Engine | None, *,
+                        follows: bool) -> None:
+        """Read segment ``i`` (applying its records past the snapshot) and advance
+        ``progress`` to its last record; ``follows``: after another replayed segment."""
+        first, path = self.segments[i]
+        read = SegmentRead(path.name, first, path.stat().st_size)
+        self.plan.segments.append(read)
+        if first > progress.sequence + 1:
+            raise RecoveryError(f"{path}: the log has a gap: records {progress.sequence + 1}.."
+                                f"{first - 1} are missing before this segment (offset 0)",
+                                path, 0, repair=CutLog(path, 0, first))
+        if follows and first <= progress.sequence:
+            raise _overlap_error(self.segments, i - 1, i)
+        with open(path, "rb") as fh:
+            _check_header(path, fh, read.size, first)
+            expected = first
+            for item in read_records(fh, read.size):
+                if isinstance(item, DamagedRecord):
+                    self._damaged_record(path, read.size, item, expected,
+                                         last_segment=i == len(self.segments) - 1)
+                    break
+                if item.sequence != expected:
+                    raise RecoveryError(f"{path}: record at offset {item.offset} has sequence "
+                                        f"{item.sequence}, expected {expected}", path,
+                                        item.offset, repair=CutLog(path, item.offset, expected))
+                expected += 1
+                read.records += 1
+                if item.sequence <= progress.sequence:
+                    continue  # covered by the snapshot
+                args = _decoded(path, item, n)
+                if engine is not None:
+                    calls.apply(engine, item.kind, args)
+                progress.count(item.kind, args)
+            progress.sequence = max(progress.sequence, expected - 1)
+
+    def _damaged_record(self, path: pathlib.Path, size: int, item: DamagedRecord, expected: int,
+                        last_segment: bool) -> None:
+        """A torn final record is dropped (noted in the plan); any other damage refuses."""
+        if not (item.torn and last_segment):
+            where = "" if last_segment else " (not the last segment)"
+            raise RecoveryError(f"{path}: corrupt log record at offset {item.offset}: "
+                                f"{item.reason}{where}; records from sequence {expected} on "
+                                "cannot be replayed", path, item.offset,
+                                repair=CutLog(path, item.offset, expected))
+        self.torn = (path, item.offset)
+        self.plan.torn_tail = TornTail(path.name, item.offset, size - item.offset, item.reason)
+        self.plan.warnings.append(f"{path}: dropped a torn final record at offset {item.offset} "
+                                  f"({size - item.offset} bytes: {item.reason}): a write cut "
+                                  "short by a crash, whose call had not returned")
+
+
+
+def _check_reaches(chosen: snapshot.SnapshotInfo, bypassed: list[_Bypassed], sequence: int) -> None:
+    """The log must reach every bypassed snapshot's sequence, or falling back loses the calls
+    between: DamagedSnapshotError."""
+    if sequence >= max((b.sequence for b in bypassed), default=0):
+        return
+    bad = max(bypassed)
+    raise DamagedSnapshotError(
+        f"{bad.path}: snapshot is damaged ({bad.reason}) and the log from "
+        f"{pathlib.Path(chosen.path).name} reaches only sequence {sequence}, not "
+        f"{bad.sequence}: falling back would lose acknowledged calls; restore the file from "
+        "a backup", bad.path, 0, repair=DropSnapshot(bad.path, sequence + 1, bad.sequence))
+
+
+def _read_snapshot(path: pathlib.Path, meta: int, load: bool
+                   ) -> tuple[HostWeights | None, snapshot.SnapshotInfo]:
+    """A snapshot verified (checksum, and the metadata CRC its name carries): its weights
+    (None unless ``load``) and header. SnapshotError if it is damaged."""
+    weights = None
+    if load:
+        weights, info = snapshot.read(path)
+    else:
+        info = snapshot.inspect(path, verify=True)
+        if not info.checksum_ok:
+            raise snapshot.SnapshotError(f"{path}: checksum mismatch in the weights "
+                                         f"(bytes {info.data_offset}..)")
+    if meta != meta_crc(info.n, info.params, info.iteration, info.sequence):
+        raise snapshot.SnapshotError(
+            f"{path}: the metadata (n, parameters, iteration, sequence) do not "
+            f"match the CRC-32 {meta:08x} in the file name (bytes 8..{info.data_offset})")
+    return weights, info
+
+
+def _check_header(path: pathlib.Path, fh: BinaryIO, size: int, first: int) -> None:
+    """A replayed segment's header must be intact and name the first sequence its file name
+    does; a damaged one cuts the log there (a newer format: no repair)."""
+    try:
+        header_first = read_segment_header(path, fh, size)
+    except FormatTooNewError:
+        raise
+    except RecoveryError as exc:
+        exc.repair = CutLog(path, 0, first)
+        raise
+    if header_first != first:
+        raise RecoveryError(f"{path}: header says first sequence {header_first}, the file "
+                            f"name {first}: out of order (offset 16)", path, 16,
+                            repair=CutLog(path, 0, first))
+
+
+def _decoded(path: pathlib.Path, item: Record, n: int) -> Any:
+    """The call a replayed record holds, checked to fit ``n`` memories; RecoveryError else."""
+    cut = CutLog(path, item.offset, item.sequence)
+    try:
+        args = calls.decode(item)
+    except (ValueError, struct.error, zlib.error) as exc:
+        raise RecoveryError(f"{path}: undecodable record at offset {item.offset} (sequence "
+                            f"{item.sequence}): {exc}", path, item.offset, repair=cut) from None
+    if (problem := calls.misfit(item.kind, args, n)) is not None:
+        raise RecoveryError(f"{path}: record at offset {item.offset} {problem}", path,
+                            item.offset, repair=cut)
+    return args
+
+
+# -- the dry run ----------------------------------------------------------------------------
+def dry_run(directory: StrPath) -> RecoveryPlan:
+    """What ``DurableEngine.open(directory)`` would do, as a `RecoveryPlan`: reads and
+    verifies everything it would use, changes nothing. A refusal is the plan's ``error``
+    (``status`` ``"error"``), not an exception.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import nap_gpu as nap
+    >>> from nap_gpu import durable
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> state = pathlib.Path(tmp.name) / "state"
+    >>> durable.dry_run(state).status
+    'missing'
+    >>> with nap.DurableEngine.open(state, n=100, seed=0) as eng:
+    ...     eng.step(0.9)
+    >>> plan = durable.dry_run(state)
+    >>> plan.status, plan.sequence, plan.replay.records
+    ('ok', 1, 1)
+    >>> print(durable.recover_report(plan).splitlines()[-1])
+    open would: replay 1 record(s); continue at sequence 2
+    >>> tmp.cleanup()
+    """
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return RecoveryPlan(str(directory), "missing",
+                            actions=["create the directory and a new state (n required)"])
+    scan = Recovery(directory)
+    plan = scan.plan
+    try:
+        scan.run()
+    except RecoveryError as exc:
+        plan.status = "error"
+        plan.error = Refusal(str(exc), exc.path, exc.offset, None if exc.repair is None
+                             else describe(directory, exc.repair).text)
+        return plan
+    plan.actions += _actions(scan)
+    if plan.status == "ok" and held_elsewhere(directory):
+        plan.warnings.append("the directory is open in a running process: this report may "
+                             "already be out of date")
+    return plan
+
+
+def _actions(scan: Recovery) -> list[str]:
+    """What open would do to the files, in order (a scan that found a state or none)."""
+    if scan.plan.status == "empty":
+        return ["create a new state (n required)"]
+    actions = []
+    if scan.torn is not None:
+        path, offset = scan.torn
+        actions.append(f"truncate {path.name} to {offset} bytes (drop the torn record)")
+    actions += [f"rename {path.name} to {path.name}.damaged and write a fresh snapshot"
+                for path in scan.damaged]
+    assert scan.plan.replay is not None, "a scan that found a state replayed its log"
+    return actions + [f"replay {scan.plan.replay.records} record(s); continue at sequence "
+                      f"{scan.sequence + 1}"]
 
 
 def recover_plan(directory: StrPath) -> dict[str, Any]:
     """What ``DurableEngine.open(directory)`` would do, as a dict; a dry run (reads and
     verifies everything it would use, changes nothing). ``status`` is ``"ok"``, ``"empty"``
-    (open creates a new state), ``"missing"`` or ``"error"`` (``error`` says why)."""
-    directory = pathlib.Path(directory)
-    if not directory.is_dir():
-        return {"directory": str(directory), "status": "missing", "error": None,
-                "warnings": [], "actions": ["create the directory and a new state (n required)"]}
-    rec = Recovery(directory)
-    report = rec.report
-    try:
-        rec.run(load=False)
-    except RecoveryError as exc:
-        report.update(status="error", error=str(exc), error_file=exc.path, error_offset=exc.offset,
-                      accept_loss=None if exc.repair is None
-                      else describe(directory, exc.repair).text)
-        return report
-    actions = report["actions"]
-    if report["status"] == "empty":
-        actions.append("create a new state (n required)")
-        return report
-    if rec.torn:
-        actions.append(f"truncate {rec.torn[0].name} to {rec.torn[1]} bytes (drop the torn record)")
-    for path in rec.damaged:
-        actions.append(f"rename {path.name} to {path.name}.damaged and write a fresh snapshot")
-    actions.append(f"replay {report['replay']['records']} record(s); continue at sequence "
-                   f"{report['sequence'] + 1}")
-    if held_elsewhere(directory):
-        report["warnings"].append("the directory is open in a running process: "
-                                  "this report may already be out of date")
-    return report
+    (open creates a new state), ``"missing"`` or ``"error"`` (``error`` says why). The same
+    as ``dry_run(directory).to_dict()``."""
+    return dry_run(directory).to_dict()
 
 
-def recover_report(directory: StrPath) -> str:
-    """``recover_plan`` as text (what ``nap-gpu recover DIR`` prints)."""
-    plan = recover_plan(directory)
-    lines = [f"state directory: {plan['directory']}", f"status: {plan['status']}"]
-    for s in plan.get("snapshots", []):
-        lines.append(f"  snapshot {s['file']}: {s['status']}")
-    if plan.get("snapshot"):
-        lines.append(f"start from: {plan['snapshot']} (n = {plan['n']})")
-    for s in plan.get("segments", []):
-        lines.append(f"  log {s['file']}: first sequence {s['first_sequence']}, "
-                     f"{s['records']} record(s) read, {s['bytes']} bytes")
-    if plan.get("replay"):
-        r = plan["replay"]
-        kinds = ", ".join(f"{v} {k}" for k, v in sorted(r["kinds"].items())) or "nothing"
-        lines.append(f"replay: sequences {r['from']}..{r['to']} ({r['records']} record(s): {kinds})")
-        lines.append(f"result: sequence {plan['sequence']}, iteration {plan['iteration']}, "
-                     f"{plan['params']}")
-    for w in plan.get("warnings", []):
-        lines.append(f"warning: {w}")
-    if plan.get("error"):
-        lines.append(f"error: {plan['error']}")
-        if plan.get("accept_loss"):
-            lines.append(f"open refuses; nap-gpu recover DIR --accept-loss would: "
-                         f"{plan['accept_loss']} (then check again: there may be more)")
-        elif plan.get("status") == "error":
-            lines.append("no repair can get past this without a backup")
-    for a in plan.get("actions", []):
-        lines.append(f"open would: {a}")
-    return "\n".join(lines)
-
+def recover_report(directory: StrPath | RecoveryPlan) -> str:
+    """The dry run as text (what ``nap-gpu recover DIR`` prints): of ``directory``, or of a
+    plan `dry_run` returned."""
+    plan = directory if isinstance(directory, RecoveryPlan) else dry_run(directory)
+    return plan.render()
