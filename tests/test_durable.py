@@ -248,6 +248,40 @@ def test_open_arguments(tmp_path, monkeypatch):
         deng.step(0.5)
 
 
+def test_the_constructor_opens_as_open_does(tmp_path):
+    """``DurableEngine(directory, ...)`` is ``DurableEngine.open(directory, ...)``; counts are
+    checked as everywhere (`_inputs.whole`: TypeError for a non-integer, ValueError below
+    the minimum)."""
+    with DurableEngine(tmp_path / "s", n=100, seed=3, snapshot_every=2) as deng:
+        for _ in range(3):
+            deng.step(0.9)
+        before = deng.to_numpy()
+    with DurableEngine.open(tmp_path / "s") as deng:
+        assert (deng.sequence, deng.snapshot_sequence) == (3, 2)
+        assert_same_bits(deng.to_numpy(), before, "reopened")
+        with pytest.raises(AttributeError, match="read-only"):
+            deng.n = 5
+    for bad, error in [(1.5, TypeError), (True, TypeError), (0, ValueError)]:
+        with pytest.raises(error, match="keep"):
+            DurableEngine(tmp_path / "s", keep=bad)
+    for bad, error in [("2", TypeError), (-1, ValueError)]:
+        with pytest.raises(error, match="snapshot_every"):
+            DurableEngine(tmp_path / "s", snapshot_every=bad)
+    with pytest.raises(TypeError, match="nap.Params"):
+        DurableEngine(tmp_path / "s", params=(0.1, 0.5, 0.02))
+
+
+def test_clamp_is_a_deprecated_name_for_recover(tmp_path):
+    """``clamp()`` never clamped: it restores the weights from disk, as ``recover()`` does."""
+    with DurableEngine.open(tmp_path / "s", n=100, seed=3, backend="numpy") as deng:
+        deng.step(0.9)
+        before = deng.to_numpy()
+        deng._eng._w[:] = 2.0  # corruption in memory
+        with pytest.warns(DeprecationWarning, match="recover"):
+            deng.clamp()
+        assert_same_bits(deng.to_numpy(), before, "restored")
+
+
 def test_without_wal_only_snapshots_survive(tmp_path):
     with DurableEngine.open(tmp_path / "s", n=100, seed=1, wal=False, snapshot_every=3) as deng:
         for _ in range(5):

@@ -16,7 +16,9 @@ is the API):
 * `recovery`: the snapshot and log scan open runs, and the dry run (`dry_run`);
 * `plan`: the `RecoveryPlan` the scan fills, as a dict (`recover_plan`) and as text;
 * `repairs`: what a refusal's repair would change; `losses`: ``accept_loss``, which does it;
-* `lock`: the directory's LOCK; `engine`: `DurableEngine`.
+* `checkpoints`: when snapshots are taken, writing them, retention;
+* `lock`: the directory's LOCK; `errors`: what the package raises and warns;
+* `engine`: `DurableEngine`, the facade over all of it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The durable engine: `DurableEngine`, an `Engine` whose every acknowledged call survives a
-crash. It validates each mutating call, logs it (`writer`), applies it; it opens a state
-through `recovery`, holds its LOCK while open, writes snapshots and applies retention.
+crash. It validates each mutating call, logs it (`writer`), then applies it to the inner
+`Engine`; it opens its state through `recovery`, holds the directory's LOCK while open, and
+checkpoints (`checkpoints`). Reads are the inner engine's.
 """
 
 from __future__ import annotations
@@ -8,43 +9,108 @@ from __future__ import annotations
 import numbers
 import pathlib
 import threading
-import time
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, NoReturn, TypeVar, overload
 
 import numpy as np
 
 from .. import __version__, _inputs, backends, snapshot
-from .._files import fsync_directory
 from ..engine import Engine
 from ..monitor import WritesStoppedError
-from ..params import Params
 from . import calls
-from .errors import DurabilityWarning, EngineFailedError, RecoveryError
-from .format import encode_record, list_state, remove_temporaries, snap_name
+from .checkpoints import Checkpoints, UnsnapshotableWeights, write_snapshot
+from .errors import EngineFailedError, RecoveryError, warn
+from .format import encode_record, list_state, remove_temporaries
 from .lock import lock_directory
 from .recovery import Recovery
 from .writer import LogWriter
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from .._types import ArrayInput, BackendArray, HostWeights, InitialWeights, Labels, StrPath
     from ..metrics import Metrics
+    from ..params import Params
 
 __all__ = ["DurableEngine"]
 
+_T = TypeVar("_T")
 
-class _UnsnapshotableWeights(ValueError):
-    """The weights are not in [0, 1] (NaN included): a snapshot of them would be rejected."""
+
+def _restorer(directory: pathlib.Path, backend: str, n: int | None = None
+              ) -> Callable[[HostWeights, snapshot.SnapshotInfo], Engine]:
+    """How recovery makes the engine from the snapshot it chose (``n``: what it must hold)."""
+    def restore(weights: HostWeights, info: snapshot.SnapshotInfo) -> Engine:
+        if n is not None and int(n) != info.n:
+            raise ValueError(f"{directory} holds n = {info.n} memories, not n = {n}")
+        eng = Engine(info.n, backend=backend, init=weights, params=info.params)
+        eng.iteration = info.iteration
+        return eng
+    return restore
+
+
+class _FromEngine(Generic[_T]):
+    """A read-only attribute that is the inner `Engine`'s (reading it logs nothing)."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _FromEngine[_T]: ...
+    @overload
+    def __get__(self, obj: DurableEngine, owner: type | None = None) -> _T: ...
+    def __get__(self, obj: DurableEngine | None, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj._eng, self._name)
+
+    def __set__(self, obj: DurableEngine, value: object) -> NoReturn:
+        raise AttributeError(f"DurableEngine.{self._name} is read-only")
 
 
 class DurableEngine:
-    """An Engine whose every acknowledged call survives a crash. Create with ``open``.
+    """An Engine whose every acknowledged call survives a crash, kept in ``directory``.
+
+    ``DurableEngine(directory, ...)`` (or ``DurableEngine.open``) creates the state on first
+    use: ``n`` is required; ``seed``, ``init`` and ``params`` make the initial population,
+    which is snapshotted at sequence 0 before it returns. Later it recovers: newest valid
+    snapshot + log replay; ``n`` and ``params``, if given, must match the recovered state
+    (``seed``/``init`` are ignored); any ``backend`` may be used (replay is bit-identical on
+    every backend).
 
     Same methods as ``Engine`` (``step``, ``update``, ``decay``, ``params``, ``to_numpy``,
     ``metrics``, ``weights``, ``n``, ``backend``, ``iteration``, ``save``) plus ``sequence``
-    (the log sequence of the last acknowledged call), ``checkpoint()`` and ``close()``; a
-    context manager. Calls are serialised by a lock (log order is apply order).
+    (the log sequence of the last acknowledged call), ``checkpoint()``, ``recover()`` and
+    ``close()``; a context manager. Calls are serialised by a lock (log order is apply order).
+
+    Parameters
+    ----------
+    directory : path
+        The state's directory (created if missing); one process holds it at a time.
+    n, backend, seed, init, params
+        As for `Engine`; ``n`` is required on the first open only.
+    snapshot_every : int or None
+        A snapshot every this many logged calls (``None``/0: only on ``checkpoint()``).
+    keep : int
+        Snapshots kept (>= 1).
+    wal : bool
+        Log every call (False: calls after the newest snapshot are lost on a crash).
+    fsync : {"always", "group"}
+        ``"always"``: a call returns once its record is on disk; ``"group"``: in the OS
+        page cache when the call returns, on disk within ``group_ms``.
+    group_ms : float
+        The group commit period.
+    compress : bool
+        zlib payloads where a sample shows it pays.
+    wal_retention : {"kept", "newest"}
+        ``"kept"`` (default) keeps the log back to the oldest kept snapshot, so every
+        kept snapshot is a recovery point (disk: up to keep x snapshot_every records);
+        ``"newest"`` only after the newest one (up to snapshot_every records), so the
+        older snapshots are not recovery points: a damaged newest snapshot is then a
+        `RecoveryError`, and only ``accept_loss`` gets past it, losing the calls after
+        the previous snapshot. docs/durability.md has the table.
 
     Examples
     --------
@@ -56,28 +122,61 @@ class DurableEngine:
     ...     eng.step(0.9)
     ...     eng.update([3, 3], [0.9, 0.1])
     ...     before = eng.to_numpy()
-    >>> with nap.DurableEngine.open(state) as eng:  # recovered: snapshot + log replay
+    >>> with nap.DurableEngine(state) as eng:  # recovered: snapshot + log replay
     ...     bool((eng.to_numpy() == before).all()), eng.iteration, eng.sequence
     (True, 1, 2)
     >>> tmp.cleanup()
     """
 
-    # Set by open(), on an instance made with __new__ (__init__ refuses).
     _directory: pathlib.Path
-    _lock: threading.RLock
-    _log: LogWriter | None  # None: wal=False
+    _lock: threading.RLock  # serialises the calls: log order is apply order
     _lockfile: BinaryIO | None  # the held LOCK (None: released, or no flock)
+    _log: LogWriter | None  # None: wal=False
     _closed: bool
     _failed: str | None  # why the engine failed (EngineFailedError), if it did
-    _stopped: str | None
-    _snapshot_every: int
-    _keep: int
+    _stopped: str | None  # why writes were stopped (stop_writes), if they were
+    _snapshots: Checkpoints
     _wal: bool
     _compress: bool
-    _retention: str
+    # set when the state is open (_open_state)
+    _eng: Engine
+    _bk: ModuleType  # the inner engine's backend
+    _sequence: int
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("use DurableEngine.open(directory, ...)")
+    def __init__(self, directory: StrPath, *, n: int | None = None, backend: str = "auto",
+                 seed: int | None = None, init: InitialWeights = "uniform",
+                 params: Params | None = None, snapshot_every: int | None = 50, keep: int = 5,
+                 wal: bool = True, fsync: str = "always", group_ms: float = 10.0,
+                 compress: bool = True, wal_retention: str = "kept") -> None:
+        if fsync not in ("always", "group"):
+            raise ValueError(f"fsync must be 'always' or 'group', got {fsync!r}")
+        if wal_retention not in ("kept", "newest"):
+            raise ValueError(f"wal_retention must be 'kept' or 'newest', got {wal_retention!r}")
+        keep = _inputs.whole(keep, "keep", minimum=1)
+        every = 0 if snapshot_every is None else _inputs.whole(snapshot_every, "snapshot_every",
+                                                               minimum=0)
+        if not (isinstance(group_ms, numbers.Real) and 0 < float(group_ms) < 3.6e6):
+            raise ValueError(f"group_ms must be a positive number of milliseconds, got {group_ms!r}")
+        params = None if params is None else _inputs.law_params(params)
+        # Probe the backends before taking the lock: probing may fork (CuPy's import runs
+        # ldconfig), and a child forked while we hold the lock holds it until it execs.
+        backends.resolve(backend)
+        self._directory = pathlib.Path(directory)
+        self._directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._log = self._lockfile = None
+        self._closed = False
+        self._failed = self._stopped = None
+        self._snapshots = Checkpoints(self._directory, every=every, keep=keep,
+                                      retention=wal_retention)
+        self._wal, self._compress = bool(wal), bool(compress)
+        self._lockfile = lock_directory(self._directory)
+        try:
+            self._open_state(n=n, backend=backend, seed=seed, init=init, params=params,
+                             fsync=fsync, group_ms=float(group_ms))
+        except BaseException:
+            self._release_lock()
+            raise
 
     @classmethod
     def open(cls, directory: StrPath, *, n: int | None = None, backend: str = "auto",
@@ -85,104 +184,26 @@ class DurableEngine:
              snapshot_every: int | None = 50, keep: int = 5, wal: bool = True,
              fsync: str = "always", group_ms: float = 10.0, compress: bool = True,
              wal_retention: str = "kept") -> DurableEngine:
-        """Open (and recover) or create the durable state in ``directory``.
-
-        First open (no state yet): ``n`` is required; ``seed``, ``init`` and ``params`` make
-        the initial population, which is snapshotted at sequence 0 before ``open`` returns.
-        Later opens recover: newest valid snapshot + log replay; ``n`` and ``params``, if
-        given, must match the recovered state (``seed``/``init`` are ignored); any
-        ``backend`` may be used (replay is bit-identical on every backend).
-
-        Parameters
-        ----------
-        directory : path
-            The state's directory (created if missing); one process holds it at a time.
-        n, backend, seed, init, params
-            As for `Engine`; ``n`` is required on the first open only.
-        snapshot_every : int or None
-            A snapshot every this many logged calls (``None``/0: only on ``checkpoint()``).
-        keep : int
-            Snapshots kept (>= 1).
-        wal : bool
-            Log every call (False: calls after the newest snapshot are lost on a crash).
-        fsync : {"always", "group"}
-            ``"always"``: a call returns once its record is on disk; ``"group"``: in the OS
-            page cache when the call returns, on disk within ``group_ms``.
-        group_ms : float
-            The group commit period.
-        compress : bool
-            zlib payloads where a sample shows it pays.
-        wal_retention : {"kept", "newest"}
-            ``"kept"`` (default) keeps the log back to the oldest kept snapshot, so every
-            kept snapshot is a recovery point (disk: up to keep x snapshot_every records);
-            ``"newest"`` only after the newest one (up to snapshot_every records), so the
-            older snapshots are not recovery points: a damaged newest snapshot is then a
-            `RecoveryError`, and only ``accept_loss`` gets past it, losing the calls after
-            the previous snapshot. docs/durability.md has the table.
-        """
-        if fsync not in ("always", "group"):
-            raise ValueError(f"fsync must be 'always' or 'group', got {fsync!r}")
-        if wal_retention not in ("kept", "newest"):
-            raise ValueError(f"wal_retention must be 'kept' or 'newest', got {wal_retention!r}")
-        if isinstance(keep, bool) or not isinstance(keep, numbers.Integral) or keep < 1:
-            raise ValueError(f"keep must be an integer >= 1, got {keep!r}")
-        if snapshot_every is not None and (isinstance(snapshot_every, bool)
-                                           or not isinstance(snapshot_every, numbers.Integral)
-                                           or snapshot_every < 0):
-            raise ValueError(f"snapshot_every must be an integer >= 0 or None, got {snapshot_every!r}")
-        if not (isinstance(group_ms, numbers.Real) and 0 < float(group_ms) < 3.6e6):
-            raise ValueError(f"group_ms must be a positive number of milliseconds, got {group_ms!r}")
-        if params is not None and not isinstance(params, Params):
-            raise TypeError(f"params must be a nap.Params, got {type(params).__name__}")
-        # Probe the backends before taking the lock: probing may fork (CuPy's import runs
-        # ldconfig), and a child forked while we hold the lock holds it until it execs.
-        backends.resolve(backend)
-        directory = pathlib.Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self = cls.__new__(cls)
-        self._directory = directory
-        self._lock = threading.RLock()
-        self._log = None
-        self._lockfile = None
-        self._closed = False
-        self._failed = None
-        self._stopped = None  # why writes were stopped (stop_writes), if they were
-        self._snapshot_every = int(snapshot_every or 0)
-        self._keep = int(keep)
-        self._wal = bool(wal)
-        self._compress = bool(compress)
-        self._retention = wal_retention
-        self._acquire_lock()
-        try:
-            self._recover(n=n, backend=backend, seed=seed, init=init, params=params,
-                          fsync=fsync, group_ms=float(group_ms))
-        except BaseException:
-            self._release_lock()
-            raise
-        return self
-
-    def _acquire_lock(self) -> None:
-        self._lockfile = lock_directory(self._directory)
+        """Open (and recover) or create the durable state in ``directory``: the same as
+        ``DurableEngine(directory, ...)``, whose parameters these are."""
+        return cls(directory, n=n, backend=backend, seed=seed, init=init, params=params,
+                   snapshot_every=snapshot_every, keep=keep, wal=wal, fsync=fsync,
+                   group_ms=group_ms, compress=compress, wal_retention=wal_retention)
 
     def _release_lock(self) -> None:
         if self._lockfile is not None:
             self._lockfile.close()  # closing the file releases the flock
             self._lockfile = None
 
-    def _recover(self, *, n: int | None, backend: str, seed: int | None, init: InitialWeights,
-                 params: Params | None, fsync: str, group_ms: float) -> None:
+    def _open_state(self, *, n: int | None, backend: str, seed: int | None,
+                    init: InitialWeights, params: Params | None, fsync: str,
+                    group_ms: float) -> None:
+        """Recover the directory's state (or create it), tidy what recovery found, then open
+        the log where the state ends."""
         directory = self._directory
         remove_temporaries(directory)
-        rec = Recovery(directory)
-
-        def factory(weights: HostWeights, info: snapshot.SnapshotInfo) -> Engine:
-            if n is not None and int(n) != info.n:
-                raise ValueError(f"{directory} holds n = {info.n} memories, not n = {n}")
-            eng = Engine(info.n, backend=backend, init=weights, params=info.params)
-            eng.iteration = info.iteration
-            return eng
-
-        eng = rec.run(engine_factory=factory)
+        scan = Recovery(directory)
+        eng = scan.run(engine_factory=_restorer(directory, backend, n))
         fresh = eng is None
         if eng is None:  # fresh (tested on eng itself, which narrows its type)
             if n is None:
@@ -191,26 +212,22 @@ class DurableEngine:
         elif params is not None and params != eng.params:
             raise ValueError(f"{directory} holds {eng.params}, not {params}: set "
                              "eng.params after opening to change them (the change is logged)")
-        for message in rec.plan.warnings:
-            warnings.warn(message, DurabilityWarning, stacklevel=3)
-        set_aside = rec.clear_damage()
-        self._eng = eng
-        self._bk = backends.get(eng.backend)
-        self._sequence = rec.sequence
-        self._snap_seq = rec.sequence
+        for message in scan.plan.warnings:
+            warn(message)
+        set_aside = scan.clear_damage()
+        self._eng, self._bk = eng, backends.get(eng.backend)
+        self._sequence = scan.sequence
         if fresh or set_aside:
             try:
-                self._write_snapshot()
-            except _UnsnapshotableWeights as exc:
+                write_snapshot(directory, eng, self._sequence)
+            except UnsnapshotableWeights as exc:
                 if fresh:
                     raise ValueError(f"{directory}: the initial {exc}") from None
-                warnings.warn(f"{directory}: no fresh snapshot after the fallback: {exc}",
-                              DurabilityWarning, stacklevel=3)
-        snaps, segs = list_state(directory)
-        self._snap_seq = snaps[0][0] if snaps else 0
-        self._snap_time = snaps[0][2].stat().st_mtime if snaps else None
+                warn(f"{directory}: no fresh snapshot after the fallback: {exc}")
+        self._snapshots.refresh()
         if self._wal:
             first = self._sequence + 1
+            segs = list_state(directory)[1]
             reuse = bool(segs) and segs[-1][0] == first
             self._log = LogWriter(directory, first, fsync=fsync, group_ms=group_ms, reuse=reuse)
 
@@ -229,12 +246,12 @@ class DurableEngine:
     def snapshot_sequence(self) -> int:
         """Log sequence covered by the newest snapshot (``sequence`` minus this: the records
         a recovery would replay)."""
-        return self._snap_seq
+        return self._snapshots.sequence
 
     @property
     def snapshot_time(self) -> float | None:
         """When the newest snapshot was written (``time.time()`` seconds), if known."""
-        return self._snap_time
+        return self._snapshots.time
 
     @property
     def fsync_observer(self) -> Callable[[float], object] | None:
@@ -246,28 +263,16 @@ class DurableEngine:
         if self._log is not None:
             self._log.on_sync = callback
 
-    @property
-    def n(self) -> int:
-        """Number of memories."""
-        return self._eng.n
+    # -- reads: the inner engine's ---------------------------------------------------------
+    n: _FromEngine[int] = _FromEngine("Number of memories.")
+    backend: _FromEngine[str] = _FromEngine("The backend's name (any backend may open a state: "
+                                            "replay is bit-identical).")
+    iteration: _FromEngine[int] = _FromEngine("Dense steps applied, as for `Engine`.")
+    weights: _FromEngine[BackendArray] = _FromEngine("The weights, never writable (see "
+                                                     "``Engine.weights``).")
 
     def __len__(self) -> int:
         return self._eng.n
-
-    @property
-    def backend(self) -> str:
-        """The backend's name (any backend may open a state: replay is bit-identical)."""
-        return self._eng.backend
-
-    @property
-    def iteration(self) -> int:
-        """Dense steps applied, as for `Engine`."""
-        return self._eng.iteration
-
-    @property
-    def weights(self) -> BackendArray:
-        """The weights, never writable (see ``Engine.weights``)."""
-        return self._eng.weights
 
     def to_numpy(self) -> HostWeights:
         """A float32 copy of the weights on the host."""
@@ -281,6 +286,11 @@ class DurableEngine:
         """The population's metrics (see ``Engine.metrics``); reads log nothing."""
         return self._eng.metrics(labels, **kwargs)
 
+    def __repr__(self) -> str:
+        return (f"DurableEngine({str(self._directory)!r}, n={self.n}, backend={self.backend!r}, "
+                f"params={self.params}, iteration={self.iteration}, sequence={self._sequence})")
+
+    # -- the law (validated, logged, applied) -------------------------------------------
     @property
     def params(self) -> Params:
         """The law's parameters; assigning a `Params` is a logged, durable call."""
@@ -288,31 +298,26 @@ class DurableEngine:
 
     @params.setter
     def params(self, value: Params) -> None:
-        if not isinstance(value, Params):
-            raise TypeError(f"params must be a nap.Params, got {type(value).__name__}")
-        self._call(calls.set_params(value), value)
+        value = _inputs.law_params(value)
+        self._log_and_apply(calls.set_params(value), value)
 
-    def __repr__(self) -> str:
-        return (f"DurableEngine({str(self._directory)!r}, n={self.n}, backend={self.backend!r}, "
-                f"params={self.params}, iteration={self.iteration}, sequence={self._sequence})")
-
-    # -- the law (validated, logged, applied) -------------------------------------------
     def step(self, quality: ArrayInput, *, check_finite: bool = True) -> None:
         """Dense step (see ``Engine.step``), durable when it returns."""
         with self._lock:
             self._check_open()
             q = _inputs.quality(quality, self.n, self._bk, check_finite=check_finite)
             if isinstance(q, float):
-                self._call(calls.scalar_step(q), q)
+                self._log_and_apply(calls.scalar_step(q), q)
             else:
-                self._call(calls.dense_step(self._host(q), self._compress), q)
+                self._log_and_apply(calls.dense_step(self._host(q), self._compress), q)
 
     def update(self, ids: ArrayInput, quality: ArrayInput, *, check_finite: bool = True) -> None:
         """Sparse ordered batch (see ``Engine.update``), durable when it returns."""
         with self._lock:
             self._check_open()
             ids_, q = _inputs.events(ids, quality, self.n, self._bk, check_finite=check_finite)
-            self._call(calls.update(self._host(ids_), self._host(q), self._compress), (ids_, q))
+            self._log_and_apply(calls.update(self._host(ids_), self._host(q), self._compress),
+                                (ids_, q))
 
     def decay(self, k: int = 1) -> None:
         """Passive decay ``k`` times (see ``Engine.decay``: 0 <= k <= 2^64 - 1), durable when
@@ -321,10 +326,32 @@ class DurableEngine:
         k = _inputs.repeat_count(k)
         with self._lock:  # the bound depends on the parameters the call will run under
             k = min(k, calls.decay_rounds_bound(self._eng.params.decay))
-            self._call(calls.decay(k), k)
+            self._log_and_apply(calls.decay(k), k)
 
     def _host(self, a: BackendArray) -> HostWeights:
         return a if self._bk.xp is np else self._bk.to_host(a)
+
+    def _log_and_apply(self, payload: calls.Payload, args: Any) -> None:
+        """Log one validated call (durable per the fsync policy), apply it, maybe snapshot."""
+        with self._lock:
+            self._check_open()
+            sequence = self._sequence + 1
+            if self._log is not None:
+                record = encode_record(sequence, payload.kind, payload.flags, payload.parts)
+                try:
+                    self._log.append(record)
+                except EngineFailedError as exc:
+                    self._failed = str(exc)
+                    raise
+            try:
+                calls.apply(self._eng, payload.kind, args)
+            except BaseException as exc:  # validated input cannot fail; a MemoryError can
+                self._failed = (f"a logged call (sequence {sequence}) failed to apply ({exc!r}); "
+                                "close and reopen the engine to replay it")
+                raise
+            self._sequence = sequence
+            if self._snapshots.due(sequence):
+                self._auto_checkpoint()
 
     # -- durability ----------------------------------------------------------------------
     def _check_open(self, writing: bool = True) -> None:
@@ -347,71 +374,18 @@ class DurableEngine:
         """Why writes were stopped (``stop_writes``), or None."""
         return self._stopped
 
-    def _call(self, payload: calls.Payload, args: Any) -> None:
-        """Log (the record is durable per the fsync policy), then apply, then maybe snapshot."""
-        with self._lock:
-            self._check_open()
-            sequence = self._sequence + 1
-            if self._log is not None:
-                try:
-                    self._log.append(encode_record(sequence, payload.kind, payload.flags, payload.parts))
-                except EngineFailedError as exc:
-                    self._failed = str(exc)
-                    raise
-            try:
-                calls.apply(self._eng, payload.kind, args)
-            except BaseException as exc:  # validated input cannot fail; a MemoryError can
-                self._failed = (f"a logged call (sequence {sequence}) failed to apply ({exc!r}); "
-                                "close and reopen the engine to replay it")
-                raise
-            self._sequence = sequence
-            if self._snapshot_every and sequence - self._snap_seq >= self._snapshot_every:
-                self._auto_checkpoint()
-
     def _auto_checkpoint(self) -> None:
         try:
-            self._checkpoint()
+            self._snapshots.take(self._eng, self._sequence, self._log)
         except EngineFailedError as exc:  # the call is durable; the next one is refused
             self._failed = str(exc)
-            warnings.warn(f"{self._directory}: automatic checkpoint at sequence "
-                          f"{self._sequence} failed and the log cannot go on ({exc}); this "
-                          "call is in the log, later ones are refused", DurabilityWarning,
-                          stacklevel=4)
-        except (OSError, _UnsnapshotableWeights) as exc:  # the call is already durable
-            self._snap_seq = self._sequence  # try again after snapshot_every more calls
-            warnings.warn(f"{self._directory}: automatic snapshot at sequence {self._sequence} "
-                          f"failed ({exc}); the log still holds every call", DurabilityWarning,
-                          stacklevel=4)
-
-    def _write_snapshot(self) -> pathlib.Path:
-        eng = self._eng
-        host = eng.weights
-        if not isinstance(host, np.ndarray):
-            host = eng.to_numpy()
-        if host.size and not (host.min() >= 0 and host.max() <= 1):  # NaN fails too
-            # recovery rejects such a file as damaged (snapshot.read): writing it would make a
-            # later open fall back past it, or fail under wal_retention="newest"
-            bad = int(np.argmax(~((host >= 0) & (host <= 1))))
-            raise _UnsnapshotableWeights(f"weight {bad} = {float(host[bad])!r} is not in [0, 1]: "
-                                         "no snapshot is written of weights recovery would "
-                                         "reject")
-        name = snap_name(self._sequence, eng.n, eng.params, eng.iteration)
-        path = snapshot.write(self._directory / name, host, eng.params, iteration=eng.iteration,
-                              sequence=self._sequence, backend=eng.backend, version=__version__)
-        # snapshot.write skips it when the directory cannot be opened
-        fsync_directory(self._directory)
-        self._snap_seq = self._sequence
-        self._snap_time = time.time()
-        return path
-
-    def _checkpoint(self) -> pathlib.Path:
-        if self._log is not None:
-            self._log.sync()  # a snapshot never runs ahead of the log it may fall back on
-        path = self._write_snapshot()
-        if self._log is not None:
-            self._log.rotate(self._sequence + 1)
-        self._retain()
-        return path
+            warn(f"{self._directory}: automatic checkpoint at sequence {self._sequence} failed "
+                  f"and the log cannot go on ({exc}); this call is in the log, later ones are "
+                  "refused")
+        except (OSError, UnsnapshotableWeights) as exc:  # the call is already durable
+            self._snapshots.postpone(self._sequence)
+            warn(f"{self._directory}: automatic snapshot at sequence {self._sequence} failed "
+                  f"({exc}); the log still holds every call")
 
     def checkpoint(self) -> pathlib.Path:
         """Write a snapshot of the current state into the directory now, start a new log
@@ -421,23 +395,10 @@ class DurableEngine:
         with self._lock:
             self._check_open(writing=False)
             try:
-                return self._checkpoint()
+                return self._snapshots.take(self._eng, self._sequence, self._log)
             except EngineFailedError as exc:
                 self._failed = str(exc)
                 raise
-
-    def _retain(self) -> None:
-        snaps, segs = list_state(self._directory)
-        for _, _, path in snaps[self._keep:]:
-            path.unlink(missing_ok=True)
-        kept = [s for s, _, _ in snaps[:self._keep]]
-        if not kept:
-            return
-        covered = min(kept) if self._retention == "kept" else max(kept)
-        active = None if self._log is None else self._log.first
-        for i, (first, path) in enumerate(segs[:-1]):
-            if first != active and segs[i + 1][0] - 1 <= covered:
-                path.unlink(missing_ok=True)
 
     def recover(self) -> None:
         """Rebuild the weights from disk (the newest valid snapshot and the log), discarding
@@ -450,23 +411,19 @@ class DurableEngine:
                 raise RuntimeError("recover() needs the write-ahead log (opened with wal=False): "
                                    "it would lose the calls since the newest snapshot")
             self._log.sync()
-            backend = self._eng.backend
-
-            def factory(weights: HostWeights, info: snapshot.SnapshotInfo) -> Engine:
-                eng = Engine(info.n, backend=backend, init=weights, params=info.params)
-                eng.iteration = info.iteration
-                return eng
-
-            rec = Recovery(self._directory)
-            eng = rec.run(engine_factory=factory)
-            if eng is None or rec.sequence != self._sequence:
+            scan = Recovery(self._directory)
+            eng = scan.run(engine_factory=_restorer(self._directory, self._eng.backend))
+            if eng is None or scan.sequence != self._sequence:
                 raise RecoveryError(f"{self._directory}: the disk holds sequence "
-                                    f"{rec.sequence}, the engine acknowledged {self._sequence}")
+                                    f"{scan.sequence}, the engine acknowledged {self._sequence}")
             self._eng = eng
 
     def clamp(self) -> None:
-        """Weights out of [0, 1] mean corruption in memory: restored from disk (``recover``),
-        since a clamp outside the log would make the log replay to other weights."""
+        """Deprecated: call `recover`, which is what this does. Weights out of [0, 1] mean
+        corruption in memory, so they are restored from disk, never clamped: a clamp outside
+        the log would make the log replay to other weights."""
+        warnings.warn("DurableEngine.clamp() is deprecated: it restores the weights from disk; "
+                      "call recover()", DeprecationWarning, stacklevel=2)
         self.recover()
 
     def save(self, path: StrPath) -> pathlib.Path:

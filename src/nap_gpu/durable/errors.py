@@ -10,6 +10,7 @@ log does not reach past a damaged snapshot).
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -68,3 +69,12 @@ class DamagedSnapshotError(RecoveryError):
 class EngineFailedError(RuntimeError):
     """The log could not be made consistent after an I/O error (fsync or rollback failed):
     the engine refuses further calls; close it and open the directory again."""
+
+
+def warn(message: str) -> None:
+    """A `DurabilityWarning` attributed to the first caller outside this package (``open`` and
+    the constructor, or a call and its automatic checkpoint, are different depths)."""
+    level, frame = 2, sys._getframe(1)  # the caller's frame: stacklevel 2
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(f"{__package__}."):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, DurabilityWarning, stacklevel=level)
