@@ -48,7 +48,7 @@ def write_snapshot(directory: pathlib.Path, eng: Engine, sequence: int) -> pathl
 def newest_snapshot(directory: pathlib.Path) -> tuple[int, float | None]:
     """The newest snapshot's log sequence and modification time (0 and None: none)."""
     snaps, _ = list_state(directory)
-    return (snaps[0][0], snaps[0][2].stat().st_mtime) if snaps else (0, None)
+    return (snaps[0].sequence, snaps[0].path.stat().st_mtime) if snaps else (0, None)
 
 
 def retain(directory: pathlib.Path, keep: int, retention: str, active: int | None) -> None:
@@ -56,14 +56,14 @@ def retain(directory: pathlib.Path, keep: int, retention: str, active: int | Non
     (``retention="kept"``) or the newest (``"newest"``); the active segment (first sequence
     ``active``) and the last one always stay."""
     snaps, segs = list_state(directory)
-    for _, _, path in snaps[keep:]:
-        path.unlink(missing_ok=True)
-    kept = [s for s, _, _ in snaps[:keep]]
+    for snap in snaps[keep:]:
+        snap.path.unlink(missing_ok=True)
+    kept = [s.sequence for s in snaps[:keep]]
     if not kept:
         return
     covered = min(kept) if retention == "kept" else max(kept)
     for i, (first, path) in enumerate(segs[:-1]):
-        if first != active and segs[i + 1][0] - 1 <= covered:
+        if first != active and segs[i + 1].first - 1 <= covered:
             path.unlink(missing_ok=True)
 
 

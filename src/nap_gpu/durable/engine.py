@@ -228,7 +228,7 @@ class DurableEngine:
         if self._wal:
             first = self._sequence + 1
             segs = list_state(directory)[1]
-            reuse = bool(segs) and segs[-1][0] == first
+            reuse = bool(segs) and segs[-1].first == first
             self._log = LogWriter(directory, first, fsync=fsync, group_ms=group_ms, reuse=reuse)
 
     # -- state ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import struct
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from .errors import FormatTooNewError, RecoveryError
 
@@ -62,17 +62,31 @@ def seg_name(first: int) -> str:
     return f"wal-{first:020d}.log"
 
 
-def list_state(directory: pathlib.Path
-               ) -> tuple[list[tuple[int, int, pathlib.Path]], list[tuple[int, pathlib.Path]]]:
-    """(snapshots [(sequence, meta crc, path)] newest first, segments [(first, path)] oldest first)."""
-    snaps: list[tuple[int, int, pathlib.Path]] = []
-    segs: list[tuple[int, pathlib.Path]] = []
+class SnapshotFile(NamedTuple):
+    """A snapshot in the directory: the log sequence it covers, its name's metadata CRC."""
+
+    sequence: int
+    meta_crc: int
+    path: pathlib.Path
+
+
+class SegmentFile(NamedTuple):
+    """A log segment in the directory: the sequence of its first record (from its name)."""
+
+    first: int
+    path: pathlib.Path
+
+
+def list_state(directory: pathlib.Path) -> tuple[list[SnapshotFile], list[SegmentFile]]:
+    """The directory's snapshots, newest first, and its log segments, oldest first."""
+    snaps: list[SnapshotFile] = []
+    segs: list[SegmentFile] = []
     for entry in os.scandir(directory):
         if m := SNAP_RE.match(entry.name):
-            snaps.append((int(m.group(1)), int(m.group(2), 16), pathlib.Path(entry.path)))
+            snaps.append(SnapshotFile(int(m.group(1)), int(m.group(2), 16), pathlib.Path(entry.path)))
         elif m := SEG_RE.match(entry.name):
-            segs.append((int(m.group(1)), pathlib.Path(entry.path)))
-    snaps.sort(key=lambda s: s[0], reverse=True)
+            segs.append(SegmentFile(int(m.group(1)), pathlib.Path(entry.path)))
+    snaps.sort(key=lambda s: s.sequence, reverse=True)
     segs.sort()
     return snaps, segs
 

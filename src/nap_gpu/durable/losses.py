@@ -113,8 +113,8 @@ def accept_loss(directory: StrPath) -> dict[str, Any]:
     one JSON object: the refusal, the sequences dropped, the files) and appended to
     ``LOSS_JOURNAL`` in the directory. Returns ``{"directory", "dropped": [those objects],
     "plan": recover_plan afterwards}``. Raises RecoveryError when nothing can get past the
-    refusal (a newer format: upgrade; no usable snapshot), RuntimeError while an engine has
-    the directory open, FileNotFoundError for a missing directory."""
+    refusal (`FormatTooNewError`: upgrade; no usable snapshot), RuntimeError while an engine
+    has the directory open, FileNotFoundError for a missing directory."""
     directory = pathlib.Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such state directory")
@@ -133,7 +133,6 @@ def accept_loss(directory: StrPath) -> dict[str, Any]:
         else:  # pragma: no cover - every repair shrinks what recovery reads
             raise RuntimeError(f"{directory}: accept_loss made no progress")
     return {"directory": str(directory), "dropped": dropped, "plan": recover_plan(directory)}
-
 
 
 def cut_log_after(directory: pathlib.Path, sequence: int) -> None:

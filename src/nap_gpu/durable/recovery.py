@@ -23,6 +23,7 @@ from .format import (
     SEG_HEADER_SIZE,
     DamagedRecord,
     Record,
+    SegmentFile,
     intact_records,
     list_state,
     meta_crc,
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["Recovery", "dry_run", "recover_plan", "recover_report"]
 
 
-def _overlap_error(segs: list[tuple[int, pathlib.Path]], a: int, b: int) -> RecoveryError:
+def _overlap_error(segs: list[SegmentFile], a: int, b: int) -> RecoveryError:
     """Segment ``a`` holds records at or past segment ``b``'s first sequence: two segments
     claim the same sequence numbers (e.g. a rotation failed and the log went on in the old
     segment). Recovery cannot know which holds the acknowledged calls, so it refuses."""
@@ -66,7 +67,7 @@ def _overlap_error(segs: list[tuple[int, pathlib.Path]], a: int, b: int) -> Reco
         repair=repair)
 
 
-def _check_older_segment(segs: list[tuple[int, pathlib.Path]], i: int) -> None:
+def _check_older_segment(segs: list[SegmentFile], i: int) -> None:
     """A segment before the one replay starts in: its records are covered by the snapshot,
     so damage in it is no error (it matters only for a fallback, and is reported then); but
     an intact one that runs past the next segment's start, or whose header names another
@@ -79,11 +80,9 @@ def _check_older_segment(segs: list[tuple[int, pathlib.Path]], i: int) -> None:
                 header_first = read_segment_header(path, fh, size)
             except RecoveryError:
                 return  # damaged: the snapshot covers it
-            if header_first != first:
-                raise RecoveryError(f"{path}: header says first sequence {header_first}, the "
-                                    f"file name {first}: out of order (offset 16)", path, 16,
-                                    repair=DropSegments((path,)))
-            holds = segs[i + 1][0] - first  # records it may hold before the next one starts
+            if header_first != first:  # the snapshot covers it: dropping it loses nothing
+                raise _out_of_order(path, header_first, first, DropSegments((path,)))
+            holds = segs[i + 1].first - first  # records it may hold before the next one starts
             for count, _ in enumerate(intact_records(fh, size), 1):
                 if count > holds:
                     raise _overlap_error(segs, i, i + 1)
@@ -137,9 +136,10 @@ class Recovery:
         """The recovered engine (None: empty, or a dry run); RecoveryError if open refuses."""
         if not self.snapshots:
             if self.segments:
+                oldest = self.segments[0].path
                 raise RecoveryError(f"{self.directory}: {len(self.segments)} log segment(s) but "
-                                    f"no snapshot (e.g. {self.segments[0][1].name}): the state the "
-                                    "log starts from is missing", self.segments[0][1])
+                                    f"no snapshot (e.g. {oldest.name}): the state the log starts "
+                                    "from is missing", oldest)
             return None
         weights, chosen, bypassed = self._choose_snapshot(load=engine_factory is not None)
         self.plan.snapshot, self.plan.n = pathlib.Path(chosen.path).name, chosen.n
@@ -271,7 +271,6 @@ class Recovery:
                                   "short by a crash, whose call had not returned")
 
 
-
 def _check_reaches(chosen: snapshot.SnapshotInfo, bypassed: list[_Bypassed], sequence: int) -> None:
     """The log must reach every bypassed snapshot's sequence, or falling back loses the calls
     between: DamagedSnapshotError."""
@@ -315,9 +314,12 @@ def _check_header(path: pathlib.Path, fh: BinaryIO, size: int, first: int) -> No
         exc.repair = CutLog(path, 0, first)
         raise
     if header_first != first:
-        raise RecoveryError(f"{path}: header says first sequence {header_first}, the file "
-                            f"name {first}: out of order (offset 16)", path, 16,
-                            repair=CutLog(path, 0, first))
+        raise _out_of_order(path, header_first, first, CutLog(path, 0, first))
+
+
+def _out_of_order(path: pathlib.Path, header_first: int, first: int, repair: Repair) -> RecoveryError:
+    return RecoveryError(f"{path}: header says first sequence {header_first}, the file name "
+                         f"{first}: out of order (offset 16)", path, 16, repair=repair)
 
 
 def _decoded(path: pathlib.Path, item: Record, n: int) -> Any:
