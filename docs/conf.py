@@ -40,7 +40,6 @@ html_theme_options = {"description": "The NAP learning law on CUDA, C++ and NumP
 
 
 _SIGNATURES = {
-    "nap_gpu.DurableEngine": "",        # made by DurableEngine.open, never called
     "nap_gpu.serve.Settings": "(**fields)",  # pydantic's own init arguments are not the API
 }
 

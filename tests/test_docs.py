@@ -63,7 +63,8 @@ def test_the_promise_tables_cite_tests():
 # -- the reference documentation (docs/conf.py: Sphinx, numpydoc, MyST) ----------------------
 #: The modules whose docstrings are the API reference: each has examples, and they run.
 DOCTESTED = ["nap_gpu", "nap_gpu.functional", "nap_gpu.params", "nap_gpu.engine",
-             "nap_gpu.durable", "nap_gpu.sharded.engine", "nap_gpu.sharded.manifest",
+             "nap_gpu.durable.engine", "nap_gpu.durable.recovery", "nap_gpu.sharded.engine",
+             "nap_gpu.sharded.manifest",
              "nap_gpu.metrics", "nap_gpu.monitor", "nap_gpu.snapshot", "nap_gpu.workload",
              "nap_gpu.serve.settings"]
 #: What each optional module needs to import (the test extra installs it).
@@ -99,7 +100,8 @@ def _public_api():
     for module, names in [(snapshot, ["SnapshotInfo", "inspect", "read", "write"]),
                           (metrics, ["Summary", "combine", "compute", "inversion_ratio",
                                      "merge", "summarize"]),
-                          (durable, ["accept_loss", "decay_rounds_bound", "recover_plan",
+                          (durable, ["DamagedSnapshotError", "FormatTooNewError", "RecoveryPlan",
+                                     "accept_loss", "decay_rounds_bound", "dry_run", "recover_plan",
                                      "recover_report"]),
                           (sharded, ["shard_bounds"])]:
         found += [(f"{module.__name__}.{name}", getattr(module, name)) for name in names]

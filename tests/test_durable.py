@@ -223,7 +223,7 @@ def test_rejected_calls_log_nothing_and_change_nothing(tmp_path, backend):
 
 
 def test_open_arguments(tmp_path, monkeypatch):
-    monkeypatch.setattr(durable, "_LOCK_WAIT", 0.05)
+    monkeypatch.setattr(durable.lock, "_LOCK_WAIT", 0.05)
     with pytest.raises(ValueError, match="pass n"):
         DurableEngine.open(tmp_path / "new")
     with DurableEngine.open(tmp_path / "s", n=100, params=nap.Params(lr=0.1)) as deng:
@@ -246,6 +246,40 @@ def test_open_arguments(tmp_path, monkeypatch):
     deng.close()
     with pytest.raises(ValueError, match="closed"):
         deng.step(0.5)
+
+
+def test_the_constructor_opens_as_open_does(tmp_path):
+    """``DurableEngine(directory, ...)`` is ``DurableEngine.open(directory, ...)``; counts are
+    checked as everywhere (`_inputs.whole`: TypeError for a non-integer, ValueError below
+    the minimum)."""
+    with DurableEngine(tmp_path / "s", n=100, seed=3, snapshot_every=2) as deng:
+        for _ in range(3):
+            deng.step(0.9)
+        before = deng.to_numpy()
+    with DurableEngine.open(tmp_path / "s") as deng:
+        assert (deng.sequence, deng.snapshot_sequence) == (3, 2)
+        assert_same_bits(deng.to_numpy(), before, "reopened")
+        with pytest.raises(AttributeError, match="read-only"):
+            deng.n = 5
+    for bad, error in [(1.5, TypeError), (True, TypeError), (0, ValueError)]:
+        with pytest.raises(error, match="keep"):
+            DurableEngine(tmp_path / "s", keep=bad)
+    for bad, error in [("2", TypeError), (-1, ValueError)]:
+        with pytest.raises(error, match="snapshot_every"):
+            DurableEngine(tmp_path / "s", snapshot_every=bad)
+    with pytest.raises(TypeError, match="nap.Params"):
+        DurableEngine(tmp_path / "s", params=(0.1, 0.5, 0.02))
+
+
+def test_clamp_is_a_deprecated_name_for_recover(tmp_path):
+    """``clamp()`` never clamped: it restores the weights from disk, as ``recover()`` does."""
+    with DurableEngine.open(tmp_path / "s", n=100, seed=3, backend="numpy") as deng:
+        deng.step(0.9)
+        before = deng.to_numpy()
+        deng._eng._w[:] = 2.0  # corruption in memory
+        with pytest.warns(DeprecationWarning, match="recover"):
+            deng.clamp()
+        assert_same_bits(deng.to_numpy(), before, "restored")
 
 
 def test_without_wal_only_snapshots_survive(tmp_path):
@@ -567,6 +601,21 @@ def test_damaged_snapshot_without_log_is_an_error(tmp_path):
     assert open_outcome(tmp_path / "p")[0] == "error"
 
 
+def test_a_damaged_snapshot_the_log_does_not_reach_is_a_damaged_snapshot_error(tmp_path):
+    """Falling back past a damaged snapshot whose calls the log no longer holds would lose
+    them: `DamagedSnapshotError`, whose repair sets the snapshot aside (losing those calls)."""
+    build_state(tmp_path / "p", 40, snapshot_every=6, keep=3, wal_retention="newest")
+    newest = sorted((tmp_path / "p").glob("snap-*.nap"))[-1]  # 36; the log holds 37.. only
+    directory = damaged_copy((tmp_path / "p",), tmp_path / "d", newest.name, truncate(100))
+    for seg in directory.glob("wal-*.log"):
+        seg.unlink()
+    with pytest.raises(durable.DamagedSnapshotError, match="falling back would lose") as caught:
+        DurableEngine.open(directory, backend="numpy")
+    assert caught.value.fallback and caught.value.path == str(directory / newest.name)
+    repair = caught.value.repair
+    assert (repair.file.name, repair.from_sequence, repair.to_sequence) == (newest.name, 31, 36)
+
+
 def test_future_versions_are_refused_with_the_version(pristine, tmp_path):
     import json
     newest = sorted(pristine[0].glob("snap-*.nap"))[-1]
@@ -578,9 +627,11 @@ def test_future_versions_are_refused_with_the_version(pristine, tmp_path):
         text = json.dumps(header).encode()
         return data[:8] + text + b" " * (length - len(text)) + data[8 + length:]
     directory = damaged_copy(pristine, tmp_path / "snap", newest.name, future)
-    with pytest.raises(RecoveryError, match=rf"format version {snapshot.FORMAT_VERSION + 1}.*"
-                                            rf"up to {snapshot.FORMAT_VERSION}.*upgrade"):
+    with pytest.raises(durable.FormatTooNewError, match=rf"format version {snapshot.FORMAT_VERSION + 1}.*"
+                                                        rf"up to {snapshot.FORMAT_VERSION}.*upgrade"):
         DurableEngine.open(directory)
+    with pytest.raises(durable.FormatTooNewError, match="cannot get past"):
+        durable.accept_loss(directory)
     seg = sorted(pristine[0].glob("wal-*.log"))[-1]
 
     def future_log(data):
@@ -588,8 +639,9 @@ def test_future_versions_are_refused_with_the_version(pristine, tmp_path):
         data[28:32] = struct.pack("<I", zlib.crc32(bytes(data[:28])))
         return data
     directory = damaged_copy(pristine, tmp_path / "log", seg.name, future_log)
-    with pytest.raises(RecoveryError, match=r"log format version 2.*up to 1.*upgrade"):
+    with pytest.raises(durable.FormatTooNewError, match=r"log format version 2.*up to 1.*upgrade") as caught:
         DurableEngine.open(directory)
+    assert caught.value.repair is None  # nothing but an upgrade gets past it
 
 
 # -- full disk ------------------------------------------------------------------------------
@@ -683,12 +735,34 @@ def test_recover_report_is_a_dry_run(pristine, tmp_path):
     assert "error:" in durable.recover_report(bad)
 
 
+def test_the_dry_run_is_a_typed_plan_with_the_dict_and_text_forms(pristine, tmp_path):
+    """`dry_run` returns the `RecoveryPlan` that `recover_plan` (``to_dict``) and
+    `recover_report` render; a refusal is its ``error``, not an exception."""
+    seg = sorted(pristine[0].glob("wal-*.log"))[-1]
+    layout = segment_layout(seg)
+    torn = damaged_copy(pristine, tmp_path / "torn", seg.name, truncate(layout[-1][0] + 20))
+    bad = damaged_copy(pristine, tmp_path / "bad", seg.name, flip(layout[1][0] + 30))
+    for directory in (torn, bad, tmp_path / "none"):
+        plan = durable.dry_run(directory)
+        assert isinstance(plan, durable.RecoveryPlan)
+        assert plan.to_dict() == durable.recover_plan(directory)
+        assert durable.recover_report(plan) == durable.recover_report(directory) == plan.render()
+    plan = durable.dry_run(torn)
+    assert (plan.status, plan.sequence, plan.error) == ("ok", 39, None)
+    assert plan.torn_tail.offset == layout[-1][0] and isinstance(plan.params, nap.Params)
+    assert plan.replay.last == 39 and plan.replay.records == sum(plan.replay.kinds.values())
+    plan = durable.dry_run(bad)
+    assert plan.status == "error" and plan.error.offset == layout[1][0]
+    assert plan.error.file == str(bad / seg.name) and plan.error.accept_loss.startswith("drop")
+    assert durable.dry_run(tmp_path / "none").status == "missing"
+
+
 # -- fsync failures and group commit ----------------------------------------------------------
 def test_failed_fsync_rolls_back_or_fails_the_engine(tmp_path, monkeypatch):
     """An fsync error on an append removes the record and raises (nothing applied); if the
     rollback cannot be made durable either, the engine refuses further calls until reopened.
     Either way a reopen holds exactly the acknowledged calls."""
-    real = durable._sync
+    real = durable.writer._sync
     ref = Reference()
     deng = DurableEngine.open(tmp_path / "s", n=N, seed=SEED, backend="numpy")
     for i in (1, 2):
@@ -699,7 +773,7 @@ def test_failed_fsync_rolls_back_or_fails_the_engine(tmp_path, monkeypatch):
         if next(failures, False):
             raise OSError(5, "Input/output error")
         real(fd)
-    monkeypatch.setattr(durable, "_sync", flaky)
+    monkeypatch.setattr(durable.writer, "_sync", flaky)
     before = deng.to_numpy()
     with pytest.raises(OSError, match="Input/output"):
         apply_call(deng, make_call(3, N))
@@ -710,12 +784,12 @@ def test_failed_fsync_rolls_back_or_fails_the_engine(tmp_path, monkeypatch):
 
     def broken(fd):
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr(durable, "_sync", broken)
+    monkeypatch.setattr(durable.writer, "_sync", broken)
     with pytest.raises(durable.EngineFailedError, match="reopen"):
         apply_call(deng, make_call(4, N))
     with pytest.raises(durable.EngineFailedError):
         deng.decay(1)
-    monkeypatch.setattr(durable, "_sync", real)
+    monkeypatch.setattr(durable.writer, "_sync", real)
     deng.close()
     with DurableEngine.open(tmp_path / "s", backend="numpy") as again:
         assert again.sequence == 3  # the rolled-back record is gone
@@ -771,7 +845,7 @@ class RotationFaults:
 
         def fake_open(path, flags, *args, **kwargs):
             name = os.path.basename(os.fspath(path))
-            if self.plan and self.plan[0] == "emfile-open" and durable._SEG_RE.match(name) \
+            if self.plan and self.plan[0] == "emfile-open" and durable.format.SEG_RE.match(name) \
                     and flags == os.O_WRONLY:
                 self.done.append(self.plan.pop(0))
                 raise OSError(errno.EMFILE, "Too many open files", os.fspath(path))
@@ -886,7 +960,7 @@ ROTATION_CHILD = textwrap.dedent("""
 
     def fake_open(path, flags, *args, **kwargs):
         name = os.path.basename(os.fspath(path))
-        if fault[0] == "emfile-open" and durable._SEG_RE.match(name) and flags == os.O_WRONLY:
+        if fault[0] == "emfile-open" and durable.format.SEG_RE.match(name) and flags == os.O_WRONLY:
             fault[0] = None
             raise OSError(errno.EMFILE, "Too many open files", os.fspath(path))
         if fault[0] == "emfile-dir" and os.path.isdir(path):
@@ -995,14 +1069,14 @@ def test_overlapping_segments_are_refused_and_reported(pristine, tmp_path):
     (a / w37).write_bytes(segment_header(37))
     b = tmp_path / "b"
     shutil.copytree(pristine[0], b)
-    (b / durable._seg_name(39)).write_bytes(segment_header(39) + records[layout[2][0] - 32:])
+    (b / durable.format.seg_name(39)).write_bytes(segment_header(39) + records[layout[2][0] - 32:])
     c = tmp_path / "c"
     shutil.copytree(pristine[0], c)
     data = bytearray((c / w25).read_bytes())
     data[:32] = segment_header(26)
     (c / w25).write_bytes(bytes(data))
 
-    for directory, names in ((a, (w31, w37)), (b, (w37, durable._seg_name(39))), (c, (w25,))):
+    for directory, names in ((a, (w31, w37)), (b, (w37, durable.format.seg_name(39))), (c, (w25,))):
         before = {p.name: p.read_bytes() for p in directory.iterdir()}
         with pytest.raises(RecoveryError) as caught:
             DurableEngine.open(directory, backend="numpy")

@@ -321,16 +321,10 @@ def recover(args) -> int:
             print(f"  kept aside: {', '.join(entry['evidence']) or 'nothing'}")
         if done["dropped"]:
             print(f"logged in {args.directory.rstrip('/')}/{durable.LOSS_JOURNAL}")
-        text = durable.recover_report(args.directory)
-        print(text)
-        return 1 if "\nstatus: error" in text else 0
-    if args.json:
-        plan = durable.recover_plan(args.directory)
-        print(json.dumps(plan, indent=2, default=str))
-        return 1 if plan["status"] == "error" else 0
-    text = durable.recover_report(args.directory)
-    print(text)
-    return 1 if "\nstatus: error" in text else 0
+    plan = durable.dry_run(args.directory)  # (again, after a repair)
+    print(json.dumps(plan.to_dict(), indent=2, default=str) if args.json
+          else durable.recover_report(plan))
+    return 1 if plan.status == "error" else 0
 
 
 def _finite(obj):

@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "SnapshotError", "SnapshotInfo", "inspect", "read", "write"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "SnapshotError", "SnapshotInfo", "SnapshotTooNewError", "inspect",
+           "read", "write"]
 
 FORMAT = "nap-snapshot"
 FORMAT_VERSION = 2  # 2: CRC-32C ("crc32c:..."); 1 (CRC-32, "crc32:...") is still read
@@ -61,6 +62,10 @@ _IO_CHUNK = 1 << 22  # bytes per read/verify step: 4 MiB, still in cache when it
 
 class SnapshotError(ValueError):
     """A snapshot file cannot be used; the message names the file and what is wrong where."""
+
+
+class SnapshotTooNewError(SnapshotError):
+    """The snapshot was written in a newer format version than this nap_gpu reads: upgrade."""
 
 
 @dataclass(frozen=True)
@@ -333,9 +338,10 @@ def _header(path: pathlib.Path, fh: io.FileIO) -> SnapshotInfo:
     try:
         version = int(meta["format_version"])
         if version > FORMAT_VERSION:
-            raise SnapshotError(f"{path}: written in snapshot format version {version}; this "
-                                f"nap_gpu reads versions up to {FORMAT_VERSION}: upgrade nap_gpu "
-                                f"(the file was written by nap_gpu {meta.get('nap_gpu_version')})")
+            raise SnapshotTooNewError(f"{path}: written in snapshot format version {version}; "
+                                      f"this nap_gpu reads versions up to {FORMAT_VERSION}: "
+                                      "upgrade nap_gpu (the file was written by nap_gpu "
+                                      f"{meta.get('nap_gpu_version')})")
         n = int(meta["n"])
         begin, end = (int(v) for v in tensor["data_offsets"])
         params = params_from_fields(meta)

@@ -2,25 +2,25 @@
 
 Owns a shard's engine (an ``Engine``, or with ``state=`` a ``DurableEngine``), filling it
 (create, open, load from old shard files), applying the calls the client validated, its
-checkpoints, and rolling back its last call (``rollback``, through ``_cut_log``).
+checkpoints, and rolling back its last call (``rollback``, through the durable package's
+``cut_log_after``).
 
-Imports the engines, ``snapshot``, ``metrics``, ``backends`` and ``seeding``; ``durable``'s
-public names, and in ``_cut_log`` alone its log internals. Never Dask: the worker calls it.
+Imports the engines, ``snapshot``, ``metrics``, ``backends``, ``seeding`` and ``durable``'s
+names. Never Dask: the worker calls it.
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import backends, durable, snapshot
+from .. import backends, snapshot
 from .. import metrics as _metrics
-from .._files import fsync_directory
 from ..durable import DurableEngine, RecoveryError
+from ..durable.losses import cut_log_after
 from ..engine import Engine
 from ..params import Params
 from .seeding import shard_weights
@@ -28,11 +28,6 @@ from .seeding import shard_weights
 if TYPE_CHECKING:
     from .._types import ArrayInput, HostWeights
     from .seeding import ShardInit
-
-try:  # POSIX: a rollback holds the shard's LOCK while it cuts the log
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]  # no fcntl module to type: mypy checks POSIX
 
 __all__ = ["ShardActor"]
 
@@ -147,7 +142,7 @@ class ShardActor:
         directory, backend = eng.directory, eng.backend
         eng.close()
         self._eng = None
-        _cut_log(directory, sequence)
+        cut_log_after(directory, sequence)
         self._eng = DurableEngine.open(directory, backend=backend, **self._options)
         if self._eng.sequence != sequence:
             raise RecoveryError(f"{directory}: reopened at sequence {self._eng.sequence} after "
@@ -193,41 +188,3 @@ class ShardActor:
         if isinstance(self._eng, DurableEngine):
             self._eng.close()
 
-
-def _cut_log(directory: pathlib.Path, sequence: int) -> None:
-    """Truncate a closed durable state's log just before record ``sequence + 1``, its last
-    one, holding the directory's LOCK meanwhile. (The log format is durable.py's; its
-    reader is reused, not restated.)"""
-    lock = open(directory / "LOCK", "a+b")
-    try:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if anyone holds it
-        _, segments = durable._list(directory)
-        later = [path for first, path in segments if first > sequence + 1]
-        for path in later:  # each open after the call started one, empty
-            if path.stat().st_size > durable._SEG_HEADER_SIZE:
-                raise RecoveryError(f"{path}: records after {sequence + 1}", path, 0)
-        for path in later:
-            path.unlink()
-        holding = [path for first, path in segments if first <= sequence + 1]
-        if not holding:
-            raise RecoveryError(f"{directory}: no log segment holds record {sequence + 1}")
-        path = holding[-1]
-        with open(path, "r+b") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            durable._read_segment_header(path, fh, size)
-            cut = None
-            for item in durable._records(path, fh, size):
-                if item[0] == "bad":  # open already dropped a torn tail; anything else raised
-                    raise RecoveryError(f"{path}: {item[2]} at offset {item[1]}", path, item[1])
-                if item[1] == sequence + 1:
-                    cut = item[0]
-                elif item[1] > sequence + 1:
-                    raise RecoveryError(f"{path}: record {item[1]} follows {sequence + 1}")
-            if cut is None:
-                raise RecoveryError(f"{path}: no record {sequence + 1} to roll back")
-            fh.truncate(cut)
-            os.fsync(fh.fileno())
-        fsync_directory(directory)  # the unlinked empty segments
-    finally:
-        lock.close()
