@@ -147,7 +147,7 @@ class Writer:
         start = time.perf_counter()
         try:
             with self.lock:  # on_applied too: the health check reads what it records
-                result = self._call(kind, group)
+                result = self._run_on_engine(kind, group)
                 if self.on_applied is not None:
                     self.on_applied(kind, sum(op.events for op in group),
                                     time.perf_counter() - start)
@@ -173,7 +173,9 @@ class Writer:
         else:
             group[0].future.set_result(result)
 
-    def _call(self, kind: str, group: list[Op]):
+    def _run_on_engine(self, kind: str, group: list[Op]) -> object:
+        """One merged group applied through the durable engine: its log sequence (or, for a
+        snapshot, the snapshot's path)."""
         eng = self.engine
         if kind == "feedback":
             ids = group[0].ids if len(group) == 1 else np.concatenate([op.ids for op in group])
