@@ -1,17 +1,18 @@
 /// \file ranks.cpp
-/// \brief rank_sums: the inversion ratio's exact integer 2U, saturation and the extreme keys,
-/// in O(n) on every thread, without sorting the population.
+/// \brief rank_sums: the inversion ratio's exact integer 2U, saturation and the extreme keys
+/// (and exact_sums' bins, from the same read), in O(n) on every thread, without sorting.
 ///
 /// 2U = sum over P weights p of 2 #(r > p) + #(r == p), r over the R weights, compared by
 /// their keys (nap/law.h metric_key). The keys are binned by their top 16 bits, counted per
 /// label on each thread (phase 1). Pairs in different bins are ordered by the bins alone
 /// (prefix sums over 65536 bins); only bins holding both labels need their weights told
-/// apart: their low 16 bits and label are gathered (phase 2), and each such bin is sorted (two
-/// radix passes) and walked (phase 3). A trained population, whose R and P weights lie apart, has few such bins: one
-/// pass over memory. Only integer operations touch the weights.
+/// apart: their low 16 bits and label are gathered (phase 2), and each such bin is ranked on
+/// its own (phase 3): sorted (std::sort when small, two radix passes) and walked, or counted
+/// over its 2^17 possible values when large. A trained population, whose R and P weights lie
+/// apart, has few such bins: one pass over memory. Only integer operations touch the weights.
 #include <algorithm>  // for std::sort, std::min, std::max
-#include <memory>     // for std::unique_ptr
 #include <cstdint>    // for std::int32_t, std::uint32_t, std::uint64_t
+#include <memory>     // for std::unique_ptr
 #include <vector>     // for std::vector
 
 #include "nap/core.h"
