@@ -479,6 +479,34 @@ def test_call_cut_by_worker_death_is_applied_exactly_once(client, tmp_path, when
         same(eng, ref)
 
 
+class CorruptibleShard(sharded.ShardActor):
+    """A real shard whose weights can be written from outside the law (memory corruption)."""
+
+    def corrupt(self, index, value):
+        self._engine()._w[index] = value
+
+
+class CorruptibleShardedEngine(nap.ShardedEngine):
+    _actor = CorruptibleShard
+
+
+def test_the_monitor_runs_a_sharded_engine_and_stops_writes_on_corruption(client):
+    """A Monitor over a ShardedEngine steps and checks it; weights out of [0, 1] (which it can
+    neither restore nor clamp in place) stop writes with the reason, instead of crashing."""
+    labels = labels_for(N)
+    with CorruptibleShardedEngine(N, shards=2, client=client, seed=5) as eng:
+        mon = nap.Monitor(eng, labels, warmup=100, settle=100)
+        event = mon.step(np.where(labels, 0.9, 0.1))
+        assert event["ok"] and event["actions"] == []
+        eng._supervisor.run({1: sharded.shards.ShardCall("corrupt", 3, 1.5)}, mutating=False)
+        event = mon.check()
+        assert not event["ok"] and event["writes_stopped"]
+        assert "can neither restore nor clamp" in event["actions"][0]
+        with pytest.raises(nap.WritesStoppedError):
+            mon.step(0.9)
+        assert eng.iteration == 1
+
+
 def test_lost_worker_without_state_fails_the_engine(client):
     eng = nap.ShardedEngine(N, shards=3, client=client, seed=19)
     victim = eng.workers[1]

@@ -195,9 +195,14 @@ class Monitor:
                 f"weights still hold {still}: a logged call produces them (e.g. a step with "
                 "check_finite=False and non-finite qualities), so the log cannot repair them; "
                 "writes stopped")]
-        if not m.nonfinite:
-            self.engine.clamp()
+        clamp = getattr(self.engine, "clamp", None)
+        if not m.nonfinite and clamp is not None:
+            clamp()
             return [f"{what}: clamped"]
+        if clamp is None:  # a ShardedEngine: no repair in place
+            return [self._stop_writes(f"{what}: writes stopped (this engine can neither restore "
+                                      "nor clamp its weights in place; load it again from its "
+                                      "state or a save)")]
         return [self._stop_writes(f"{what}: writes stopped (this engine has no durable state "
                                   "to restore from; open it with Engine.open)")]
 

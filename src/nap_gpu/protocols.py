@@ -51,6 +51,9 @@ class EngineLike(Protocol):
     def to_numpy(self) -> HostWeights:
         """A host copy of every weight."""
 
+    def synchronize(self) -> None:
+        """Wait until every call made so far has finished (a device's queued work)."""
+
     def step(self, quality: ArrayInput, *, check_finite: bool = True) -> None:
         """Dense step: one quality per memory (or one for all), then passive decay."""
 

@@ -221,6 +221,10 @@ class ShardedEngine:
         parts = self._supervisor.run(self._everywhere(ShardCall, "to_numpy"), mutating=False)
         return np.concatenate([parts[i] for i in range(self.shards)])
 
+    def synchronize(self) -> None:
+        """Nothing to wait for: every call returns once each shard has acknowledged it (as
+        ``Engine.synchronize`` after a device's queued work)."""
+
     def _everywhere(self, kind: type[ShardCall], method: str, *args: Any) -> dict[int, Part]:
         """The same part (``kind(method, *args)``) for every shard."""
         return {i: kind(method, *args) for i in range(self.shards)}
