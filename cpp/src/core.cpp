@@ -428,15 +428,7 @@ void exact_sums(const float* w, const std::uint8_t* labels, std::size_t n, std::
   Merge merge;
   parallel_slices(n, [&](std::size_t lo, std::size_t hi) {
     std::vector<std::uint64_t> local(kExactSumsSize, 0);
-    for (std::size_t i = lo; i < hi; ++i) {
-      const std::uint32_t b = bits_of(w[i]);
-      const ExactTerms t = exact_terms(b);
-      std::uint64_t* acc = &local[static_cast<std::size_t>(exact_bin(b, labels[i])) * 4];
-      acc[0] += 1;
-      acc[1] += t.significand;
-      acc[2] += t.square_high;
-      acc[3] += t.square_low;
-    }
+    for (std::size_t i = lo; i < hi; ++i) add_exact_terms(local.data(), bits_of(w[i]), labels[i]);
     merge([&] {  // integer sums: any order gives the same bins
       for (std::size_t k = 0; k < kExactSumsSize; ++k) out[k] += local[k];
     });

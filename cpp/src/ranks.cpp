@@ -103,14 +103,7 @@ void count_slice(const float* w, const std::uint8_t* labels, std::uint32_t low_k
     saturated += (k >= kKeyNegInf && k <= low_key) || (k >= high_key && k <= kKeyPosInf);
     kmin = std::min(kmin, k);
     kmax = std::max(kmax, k);
-    if (kWithExactSums) {
-      const ExactTerms t = exact_terms(b);
-      std::uint64_t* acc = exact + std::size_t{exact_bin(b, label)} * 4;
-      acc[0] += 1;
-      acc[1] += t.significand;
-      acc[2] += t.square_high;
-      acc[3] += t.square_low;
-    }
+    if (kWithExactSums) add_exact_terms(exact, b, label);
   }
   s->saturated = saturated;
   s->min_key = kmin;

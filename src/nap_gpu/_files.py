@@ -39,13 +39,14 @@ def temporary_name(path: pathlib.Path) -> pathlib.Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-_name_locks: dict[pathlib.Path, threading.Lock] = {}
-_name_locks_guard = threading.Lock()
+#: Threads writing the same name must take turns (they share its temporary name). A fixed set
+#: of locks, picked by the name's hash: a lock per name would grow with every snapshot a
+#: long-running service writes; two names sharing a lock only wait for each other.
+_LOCKS = tuple(threading.Lock() for _ in range(64))
 
 
 def _lock_for(path: pathlib.Path) -> threading.Lock:
-    with _name_locks_guard:
-        return _name_locks.setdefault(path.absolute(), threading.Lock())
+    return _LOCKS[hash(path.absolute()) % len(_LOCKS)]
 
 
 @contextlib.contextmanager

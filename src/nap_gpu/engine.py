@@ -94,7 +94,7 @@ class Engine:
         else:
             host_weights = _inputs.initial_weights(init, n, seed)
         self._n = int(host_weights.size)
-        self.params = _inputs.law_params(params, default=Params())
+        self.params = Params() if params is None else params  # the setter checks it
         self._backend = backends.resolve(backend)
         self._w = self._backend.from_host(host_weights)  # no copy on host backends
 

@@ -292,6 +292,20 @@ NAP_HOST_DEVICE ExactTerms exact_terms(unsigned int b) {
   return ExactTerms{sig, square >> 24, square & 0xffffffu};
 }
 
+/// Adds a weight with bit pattern b and label 0/1 to a host's exact_sums bins (kExactBins x 4:
+/// count, significand, squared significand's high and low halves). The device adds the same
+/// terms with atomics.
+template <class Count>  // a 64-bit unsigned integer (std::uint64_t)
+NAP_HOST_DEVICE void add_exact_terms(Count* bins, unsigned int b, unsigned int label) {
+  static_assert(sizeof(Count) == 8 && Count(0) < Count(-1), "64-bit unsigned bins");
+  const ExactTerms t = exact_terms(b);
+  Count* acc = bins + static_cast<unsigned long long>(exact_bin(b, label)) * 4u;
+  acc[0] += 1;
+  acc[1] += t.significand;
+  acc[2] += t.square_high;
+  acc[3] += t.square_low;
+}
+
 }  // namespace nap
 
 #if defined(NAP_LAW_FP_POP)
