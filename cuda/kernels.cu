@@ -144,51 +144,102 @@ __device__ __forceinline__ void lower_to(u64* first, u64 i) {
   if (i < *static_cast<volatile u64*>(first)) atomicMin(first, i);
 }
 
-// -- exact_sums' accumulators ----------------------------------------------------------------
-// Each thread keeps a few bins in registers and adds to the global bins only when a weight
-// falls in none of them (the oldest is flushed) and at the end. A converged population (two
-// values, labels interleaved as in the reference workload) then costs each thread a handful
-// of atomics in all, instead of one per weight on the same two addresses.
+/// The larger of *last and k, atomically (a read first, as lower_to).
+__device__ __forceinline__ void raise_to(u64* last, u64 k) {
+  if (k > *static_cast<volatile u64*>(last)) atomicMax(last, k);
+}
+
+// -- Bins kept in registers --------------------------------------------------------------------
+// A kernel that adds to global bins (exact_sums', the rank histogram) keeps a few of them per
+// thread in registers and adds to the global bins only when a weight falls in none of them
+// (the oldest is flushed) and at the end. A converged population (two values, labels
+// interleaved as in the reference workload) then costs each thread a handful of atomics in
+// all, instead of one per weight on the same two addresses.
 
 constexpr unsigned kNoBin = 0xffffffffu;
 constexpr int kSlots = 4;
 
-struct Slot {
-  unsigned bin;
+/// exact_sums' four sums of a bin (nap::exact_terms), at global bins + 4 * bin.
+struct ExactSums {
   u64 count, significand, square_high, square_low;
+  __device__ __forceinline__ static ExactSums of(unsigned bits) {
+    const nap::ExactTerms t = nap::exact_terms(bits);
+    return ExactSums{1, t.significand, t.square_high, t.square_low};
+  }
+  __device__ __forceinline__ void add(const ExactSums& x) {
+    count += x.count;
+    significand += x.significand;
+    square_high += x.square_high;
+    square_low += x.square_low;
+  }
+  __device__ __forceinline__ void flush(u64* __restrict__ bins, unsigned bin) const {
+    u64* at = bins + static_cast<u64>(bin) * 4u;
+    atomicAdd(at + 0, count);
+    atomicAdd(at + 1, significand);
+    atomicAdd(at + 2, square_high);
+    atomicAdd(at + 3, square_low);
+  }
 };
 
-__device__ __forceinline__ void flush(const Slot& s, u64* __restrict__ bins) {
-  if (s.bin == kNoBin) return;
-  u64* at = bins + static_cast<u64>(s.bin) * 4u;
-  atomicAdd(at + 0, s.count);
-  atomicAdd(at + 1, s.significand);
-  atomicAdd(at + 2, s.square_high);
-  atomicAdd(at + 3, s.square_low);
-}
+/// A count, at global bins + bin.
+struct Count {
+  u64 count;
+  __device__ __forceinline__ void add(const Count& x) { count += x.count; }
+  __device__ __forceinline__ void flush(u64* __restrict__ bins, unsigned bin) const {
+    atomicAdd(bins + bin, count);
+  }
+};
 
-__device__ __forceinline__ void add_to(Slot (&slots)[kSlots], unsigned bits, unsigned label,
-                                       u64* __restrict__ bins) {
-  const unsigned bin = nap::exact_bin(bits, label);
-  const nap::ExactTerms t = nap::exact_terms(bits);
-  bool hit = false;
+/// kSlots bins of Sums in registers (static indices only, so they stay there).
+template <class Sums>
+struct RegisterBins {
+  unsigned bin[kSlots];
+  Sums sums[kSlots];
+
+  __device__ __forceinline__ RegisterBins() {
 #pragma unroll
-  for (int s = 0; s < kSlots; ++s) {
-    if (slots[s].bin == bin) {
-      slots[s].count += 1;
-      slots[s].significand += t.significand;
-      slots[s].square_high += t.square_high;
-      slots[s].square_low += t.square_low;
-      hit = true;
+    for (int s = 0; s < kSlots; ++s) bin[s] = kNoBin, sums[s] = Sums{};
+  }
+  __device__ __forceinline__ void add(unsigned b, const Sums& x, u64* __restrict__ global) {
+    bool hit = false;
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) {
+      if (bin[s] == b) sums[s].add(x), hit = true;
+    }
+    if (hit) return;
+    // A miss: the oldest slot is flushed and the others move down.
+    if (bin[kSlots - 1] != kNoBin) sums[kSlots - 1].flush(global, bin[kSlots - 1]);
+#pragma unroll
+    for (int s = kSlots - 1; s > 0; --s) bin[s] = bin[s - 1], sums[s] = sums[s - 1];
+    bin[0] = b, sums[0] = x;
+  }
+  __device__ __forceinline__ void flush(u64* __restrict__ global) const {
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) {
+      if (bin[s] != kNoBin) sums[s].flush(global, bin[s]);
     }
   }
-  if (hit) return;
-  // A miss: the oldest slot is flushed and the others move down (static indices only, so the
-  // slots stay in registers).
-  flush(slots[kSlots - 1], bins);
+};
+
+/// visit(bits, label) for this thread's weights of w[0, n) (labels 0 or 1), four weights per
+/// iteration loaded before any is visited.
+template <class Visit>
+__device__ __forceinline__ void each_weight(const float* __restrict__ w,
+                                            const unsigned char* __restrict__ labels, u64 n,
+                                            Visit& visit) {
+  const u64 stride = grid_stride();
+  u64 i = first_index();
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    unsigned b[4], l[4];
 #pragma unroll
-  for (int s = kSlots - 1; s > 0; --s) slots[s] = slots[s - 1];
-  slots[0] = Slot{bin, 1, t.significand, t.square_high, t.square_low};
+    for (int r = 0; r < 4; ++r) {
+      b[r] = nap::bits_of(w[i + r * stride]);
+      l[r] = labels[i + r * stride] & 1u;
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) visit(b[r], l[r]);
+  }
+  for (; i < n; i += stride) visit(nap::bits_of(w[i]), labels[i] & 1u);
 }
 
 }  // namespace
@@ -293,28 +344,64 @@ __global__ void nap_narrow_quality(const double* __restrict__ src, float* __rest
 
 /// Adds the exact_sums terms of w[0, n) with labels (0 or 1) to bins ((2, 512, 4) uint64, all
 /// zero on entry for exact_sums itself), with integer atomics: any order gives the same bins.
-/// Four weights per iteration are loaded before any is binned.
 __global__ void nap_exact_sums(const float* __restrict__ w,
                                const unsigned char* __restrict__ labels, unsigned long long n,
                                unsigned long long* bins) {
-  Slot slots[kSlots];
-#pragma unroll
-  for (int s = 0; s < kSlots; ++s) slots[s] = Slot{kNoBin, 0, 0, 0, 0};
-  const u64 stride = grid_stride();
-  u64 i = first_index();
-  for (; i + 3 * stride < n; i += 4 * stride) {
-    unsigned b[4], l[4];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      b[r] = nap::bits_of(w[i + r * stride]);
-      l[r] = labels[i + r * stride];
-    }
-#pragma unroll
-    for (int r = 0; r < 4; ++r) add_to(slots, b[r], l[r], bins);
+  RegisterBins<ExactSums> sums;
+  auto visit = [&](unsigned b, unsigned label) {
+    sums.add(nap::exact_bin(b, label), ExactSums::of(b), bins);
+  };
+  each_weight(w, labels, n, visit);
+  sums.flush(bins);
+}
+
+/// One read of w[0, n) with labels (0 or 1) for the metrics: exact_sums' bins (as
+/// nap_exact_sums), the rank histogram (ranks[label * kRankBins + rank_bin(key)]: the keys'
+/// counts by their top 16 bits), and in stats the saturated count, the least and the greatest
+/// key (low_key, high_key: the saturation bounds' keys). On entry bins and ranks are zero and
+/// stats is {0, 0xffffffff, 0}.
+__global__ void nap_rank_bins(const float* __restrict__ w,
+                              const unsigned char* __restrict__ labels, unsigned long long n,
+                              unsigned long long low_key, unsigned long long high_key,
+                              unsigned long long* bins, unsigned long long* ranks,
+                              unsigned long long* stats) {
+  RegisterBins<ExactSums> sums;
+  RegisterBins<Count> counts;
+  u64 saturated = 0;
+  unsigned lowest = 0xffffffffu, highest = 0;
+  const unsigned low = static_cast<unsigned>(low_key), high = static_cast<unsigned>(high_key);
+  auto visit = [&](unsigned b, unsigned label) {
+    sums.add(nap::exact_bin(b, label), ExactSums::of(b), bins);
+    const unsigned k = nap::metric_key(b);
+    counts.add(label * nap::kRankBins + nap::rank_bin(k), Count{1}, ranks);
+    saturated += nap::saturated_key(k, low, high);
+    lowest = k < lowest ? k : lowest;
+    highest = k > highest ? k : highest;
+  };
+  each_weight(w, labels, n, visit);
+  sums.flush(bins);
+  counts.flush(ranks);
+  if (saturated) atomicAdd(stats, saturated);
+  lower_to(stats + 1, lowest);
+  raise_to(stats + 2, highest);
+}
+
+/// The keys of the weights in mixed rank bins (mixed[bin] != 0), per label: the key of a weight
+/// with label l in bin b goes to (l ? out_r : out_p)[cursors[l * kRankBins + b]++]. With each
+/// bin's cursor starting where the host put its run, each output holds every mixed bin's keys
+/// together, in no order within the bin.
+__global__ void nap_gather_mixed(const float* __restrict__ w,
+                                 const unsigned char* __restrict__ labels, unsigned long long n,
+                                 const unsigned char* __restrict__ mixed,
+                                 unsigned long long* cursors, unsigned int* __restrict__ out_p,
+                                 unsigned int* __restrict__ out_r) {
+  for (u64 i = first_index(); i < n; i += grid_stride()) {
+    const unsigned k = nap::metric_key(nap::bits_of(w[i])), bin = nap::rank_bin(k);
+    if (!mixed[bin]) continue;
+    const unsigned label = labels[i] & 1u;
+    const u64 at = atomicAdd(cursors + label * nap::kRankBins + bin, 1ull);
+    (label ? out_r : out_p)[at] = k;
   }
-  for (; i < n; i += stride) add_to(slots, nap::bits_of(w[i]), labels[i], bins);
-#pragma unroll
-  for (int s = 0; s < kSlots; ++s) flush(slots[s], bins);
 }
 
 }  // extern "C"

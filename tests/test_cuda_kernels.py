@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nap_gpu as nap
+from nap_gpu import metrics
 from nap_gpu.backends import _device, _kernels, _xp
 from nap_gpu.backends import numpy as reference
 
@@ -663,3 +664,118 @@ def test_shim_exact_sums_any_number_of_threads(shim, monkeypatch):
     for per_sqrt in (0, 1, 8, 10**6):  # one block of 256 threads, 223, 1784, 50_001 (one each)
         monkeypatch.setattr(shim, "exact_threads_per_sqrt", per_sqrt)
         assert (shim.exact_sums(w, labels) == expected).all(), per_sqrt
+
+
+# -- the metrics' rank histogram and the mixed bins' keys --------------------------------------
+
+def _sorted_rank_sums(w, labels, low_key, high_key):
+    """What metrics._binned_rank_sums must give, counted without the histogram: every key
+    sorted (the NumPy backend's path), saturation and the extremes directly."""
+    keys = metrics._keys(w)
+    lab = labels.astype(bool)
+    if keys.size:
+        twice_u, nr, np_ = metrics._twice_u(metrics._distinct(np.sort(keys[lab])),
+                                            metrics._distinct(np.sort(keys[~lab])))
+    else:
+        twice_u = nr = np_ = 0
+    saturated = ((keys >= metrics._KEY_NEG_INF) & (keys <= low_key)
+                 | (keys >= high_key) & (keys <= metrics._KEY_POS_INF))
+    return (twice_u, nr, np_, int(saturated.sum()), int(keys.min(initial=0xFFFFFFFF)),
+            int(keys.max(initial=0)), _xp.exact_sums(w, labels, np))
+
+
+def _rank_population(kind, n, labels, rng):
+    if kind == "two-valued":  # converged: R at the plateau, P at 0: no mixed bin
+        return np.where(labels == 1, np.float32(0.98), np.float32(0.0))
+    if kind == "uniform":  # every bin mixed
+        return rng.random(n, dtype=np.float32)
+    if kind == "one bin":  # the same top 16 bits, ties within the bin
+        return (np.float32(0.5).view(np.uint32) + rng.integers(0, 300, n).astype(np.uint32)
+                ).view(np.float32)
+    if kind == "mixed":  # many exponents: slot evictions
+        return rng.random(n, dtype=np.float32) ** np.float32(40)
+    return _float32(rng.choice(_SPECIAL_FLOAT32_BITS, n))  # specials: -0.0, subnormals, inf
+
+
+def _assert_same_rank_sums(actual, expected):
+    """Equal rank_sums tuples; 2U aside where a weight is NaN or infinite (the ratio is NaN
+    then, and the device path skips the count)."""
+    skip = 1 if metrics._nonfinite(expected[6]) else 0
+    assert actual[skip:6] == expected[skip:6]
+    assert (actual[6] == expected[6]).all()
+
+
+RANK_KINDS = ["two-valued", "uniform", "one bin", "mixed", "specials"]
+SATURATION_KEYS = metrics._saturation_keys(metrics.DEFAULT_EPS)
+
+
+@pytest.mark.parametrize("labels_kind", ["alternating", "halves", "random"])
+@pytest.mark.parametrize("population", RANK_KINDS)
+@pytest.mark.parametrize("n", [1, 7, 1000, 100_003])
+def test_shim_rank_bins_match_numpy(shim, population, labels_kind, n):
+    """The histogram, exact_sums' bins, saturation and extreme keys of one read."""
+    rng = np.random.default_rng(n)
+    labels = _labels(n, labels_kind, rng)
+    w = _rank_population(population, n, labels, rng)
+    ranks, sums, saturated, lowest, highest = shim.rank_bins(w, labels, *SATURATION_KEYS)
+    keys = metrics._keys(w)
+    for label in (0, 1):
+        expected = np.bincount(keys[labels == label] >> 16, minlength=1 << 16)
+        assert (ranks[label] == expected).all(), label
+    assert (sums == _xp.exact_sums(w, labels, np)).all()
+    assert (saturated, lowest, highest) == _sorted_rank_sums(w, labels, *SATURATION_KEYS)[3:6]
+
+
+@pytest.mark.parametrize("labels_kind", ["alternating", "random"])
+@pytest.mark.parametrize("population", RANK_KINDS)
+@pytest.mark.parametrize("n", [1, 1000, 100_003])
+def test_shim_binned_rank_sums_equal_the_sorting_count(shim, population, labels_kind, n):
+    """metrics' device path (the histogram, the mixed bins gathered and sorted) counts the
+    same integers as sorting every key."""
+    rng = np.random.default_rng(n + 1)
+    labels = _labels(n, labels_kind, rng)
+    w = _rank_population(population, n, labels, rng)
+    _assert_same_rank_sums(metrics._binned_rank_sums(shim, w, labels, *SATURATION_KEYS),
+                           _sorted_rank_sums(w, labels, *SATURATION_KEYS))
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(float32_bits, st.integers(0, 1)), min_size=1, max_size=400),
+       st.sampled_from([0.02, 0.0, 0.3]))
+def test_shim_binned_rank_sums_random_bits(shim, pairs, eps):
+    w = _float32([b for b, _ in pairs])
+    labels = np.array([label for _, label in pairs], np.uint8)
+    keys = metrics._saturation_keys(eps)
+    _assert_same_rank_sums(metrics._binned_rank_sums(shim, w, labels, *keys),
+                           _sorted_rank_sums(w, labels, *keys))
+
+
+def test_shim_gather_mixed_keeps_each_bins_keys_together(shim):
+    """Every key of a flagged bin, in its label's output, inside its bin's run."""
+    rng = np.random.default_rng(9)
+    w = rng.random(20_000, dtype=np.float32)
+    labels = _labels(w.size, "random", rng)
+    keys = metrics._keys(w)
+    mixed = np.zeros(1 << 16, np.uint8)
+    mixed[np.unique(keys >> 16)[::3]] = 1
+    counts = np.stack([np.bincount(keys[labels == label] >> 16, minlength=1 << 16) * mixed
+                       for label in (0, 1)]).astype(np.uint64)
+    starts = np.cumsum(counts, axis=1) - counts
+    out = shim.gather_mixed(w, labels, mixed, starts, tuple(int(c) for c in counts.sum(axis=1)))
+    for label in (0, 1):
+        chosen = keys[(labels == label) & (mixed[keys >> 16] == 1)]
+        assert (np.sort(out[label]) == np.sort(chosen)).all()
+        bins = out[label] >> 16
+        assert (np.diff(bins.astype(np.int64)) >= 0).all()  # each bin's run, in bin order
+
+
+def test_shim_rank_bins_any_number_of_threads(shim, monkeypatch):
+    rng = np.random.default_rng(6)
+    w = rng.random(50_001, dtype=np.float32) ** np.float32(3)
+    labels = _labels(w.size, "random", rng)
+    expected = _sorted_rank_sums(w, labels, *SATURATION_KEYS)
+    monkeypatch.setattr(shim, "max_blocks", 1000)
+    for per_sqrt in (0, 1, 8, 10**6):
+        monkeypatch.setattr(shim, "exact_threads_per_sqrt", per_sqrt)
+        _assert_same_rank_sums(metrics._binned_rank_sums(shim, w, labels, *SATURATION_KEYS),
+                               expected)

@@ -408,6 +408,22 @@ def test_linear_rank_sums_equal_the_sorting_metrics(case):
         cpp.set_num_threads(0)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", sorted(RANK_CASES))
+def test_device_rank_histogram_equals_the_sorting_metrics(case):
+    """The device counts the pairs from its histogram of the keys (nap_rank_bins), gathering
+    and sorting only the mixed bins' weights: the metrics equal the NumPy backend's."""
+    if "cuda" not in usable_backends():
+        pytest.skip(nap.available_backends()["cuda"])
+    rng = np.random.default_rng(sorted(RANK_CASES).index(case))
+    w = np.asarray(RANK_CASES[case](rng, 200_000), np.float32)
+    labels = rng.integers(0, 2, w.size).astype(np.uint8)
+    cuda, numpy = nap.backends.get("cuda"), nap.backends.get("numpy")
+    device = nap.metrics.compute(cuda.asarray(w), cuda.asarray(labels), cuda)
+    assert _comparable(device) == _comparable(nap.metrics.compute(w, labels, numpy))
+    assert not math.isnan(device.inversion_ratio)
+
+
 def test_nan_weights_counted_and_undefined_metrics():
     q = np.full(10, 0.7, np.float32)
     q[[3, 8]] = np.nan

@@ -87,6 +87,7 @@ PROFILES = {
 STEP_VS_COPY_MIN = 0.9         # nap_step bandwidth / copy bandwidth, at least
 CHECKED_VS_RAW_MAX = 1.35      # checked Engine.step time / raw nap_step time, at most
 METRICS_VS_SORT_MAX = 2.0      # metrics time / CuPy's sort of the same values, at most (1e9)
+METRICS_VS_STEP_MAX = 10.0     # a converged population's metrics time / a dense step (1e9)
 
 
 # ============================================================================================
@@ -571,7 +572,7 @@ def sec_sass(ctx: Ctx, sec: Section) -> None:
         rows.append([name, c["instructions"], c["FFMA"], c["DFMA"],
                      f"{c['HFMA2']} ({c['HFMA2_constant_moves']})", c["FTZ"], c["FADD"], c["FMUL"]])
     sec.check("every kernel is in the cubin", sorted(counts) == sorted(_kernels.KERNELS),
-              ", ".join(sorted(counts)), "the 9 kernels of _kernels.KERNELS")
+              ", ".join(sorted(counts)), f"the {len(_kernels.KERNELS)} kernels of _kernels.KERNELS")
     sec.check("no FFMA (fused float multiply-add)", total["FFMA"] == 0, total["FFMA"], "0")
     sec.check("no DFMA (fused double multiply-add)", total["DFMA"] == 0, total["DFMA"], "0")
     other_hfma = total["HFMA2"] - total["HFMA2_constant_moves"]
@@ -989,12 +990,15 @@ def sec_metrics(ctx: Ctx, sec: Section) -> None:
     from nap_gpu import metrics as M  # noqa: PLC0415
 
     cuda, P = ctx.cuda, nap.Params()
-    rows = sec.table("metrics by phase (median ms of CUDA-event times)",
-                     ["n", "population", "exact_sums", "keys", "split", "sorts", "distinct",
-                      "ratio", "summarize", "combine", "compute (total)", "cupy.sort(w)",
-                      "total / sort", "distinct R/P"])
+    phases = ("rank_bins", "across", "gather_mixed", "sorts", "within", "compute",
+              "summarize", "dense step", "cupy.sort(w)")
+    rows = sec.table("metrics by phase (median ms of CUDA-event times): the histogram path of "
+                     "compute, the sorting path of summarize (shards), and two yardsticks",
+                     ["n", "population", *phases, "compute / step", "compute / sort",
+                      "mixed R/P"])
     sec.data["sizes"] = {}
     target_n = ctx.p["metrics_target_n"]
+    keys = M._saturation_keys(M.DEFAULT_EPS)
     for n in ctx.p["metrics_sizes"]:
         why = ctx.fits(44 * n, f"metrics at {label(n)}", min_left_s=20)
         if why:
@@ -1004,53 +1008,57 @@ def sec_metrics(ctx: Ctx, sec: Section) -> None:
         sec.data["sizes"][label(n)] = {}
         for population in ("uniform", "converged"):
             w = device_uniform(ctx, n, 5)
+            q = cupy.full(n, 0.01, dtype=cupy.float32)
+            q[0::2] = np.float32(0.99)
             if population == "converged":
                 # the law itself converges them: R (even ids) to 1 - decay, P to 0
-                q = cupy.full(n, 0.01, dtype=cupy.float32)
-                q[0::2] = np.float32(0.99)
                 for _ in range(45):
                     cuda.step(w, q, P)
-                del q
             ctx.sync()
-            keys = M._keys(w, cupy)
-            lab = labels.astype(bool)
-            kr, kp = keys[lab], keys[~lab]
-            sr, sp = cupy.sort(kr), cupy.sort(kp)
-            dr, dp = M._distinct(sr, cupy), M._distinct(sp, cupy)
-            summary = M.summarize(w, labels, cuda)
+            ranks = cuda.rank_bins(w, labels, *keys)[0]
+            mixed = (ranks[0] > 0) & (ranks[1] > 0)
+            in_mixed = ranks * mixed
+            sizes = tuple(int(c) for c in in_mixed.sum(axis=1))
+            starts = cupy.cumsum(in_mixed, axis=1) - in_mixed
+            flags = mixed.astype(cupy.uint8)
+            kp, kr = cuda.gather_mixed(w, labels, flags, starts, sizes)
+            dr, dp = M._distinct(cupy.sort(kr), cupy), M._distinct(cupy.sort(kp), cupy)
+            scratch = w.copy()
 
             def timed(fn):  # the phases: fewer rounds where one call is long
                 return ctx.time_calls(fn, budget_s=ctx.p["measure_budget_s"] / 2, min_reps=3)
-            t = {"exact_sums": timed(lambda: cuda.exact_sums(w, labels)),
-                 "keys": timed(lambda: M._keys(w, cupy)),
-                 "split": timed(lambda: (keys[lab], keys[~lab])),
+            t = {"rank_bins": timed(lambda: cuda.rank_bins(w, labels, *keys)),
+                 "across": timed(lambda: M._gather(cupy, [M._across_bins(ranks, cupy),
+                                                           M._across_bins(in_mixed, cupy)])),
+                 "gather_mixed": timed(lambda: cuda.gather_mixed(w, labels, flags, starts, sizes)),
                  "sorts": timed(lambda: (cupy.sort(kr), cupy.sort(kp))),
-                 "distinct": timed(lambda: (M._distinct(sr, cupy), M._distinct(sp, cupy))),
-                 "ratio": timed(lambda: M._ratio(dr, dp, cupy)),
+                 "within": timed(lambda: M._twice_u(dr, dp, cupy)),
                  "summarize": timed(lambda: M.summarize(w, labels, cuda)),
-                 "combine": timed(lambda: M.combine(summary, xp=cupy)),
-                 # the total and its yardstick: the full number of rounds
+                 # the total and its yardsticks: the full number of rounds
                  "compute": ctx.time_calls(lambda: M.compute(w, labels, cuda)),
+                 "dense step": ctx.time_calls(lambda: cuda.step(scratch, q, P)),
                  "cupy.sort(w)": ctx.time_calls(lambda: cupy.sort(w))}
             result = M.compute(w, labels, cuda)
-            distinct = (int(dr[0].size), int(dp[0].size))
+            vs_step = t["compute"]["median"] / t["dense step"]["median"]
             vs_sort = t["compute"]["median"] / t["cupy.sort(w)"]["median"]
             sec.data["sizes"][label(n)][population] = {
-                "phases": t, "compute_vs_sort": vs_sort, "distinct_values": {
-                    "reinforced": distinct[0], "punished": distinct[1]},
+                "phases": t, "compute_vs_step": vs_step, "compute_vs_sort": vs_sort,
+                "mixed": {"reinforced": sizes[1], "punished": sizes[0]},
                 "metrics": result.as_dict()}
-            rows.append([label(n), population] + [f"{t[k]['median']:.3f}" for k in
-                        ("exact_sums", "keys", "split", "sorts", "distinct", "ratio", "summarize",
-                         "combine", "compute", "cupy.sort(w)")]
-                        + [f"{vs_sort:.2f}", f"{distinct[0]:,}/{distinct[1]:,}"])
+            rows.append([label(n), population] + [f"{t[k]['median']:.3f}" for k in phases]
+                        + [f"{vs_step:.2f}", f"{vs_sort:.2f}", f"{sizes[1]:,}/{sizes[0]:,}"])
             if population == "converged":
-                sec.check(f"{label(n)} converged population: one value per label",
-                          distinct == (1, 1), f"{distinct[0]}/{distinct[1]}", "1/1")
+                sec.check(f"{label(n)} converged population: no bin holds both labels",
+                          sizes == (0, 0), f"{sizes[1]}/{sizes[0]}", "0/0")
             if n == target_n:
+                if population == "converged":
+                    sec.check(f"{label(n)} converged: metrics time vs a dense step",
+                              vs_step <= METRICS_VS_STEP_MAX, f"{vs_step:.2f}x",
+                              f"<= {METRICS_VS_STEP_MAX}x", kind="performance")
                 sec.check(f"{label(n)} {population}: metrics time vs cupy.sort of the same values",
                           vs_sort <= METRICS_VS_SORT_MAX, f"{vs_sort:.2f}x",
                           f"<= {METRICS_VS_SORT_MAX}x", kind="performance")
-            del w, keys, lab, kr, kp, sr, sp, dr, dp, summary
+            del w, q, scratch, ranks, mixed, in_mixed, starts, flags, kp, kr, dr, dp
             ctx.release()
         del labels
         ctx.release()

@@ -24,8 +24,8 @@
 namespace nap {
 namespace {
 
-constexpr unsigned kLowBits = 16;
-constexpr std::size_t kBins = std::size_t{1} << (32 - kLowBits);
+constexpr unsigned kLowBits = kRankLowBits;
+constexpr std::size_t kBins = kRankBins;
 constexpr std::uint32_t kLowMask = (1u << kLowBits) - 1u;
 /// Elements a phase-1 slice holds at most: its per-bin counts are uint32.
 constexpr std::size_t kMaxSlice = std::size_t{1} << 31;
@@ -99,8 +99,8 @@ void count_slice(const float* w, const std::uint8_t* labels, std::uint32_t low_k
   std::uint32_t* by_label[2] = {s->p.data(), s->r.data()};
   for (std::size_t i = s->lo; i < s->hi; ++i) {
     const std::uint32_t b = bits_of(w[i]), k = metric_key(b), label = labels[i] & 1u;
-    ++by_label[label][k >> kLowBits];
-    saturated += (k >= kKeyNegInf && k <= low_key) || (k >= high_key && k <= kKeyPosInf);
+    ++by_label[label][rank_bin(k)];
+    saturated += saturated_key(k, low_key, high_key);
     kmin = std::min(kmin, k);
     kmax = std::max(kmax, k);
     if (kWithExactSums) add_exact_terms(exact, b, label);
@@ -245,7 +245,7 @@ std::unique_ptr<std::uint32_t[]> gather(const float* w, const std::uint8_t* labe
     std::uint64_t* mine = cursor[s].data();
     for (std::size_t i = parts[s].lo; i < parts[s].hi; ++i) {
       const std::uint32_t k = key_at(w, i);
-      const std::int32_t m = mixed.index[k >> kLowBits];
+      const std::int32_t m = mixed.index[rank_bin(k)];
       if (m >= 0) values[mine[m]++] = ((k & kLowMask) << 1) | (labels[i] & 1u);
     }
   });

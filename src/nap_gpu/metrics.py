@@ -9,10 +9,11 @@ not depend on summation order or thread count:
 * the inversion ratio is the Mann-Whitney U statistic divided by ``|R|·|P|`` (the ROC AUC of w
   for R vs P, ties counted one half), counted exactly in integers. The C++ backend counts
   2U in O(n) without sorting (``rank_sums``: a histogram of the keys' top 16 bits, and the
-  bins holding both labels ranked apart, cpp/src/ranks.cpp); the others sort each label's
-  keys, O(n log n) (``summarize``: a GPU's sort is a radix sort, O(n) too), cheap with heavy
-  ties since each distinct P value is searched once, the sum of products behind U formed in
-  24-bit pieces (``_dot_partials``), exact at any size. Both give the same integer;
+  bins holding both labels ranked apart, cpp/src/ranks.cpp); a device bins the keys the same
+  way (``rank_bins``) and sorts only the mixed bins' keys (``_binned_rank_sums``); NumPy sorts
+  each label's keys, O(n log n) (``summarize``), cheap with heavy ties since each distinct P
+  value is searched once, the sum of products behind U formed in 24-bit pieces
+  (``_dot_partials``), exact at any size. All give the same integer;
 * saturation counts weights within ``eps`` of 0 or 1 (w <= float32(eps) or
   w >= 1 - float32(eps), the float32 comparisons, made on integer keys).
 
@@ -32,6 +33,7 @@ extremes) and ``merge`` adds summaries exactly, so a sharded population
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -118,10 +120,11 @@ def compute(w: BackendArray, labels: BackendArray, backend: ModuleType, *,
             eps: float = DEFAULT_EPS) -> Metrics:
     """Metrics of weights ``w`` (an array of ``backend``) for uint8 ``labels`` (1 = R, 0 = P).
 
-    A backend with ``rank_sums`` (the C++ core) counts the inversion ratio's pairs in O(n)
-    without sorting; the others sort (``summarize``). Both count the same integers exactly,
-    so the metrics are the same to the last bit."""
-    rank_sums = getattr(backend, "rank_sums", None)
+    The C++ core (``rank_sums``) and a device (``rank_bins``) count the inversion ratio's
+    pairs from a histogram of the keys, sorting only the weights of bins that hold both
+    labels; NumPy sorts them all (``summarize``). All count the same integers exactly, so the
+    metrics are the same to the last bit."""
+    rank_sums = _rank_sums_of(backend)
     if rank_sums is None or w.size == 0:
         return combine(summarize(w, labels, backend, eps=eps), eps=eps, xp=backend.xp)
     check_eps(eps)
@@ -130,6 +133,48 @@ def compute(w: BackendArray, labels: BackendArray, backend: ModuleType, *,
     ratio = math.nan if _nonfinite(sums) or not nr or not np_ else _exact_ratio(twice_u, nr, np_)
     return _assemble(int(w.size), sums, ratio, saturated, math.nan if nan else _key_value(kmin),
                      math.nan if nan else _key_value(kmax), eps)
+
+
+def _rank_sums_of(backend: ModuleType) -> Callable[..., tuple] | None:
+    """``rank_sums(w, labels, low_key, high_key)`` of ``backend``: the C++ core's, or one made
+    from a device's rank histogram, or None (sort instead)."""
+    if hasattr(backend, "rank_sums"):
+        return backend.rank_sums
+    if hasattr(backend, "rank_bins"):
+        return functools.partial(_binned_rank_sums, backend)
+    return None
+
+
+def _binned_rank_sums(backend: ModuleType, w: BackendArray, labels: BackendArray,
+                      low_key: int, high_key: int) -> tuple:
+    """The C++ core's ``rank_sums`` tuple (2U, |R|, |P|, saturated, least key, greatest key,
+    exact_sums' bins) from a device's histogram of the keys' top 16 bits (``rank_bins``), as
+    cpp/src/ranks.cpp counts it: pairs in different bins are ordered by the bins (prefix
+    sums); the weights of mixed bins (holding both labels) are gathered and ranked by sorting
+    them alone, and their pairs across bins, counted there too, are taken off again."""
+    xp = backend.xp
+    ranks, sums, saturated, lowest, highest = backend.rank_bins(w, labels, low_key, high_key)
+    mixed = (ranks[0] > 0) & (ranks[1] > 0)
+    in_mixed = ranks * mixed  # the counts of the mixed bins alone, (P, R) rows
+    nr, np_, mixed_p, mixed_r, *partials = _gather(xp, [
+        ranks[1].sum(), ranks[0].sum(), in_mixed[0].sum(), in_mixed[1].sum(),
+        _across_bins(ranks, xp), _across_bins(in_mixed, xp)])
+    twice_u = _dot_total(partials[:6]) - _dot_total(partials[6:])
+    if mixed_p and not _nonfinite(sums):  # (a NaN makes the ratio NaN: no need to rank)
+        starts = xp.cumsum(in_mixed, axis=1) - in_mixed  # each bin's run in the gathered keys
+        keys_p, keys_r = backend.gather_mixed(w, labels, mixed.astype(xp.uint8), starts,
+                                              (mixed_p, mixed_r))
+        twice_u += _twice_u(_distinct(xp.sort(keys_r), xp), _distinct(xp.sort(keys_p), xp),
+                            xp)[0]
+    return twice_u, nr, np_, saturated, lowest, highest, sums
+
+
+def _across_bins(ranks: BackendArray, xp: ModuleType) -> BackendArray:
+    """``_dot_partials`` of 2U over pairs in different bins of a (P, R) histogram: each P
+    weight outranked by every R weight of a higher bin (2 each)."""
+    punished, reinforced = ranks[0], ranks[1]
+    r_above = reinforced.sum() - xp.cumsum(reinforced)  # R weights in the bins above each bin
+    return _dot_partials(punished, np.uint64(2) * r_above, xp)
 
 
 @dataclass(frozen=True)
@@ -351,10 +396,15 @@ def _ratio(reinforced: tuple, punished: tuple, xp: ModuleType = np) -> float:
     any size: the arithmetic stays in uint64 where the keys live, and one device->host
     transfer brings the totals and ``_dot_partials``' sums. Any sorted distinct integer keys
     do (only their order counts)."""
+    if reinforced[0].size == 0 or punished[0].size == 0:
+        return math.nan
+    return _exact_ratio(*_twice_u(reinforced, punished, xp))
+
+
+def _twice_u(reinforced: tuple, punished: tuple, xp: ModuleType = np) -> tuple[int, int, int]:
+    """(2U, |R|, |P|) as Python ints from each population's (sorted distinct keys, counts)."""
     r_keys, r_counts = reinforced
     p_keys, p_counts = punished
-    if r_keys.size == 0 or p_keys.size == 0:
-        return math.nan
     # cumulative[i]: R weights among the first i distinct keys, so indexing it with
     # searchsorted right/left gives #(r <= p) and #(r < p) for each distinct p.
     cumulative = xp.concatenate((xp.zeros(1, dtype=xp.int64),
@@ -371,7 +421,7 @@ def _ratio(reinforced: tuple, punished: tuple, xp: ModuleType = np) -> float:
         partials += _dot_partials(p_counts[lo:lo + _RATIO_BLOCK], factor, xp)
     nr, np_, *sums = _gather(xp, [cumulative[-1], xp.sum(p_counts), partials])
     # 2U = sum over p of count(p) * (2 #(r > p) + #(r == p)): an integer, at most 2 |R| |P|
-    return _exact_ratio(_dot_total(sums), nr, np_)
+    return _dot_total(sums), nr, np_
 
 
 def _exact_ratio(twice_u: int, nr: int, np_: int) -> float:

@@ -26,6 +26,11 @@ unsigned long long atomicMin(unsigned long long* address, unsigned long long val
   if (value < old) *address = value;
   return old;
 }
+unsigned long long atomicMax(unsigned long long* address, unsigned long long value) {
+  const unsigned long long old = *address;
+  if (value > old) *address = value;
+  return old;
+}
 unsigned long long atomicAdd(unsigned long long* address, unsigned long long value) {
   const unsigned long long old = *address;
   *address = old + value;
@@ -85,5 +90,14 @@ void shim_nap_narrow_quality(unsigned g, unsigned b, const double* src, float* d
 void shim_nap_exact_sums(unsigned g, unsigned b, const float* w, const unsigned char* labels,
                          u64 n, u64* bins) {
   launch(nap_exact_sums, g, b, w, labels, n, bins);
+}
+void shim_nap_rank_bins(unsigned g, unsigned b, const float* w, const unsigned char* labels,
+                        u64 n, u64 low_key, u64 high_key, u64* bins, u64* ranks, u64* stats) {
+  launch(nap_rank_bins, g, b, w, labels, n, low_key, high_key, bins, ranks, stats);
+}
+void shim_nap_gather_mixed(unsigned g, unsigned b, const float* w, const unsigned char* labels,
+                           u64 n, const unsigned char* mixed, u64* cursors, unsigned int* out_p,
+                           unsigned int* out_r) {
+  launch(nap_gather_mixed, g, b, w, labels, n, mixed, cursors, out_p, out_r);
 }
 }

@@ -276,6 +276,22 @@ NAP_HOST_DEVICE unsigned int metric_key(unsigned int b) {
 /// Keys of -inf and +inf: every finite or infinite weight's key lies in between, a NaN's not.
 constexpr unsigned int kKeyNegInf = 0x007FFFFFu, kKeyPosInf = 0xFF800000u;
 
+/// Whether a weight with key k counts as saturated: w <= float32(eps) or w >= 1 - float32(eps),
+/// given those two bounds' keys (a NaN's key lies in neither range).
+NAP_HOST_DEVICE bool saturated_key(unsigned int k, unsigned int low_key, unsigned int high_key) {
+  return (k >= kKeyNegInf && k <= low_key) || (k >= high_key && k <= kKeyPosInf);
+}
+
+// The inversion ratio's histogram (cpp/src/ranks.cpp, the device's nap_rank_bins): keys binned
+// by their top 16 bits, per label. Pairs in different bins are ordered by their bins alone.
+
+/// Low key bits a rank bin leaves apart, and the bins per label.
+constexpr unsigned int kRankLowBits = 16;
+constexpr unsigned int kRankBins = 1u << (32 - kRankLowBits);
+
+/// The rank bin of key k.
+NAP_HOST_DEVICE unsigned int rank_bin(unsigned int k) { return k >> kRankLowBits; }
+
 /// What one weight adds to its bin's sums (besides 1 to its count).
 struct ExactTerms {
   unsigned long long significand;  ///< the 23 fraction bits, with the implicit bit if normal

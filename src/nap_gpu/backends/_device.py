@@ -118,14 +118,54 @@ class DeviceBackend:
     #: 1G -> 253K threads (about the resident threads of an H100/H200) of 4K weights.
     exact_threads_per_sqrt = 8
 
+    def _binning_threads(self, n: int) -> int:
+        return max(1, min(n, self.exact_threads_per_sqrt * math.isqrt(n)))
+
+    def _flat(self, w, labels):
+        xp = self.xp
+        return (xp.ascontiguousarray(w).reshape(-1),
+                xp.ascontiguousarray(labels, dtype=xp.uint8).reshape(-1))
+
     def exact_sums(self, w, labels):
         """The integer bins of ``_xp.exact_sums`` (host uint64, shape (2, 512, 4)), summed on
         the device with integer atomics; one copy to the host."""
         n = int(w.size)
         bins = self.xp.zeros(2 * 512 * 4, dtype=self.xp.uint64)
         if n:
-            threads = max(1, min(n, self.exact_threads_per_sqrt * math.isqrt(n)))
-            self._launch("nap_exact_sums", threads, self.xp.ascontiguousarray(w).reshape(-1),
-                         self.xp.ascontiguousarray(labels, dtype=self.xp.uint8).reshape(-1),
+            self._launch("nap_exact_sums", self._binning_threads(n), *self._flat(w, labels),
                          np.uint64(n), bins)
         return np.array(_xp._to_host(bins), dtype=np.uint64).reshape(2, 512, 4)
+
+    #: Rank bins per label (``nap::kRankBins``: keys binned by their top 16 bits).
+    rank_bins_per_label = 1 << 16
+
+    def rank_bins(self, w, labels, low_key: int, high_key: int):
+        """One read of the weights for the metrics (``nap_rank_bins``): the rank histogram (a
+        device uint64 array (2, 65536): label, then the keys' top 16 bits), and on the host
+        ``exact_sums``' bins, the saturated count and the least and greatest key."""
+        xp, n = self.xp, int(w.size)
+        # exact_sums' bins and the three stats share one buffer: one copy to the host
+        host_part = xp.zeros(2 * 512 * 4 + 3, dtype=xp.uint64)
+        host_part[-2] = 0xFFFFFFFF  # the least key so far
+        ranks = xp.zeros(2 * self.rank_bins_per_label, dtype=xp.uint64)
+        if n:
+            self._launch("nap_rank_bins", self._binning_threads(n), *self._flat(w, labels),
+                         np.uint64(n), np.uint64(low_key), np.uint64(high_key),
+                         host_part[:-3], ranks, host_part[-3:])
+        bins, (saturated, lowest, highest) = np.split(
+            np.array(_xp._to_host(host_part), dtype=np.uint64), [2 * 512 * 4])
+        return (ranks.reshape(2, -1), bins.reshape(2, 512, 4), int(saturated), int(lowest),
+                int(highest))
+
+    def gather_mixed(self, w, labels, mixed, starts, sizes: tuple[int, int]):
+        """The keys of the weights in the rank bins flagged by ``mixed`` (uint8, one per bin),
+        as two device uint32 arrays (P's, R's) of ``sizes``: each bin's keys from
+        ``starts[label, bin]`` on (uint64 (2, 65536)), in no order within the bin."""
+        xp = self.xp
+        out_p, out_r = (xp.empty(size, dtype=xp.uint32) for size in sizes)
+        if sizes[0] or sizes[1]:
+            w, labels = self._flat(w, labels)
+            cursors = xp.ascontiguousarray(starts, dtype=xp.uint64).reshape(-1).copy()
+            self._launch("nap_gather_mixed", int(w.size), w, labels, np.uint64(w.size),
+                         xp.ascontiguousarray(mixed, dtype=xp.uint8), cursors, out_p, out_r)
+        return out_p, out_r

@@ -29,6 +29,8 @@ triad = _backend.triad
 first_nonfinite = _backend.first_nonfinite
 first_bad_id = _backend.first_bad_id
 exact_sums = _backend.exact_sums
+rank_bins = _backend.rank_bins
+gather_mixed = _backend.gather_mixed
 narrow_quality = _backend.narrow_quality
 
 #: Device bytes per memory an Engine needs: its weights and one quality vector per step.
