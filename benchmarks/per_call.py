@@ -8,7 +8,8 @@ For sparse batches of 1, 10, 1K and 10K events and a dense step of 1K memories: 
 and finite scans), and the public entry points (``nap.update`` / ``nap.step`` and the Engine
 method). Each is the median of ``--repeats`` calls on warm data; the sequential numba loop on
 the same events is the peer a user would otherwise write. A regression in a fixed cost shows
-in the 1-event and 10-event columns before anywhere else.
+in the 1-event and 10-event columns before anywhere else. Last, ``Engine.step`` at 64K-4M
+memories with the core's measured parallel threshold, beside 2^16 and one thread.
 """
 
 from __future__ import annotations
@@ -94,6 +95,37 @@ def step_rows(repeats: int) -> dict[str, float]:
     }
 
 
+#: Populations around where the core's dense loops go parallel (its measured threshold).
+THRESHOLD_SIZES = (1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20, 1 << 22)
+#: The ways to run them: 2^16 (the fixed threshold before it was measured), the measured one,
+#: one thread whatever the size.
+THRESHOLDS = {"from 2^16": 1 << 16, "measured": 0, "one thread": 2**62}
+
+
+def threshold_rows(repeats: int) -> dict[int, dict[str, float]]:
+    """``Engine.step(q)`` (the finite scan and the step: two loops) per size and threshold,
+    the thresholds taking turns call by call, so that drift hits all alike."""
+    rows = {}
+    for n in THRESHOLD_SIZES:
+        rng = np.random.default_rng(n)
+        eng = nap.Engine(n, backend="cpp", init=rng.random(n, dtype=np.float32))
+        q = rng.random(n, dtype=np.float32)
+        calls = max(50, repeats * (1 << 16) // n // 4)
+        times: dict[str, list[int]] = {name: [] for name in THRESHOLDS}
+        try:
+            for turn in range(calls + 10):
+                for name, pin in THRESHOLDS.items():
+                    _core.set_parallel_threshold(pin)
+                    start = time.perf_counter_ns()
+                    eng.step(q)
+                    if turn >= 10:
+                        times[name].append(time.perf_counter_ns() - start)
+        finally:
+            _core.set_parallel_threshold(0)
+        rows[n] = {name: statistics.median(t) / 1e3 for name, t in times.items()}
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memories", type=int, default=1_000_000)
@@ -112,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     print("| layer | us |\n|---|---|")
     for name, t in step_rows(args.repeats).items():
         print(f"| {name} | {t:.2f} |")
+    measured = _core.parallel_threshold()
+    print(f"\n`Engine.step(q)` around the parallel threshold (median us; measured here: "
+          f"parallel from {measured:,} elements on {_core.num_threads()} threads):\n")
+    print("| memories | " + " | ".join(THRESHOLDS) + " | measured / from 2^16 |")
+    print("|---|" + "---|" * (len(THRESHOLDS) + 1))
+    for n, t in threshold_rows(args.repeats).items():
+        print(f"| {n:,} | " + " | ".join(f"{t[name]:.1f}" for name in THRESHOLDS)
+              + f" | {t['measured'] / t['from 2^16']:.2f} |")
     print(f"\n(C++ core: {_core.compile_options()})")
     return 0
 

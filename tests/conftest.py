@@ -30,6 +30,11 @@ import pytest
 
 SIMULATOR = pathlib.Path(__file__).with_name("simdevice")
 
+# The C++ core's dense loops go parallel from a size it measures (what waking its threads
+# costs: 65K-500K elements on the VMs here). The tests pin the least, 2^16, so that the sizes
+# they use take the parallel paths on every machine; subprocesses inherit it.
+os.environ.setdefault("NAP_PARALLEL_FROM", str(1 << 16))
+
 
 def _real_environment() -> dict[str, str]:
     """The environment without the simulated device on PYTHONPATH."""

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import nap_gpu as nap
-from nap_gpu import _threads
+from nap_gpu import _env, _threads
 
 from conftest import REAL_CUDA_REASON, _real_environment, assert_same_bits
 
@@ -254,6 +254,56 @@ def test_nap_num_threads_not_an_integer_is_an_error():
     proc = run_python(code, clean_env(NAP_NUM_THREADS="two"))
     assert "NAP_NUM_THREADS" in proc.stdout and "two" in proc.stdout, proc.stdout
 
+
+
+# -- NAP_PARALLEL_FROM and the measured parallel threshold ---------------------------------------
+
+@needs_cpp
+@needs_threads
+def test_parallel_threshold_is_measured_within_its_bounds():
+    """Unpinned, the core measures what waking its threads costs against one thread's step,
+    once, and goes parallel from there: never below 2^16 elements nor above 2^24."""
+    code = """
+    import json
+    import nap_gpu.backends.cpp as cpp
+    from nap_gpu import _core
+    first = _core.parallel_threshold()
+    print(json.dumps({"first": first, "again": _core.parallel_threshold(),
+                      "config": cpp.thread_config()}))
+    """
+    out = json.loads(run_python(code, clean_env(NAP_NUM_THREADS="2")).stdout)
+    assert 1 << 16 <= out["first"] <= 1 << 24, out
+    assert out["again"] == out["first"]  # measured once per process
+    assert out["config"]["parallel_from"] == f"{out['first']:,} elements"
+    assert out["config"]["parallel_from_why"].startswith("measured")
+
+
+@needs_cpp
+def test_nap_parallel_from_pins_the_threshold_and_bad_values_are_errors():
+    code = """
+    import json
+    import nap_gpu.backends.cpp as cpp
+    from nap_gpu import _core
+    pinned = _core.parallel_threshold()
+    _core.set_parallel_threshold(12345)
+    print(json.dumps({"pinned": pinned, "set": _core.parallel_threshold(),
+                      "why": cpp.thread_config()["parallel_from_why"]}))
+    """
+    out = json.loads(run_python(code, clean_env(NAP_NUM_THREADS="2",
+                                                NAP_PARALLEL_FROM="1M")).stdout)
+    assert out == {"pinned": 1_000_000, "set": 12345, "why": "NAP_PARALLEL_FROM=1000000"}
+    for bad in ("0", "lots", "-5", "1.5"):
+        with pytest.raises(ValueError, match="NAP_PARALLEL_FROM"):
+            _env.parallel_from({"NAP_PARALLEL_FROM": bad})
+    assert _env.parallel_from({}) is None
+    assert _env.parallel_from({"NAP_PARALLEL_FROM": "64K"}) == 64_000
+
+
+@needs_cpp
+def test_one_thread_never_goes_parallel():
+    proc = run_python("from nap_gpu import _core; import nap_gpu.backends.cpp; "
+                      "print(_core.parallel_threshold())", clean_env(NAP_NUM_THREADS="1"))
+    assert int(proc.stdout) == 2**64 - 1
 
 
 # -- default threads: affinity and cgroup CPU quota (nap_gpu/_threads.py) --------------------------
@@ -519,7 +569,9 @@ def test_results_identical_whatever_the_thread_count(tmp_path):
     runs = {"1": "1", "default": None, "4": "4"}
     results = {}
     for label, threads in runs.items():
-        env = clean_env(**({"NAP_NUM_THREADS": threads} if threads else {}))
+        # the core's parallel paths from 2^16 elements, as the suite pins them (conftest.py)
+        env = clean_env(NAP_PARALLEL_FROM=str(1 << 16),
+                        **({"NAP_NUM_THREADS": threads} if threads else {}))
         prefix = str(tmp_path / f"run_{label}")
         proc = subprocess.run([sys.executable, str(script), prefix], capture_output=True,
                               text=True, env=env, timeout=300)

@@ -153,5 +153,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("num_threads", &nap::num_threads, "OpenMP threads the loops use.");
   m.def("set_num_threads", &nap::set_num_threads, py::arg("n"),
         "Set the loops' thread count; n < 1 restores the OpenMP default.");
+  m.def("parallel_threshold", &nap::parallel_threshold,
+        "Elements from which the dense loops run on several threads (measured once, or pinned).");
+  m.def("set_parallel_threshold", &nap::set_parallel_threshold, py::arg("n"),
+        "Pin that threshold to n elements; 0 returns to the measured one.");
   m.def("compile_options", &nap::compile_options, "How the core was compiled.");
 }

@@ -2,11 +2,14 @@
 /// \brief OpenMP loops over the law (nap/law.h). No arithmetic of the law lives here.
 #include "nap/core.h"
 
-#include <algorithm>  // for std::min
+#include <algorithm>  // for std::min, std::sort
 #include <atomic>     // for std::atomic
+#include <chrono>     // for std::chrono::steady_clock
+#include <limits>     // for std::numeric_limits
 #include <cstdlib>    // for std::getenv
 #include <cstring>    // for std::memcpy
 #include <string>     // for std::string
+#include <thread>     // for std::this_thread::sleep_for
 #include <vector>     // for std::vector
 
 #include "kernels.h"
@@ -28,9 +31,12 @@
 namespace nap {
 namespace {
 
-// Below these sizes a parallel region costs more than it saves.
+// Below these sizes a parallel region costs more than it saves, on any machine.
 constexpr std::size_t kParallelElements = std::size_t{1} << 16;
 constexpr std::size_t kParallelEvents = std::size_t{1} << 15;
+// From this size a dense loop runs in parallel whatever the measured wake-up (parallel_from).
+constexpr std::size_t kParallelElementsMost = std::size_t{1} << 24;
+std::atomic<std::size_t> g_parallel_from{0};  // set_parallel_threshold's pin; 0: measured
 // The sparse batch's bucketing pass costs about as much as applying the events: on 2 threads
 // the serial loop was faster at every size measured (docs/SCALING.md), so the parallel form
 // is kept for 4 threads and more, where it can pay.
@@ -70,6 +76,67 @@ int threads_for(std::size_t work, std::size_t threshold) {
   if (work < threshold) return 1;
   return num_threads();
 }
+
+// -- When a dense loop runs on several threads -------------------------------------------------
+// Every parallel region wakes OpenMP's threads, and under OMP_WAIT_POLICY=PASSIVE (nap_gpu's
+// default, for loaded hosts) they go back to sleep as soon as it ends: a fixed cost per
+// region, 20-65 us on the 2-core VMs measured, as long as one thread's step over 50K-500K
+// weights. So a dense loop goes parallel only where the work the other threads take over
+// outweighs it: n * (step time per element) * (1 - 1/threads) > wake-up, both measured once
+// per process, the first time a loop is large enough to ask.
+
+struct WakeCost {
+  double wake_ns, element_ns;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+WakeCost measure_wake_cost(int threads) {
+  using clock = std::chrono::steady_clock;
+  const auto ns_since = [](clock::time_point t0) {
+    return std::chrono::duration<double, std::nano>(clock::now() - t0).count();
+  };
+  std::vector<double> wake, element;
+  // Regions after a pause, as calls come (the threads asleep by then); each thread touches
+  // memory, so a region cannot end before every thread is awake. The first may create them.
+  std::vector<std::atomic<int>> touched(static_cast<std::size_t>(threads));
+  for (int r = 0; r < 10; ++r) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    const auto t0 = clock::now();
+#pragma omp parallel num_threads(threads)
+    touched[static_cast<std::size_t>(omp_get_thread_num())].fetch_add(1, std::memory_order_relaxed);
+    if (r > 0) wake.push_back(ns_since(t0));
+  }
+  constexpr std::size_t kBlock = std::size_t{1} << 14;  // in cache: 128 KiB of w and q
+  std::vector<float> w(kBlock, 0.5f), q(kBlock, 0.75f);
+  const Kernels& k = kernels();
+  const IeeeArithmetic ieee;
+  for (int r = 0; r < 8; ++r) {
+    const auto t0 = clock::now();
+    k.step(w.data(), q.data(), kBlock, Params{});
+    if (r > 0) element.push_back(ns_since(t0) / kBlock);  // the first one warms the block
+  }
+  return {median(wake), std::max(median(element), 1e-3)};
+}
+
+/// The elements from which a dense loop on `threads` threads runs in parallel.
+std::size_t parallel_from(int threads) {
+  const std::size_t pinned = g_parallel_from.load(std::memory_order_relaxed);
+  if (pinned) return pinned;
+  static const WakeCost cost = measure_wake_cost(threads);  // at the first asker's count
+  const double from = cost.wake_ns / (cost.element_ns * (1.0 - 1.0 / threads));
+  if (!(from < static_cast<double>(kParallelElementsMost))) return kParallelElementsMost;
+  return std::max(kParallelElements, static_cast<std::size_t>(from));
+}
+
+int dense_threads(std::size_t n) {
+  if (n < kParallelElements) return 1;
+  const int threads = num_threads();
+  return threads > 1 && n >= parallel_from(threads) ? threads : 1;
+}
 #endif
 
 inline bool is_finite(float x) { return !nonfinite_bits(bits_of(x)); }
@@ -81,7 +148,7 @@ inline bool is_finite(float x) { return !nonfinite_bits(bits_of(x)); }
 template <class Body>
 void parallel_slices(std::size_t n, Body body) {
 #ifdef _OPENMP
-  const int wanted = threads_for(n, kParallelElements);
+  const int wanted = dense_threads(n);
   if (wanted > 1) {
 #pragma omp parallel num_threads(wanted)
     {
@@ -200,6 +267,18 @@ int num_threads() {
 }
 
 void set_num_threads(int n) { g_threads.store(n > 0 ? n : 0, std::memory_order_relaxed); }
+
+std::size_t parallel_threshold() {
+#ifdef _OPENMP
+  const int threads = num_threads();
+  if (threads > 1) return parallel_from(threads);
+#endif
+  return std::numeric_limits<std::size_t>::max();
+}
+
+void set_parallel_threshold(std::size_t n) {
+  g_parallel_from.store(n, std::memory_order_relaxed);
+}
 
 void step(float* w, const float* q, std::size_t n, const Params& p) {
   const Kernels& k = kernels();

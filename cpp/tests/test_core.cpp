@@ -143,6 +143,24 @@ void invariants() {
   CHECK(nap::step(nan, 0.9f, p) != nap::step(nan, 0.9f, p), "NaN weight did not propagate");
 }
 
+// The measured threshold lies within its bounds, is measured once, and a pin overrides it.
+void parallel_threshold() {
+  nap::set_num_threads(2);
+  if (nap::num_threads() > 1) {  // (a core without OpenMP runs one thread)
+    const std::size_t measured = nap::parallel_threshold();
+    CHECK(measured >= (std::size_t{1} << 16) && measured <= (std::size_t{1} << 24),
+          "measured parallel threshold outside [2^16, 2^24]");
+    CHECK(nap::parallel_threshold() == measured, "parallel threshold measured twice");
+    nap::set_parallel_threshold(1000);
+    CHECK(nap::parallel_threshold() == 1000, "set_parallel_threshold did not pin it");
+    nap::set_parallel_threshold(0);
+    CHECK(nap::parallel_threshold() == measured, "set_parallel_threshold(0) did not unpin it");
+  }
+  nap::set_num_threads(1);
+  CHECK(nap::parallel_threshold() == static_cast<std::size_t>(-1), "one thread went parallel");
+  nap::set_num_threads(0);
+}
+
 // Parallel loops against the same law run on one thread, bitwise.
 void parallel_matches_serial() {
   const nap::Params p;
@@ -482,6 +500,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::printf("nap core: %s, %d threads\n", nap::compile_options(), nap::num_threads());
+  parallel_threshold();
+  // The tests' sizes take the parallel paths from 2^16 elements, whatever this machine measures.
+  nap::set_parallel_threshold(std::size_t{1} << 16);
   golden_single_events(argv[1]);
   golden_sequences(argv[1]);
   invariants();

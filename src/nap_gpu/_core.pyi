@@ -41,5 +41,11 @@ def num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Set the loops' thread count; n < 1 restores the OpenMP default."""
 
+def parallel_threshold() -> int:
+    """Elements from which the dense loops run on several threads (measured once, or pinned)."""
+
+def set_parallel_threshold(n: int) -> None:
+    """Pin that threshold to n elements; 0 returns to the measured one."""
+
 def compile_options() -> str:
     """How the core was compiled."""

@@ -93,6 +93,14 @@ void triad(float* w, const float* q, float s, std::size_t n);
 int num_threads();
 /// Set the thread count; values < 1 restore the OpenMP default.
 void set_num_threads(int n);
+/// Elements from which the dense loops (steps, decay, the scans, exact_sums) run on several
+/// threads at the current thread count (SIZE_MAX where they run on one): where the work the
+/// other threads take over outweighs waking them, measured once per process (a few empty
+/// parallel regions against one thread's step over a block in cache), at least 2^16 and at
+/// most 2^24, unless pinned. The bits never depend on it.
+std::size_t parallel_threshold();
+/// Pin that threshold to n elements (0: back to the measured one).
+void set_parallel_threshold(std::size_t n);
 
 /// How the core was compiled: compiler, flags that matter for the law, OpenMP, SIMD level.
 const char* compile_options();

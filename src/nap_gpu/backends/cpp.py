@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 # ImportError here (_core) means the core was not built: the registry says so
-from .. import _core, _threads
+from .. import _core, _env, _threads
 from ..params import Params
 from . import _xp
 
@@ -29,6 +29,7 @@ _threads.core_loaded(dict(item.split("=", 1) for item in
 _default_threads, threads_reason = _threads.choose_threads()  # ValueError: bad NAP_NUM_THREADS
 _core.set_num_threads(_default_threads or 0)
 _default_count = _core.num_threads()
+_core.set_parallel_threshold(_env.parallel_from() or 0)  # ValueError: bad NAP_PARALLEL_FROM
 
 
 def step(w: np.ndarray, q: np.ndarray, p: Params) -> None:
@@ -83,8 +84,13 @@ def thread_config() -> dict[str, str]:
     threads = num_threads()
     why = threads_reason if threads == _default_count else (
         f"set_num_threads({threads}); the default {_default_count}: {threads_reason}")
+    parallel = _core.parallel_threshold()  # measured here if no loop has asked yet
+    pinned = _env.parallel_from()
     return {"threads": str(threads), "threads_from": why, "wait_policy": wait,
-            "wait_from": wait_from}
+            "wait_from": wait_from,
+            "parallel_from": f"{parallel:,} elements" if threads > 1 else "never (one thread)",
+            "parallel_from_why": f"NAP_PARALLEL_FROM={pinned}" if pinned else
+            "measured: waking the threads against one thread's step"}
 
 
 def compile_options() -> dict[str, str]:
