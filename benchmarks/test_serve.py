@@ -5,17 +5,21 @@ from process start to ready.
 Groups (tiers from 1M up; the service runs as a real ``nap-gpu serve`` child process on
 loopback, clients are threads with one ``httpx.Client`` each):
 
-* ``serve-feedback-<tier>``: ``ROUNDS_EVENTS`` events in 1k-event batches, from ``CLIENTS``
-  concurrent clients, JSON and binary bodies, ``fsync=always`` and ``fsync=group``; beside
-  ``in-process``: the same batches through ``DurableEngine.update`` (fsync=always) and
-  ``Engine.update`` (no log), one after another. ``extra_info``: events/s, request p50/p99.
+* ``serve-feedback-<tier>``: 400K events from ``CLIENTS`` concurrent connections,
+  ``fsync=always`` and ``fsync=group``: JSON bodies of 1K events from client threads here,
+  binary bodies of 1K and 10K events from ``benchmarks/loadgen.py`` in a process of its own
+  (raw keep-alive connections: little client cost beside the service); beside ``in-process``:
+  the same 1K batches through ``DurableEngine.update`` (fsync=always) and ``Engine.update``
+  (no log), one after another. ``extra_info``: events/s, request p50/p99.
 * ``serve-startup-<tier>``: process start to ``/readyz`` = 200, on existing state (the
   snapshot loaded and verified, the log replayed), then SIGTERM.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -88,8 +92,9 @@ def _batches(n: int, events: int) -> list:
             for _ in range(events // BATCH)]
 
 
-def _post_all(url: str, batches, body: str) -> list[float]:
-    """Post the batches from CLIENTS threads (each its own share, in order); latencies (s)."""
+def _post_json(url: str, batches) -> list[float]:
+    """Post the batches as JSON from CLIENTS threads (each its own share, in order); latencies
+    (s)."""
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -98,12 +103,7 @@ def _post_all(url: str, batches, body: str) -> list[float]:
         with httpx.Client(base_url=url, headers=AUTH, timeout=60) as http:
             for ids, q in share:
                 t0 = time.perf_counter()
-                if body == "json":
-                    r = http.post("/v1/feedback", json={"ids": ids.tolist(), "quality": q.tolist()})
-                else:
-                    r = http.post("/v1/feedback", content=ids.astype("<i8").tobytes()
-                                  + q.astype("<f4").tobytes(),
-                                  headers={"Content-Type": "application/octet-stream"})
+                r = http.post("/v1/feedback", json={"ids": ids.tolist(), "quality": q.tolist()})
                 mine.append(time.perf_counter() - t0)
                 r.raise_for_status()
         with lock:
@@ -118,22 +118,57 @@ def _post_all(url: str, batches, body: str) -> list[float]:
     return latencies
 
 
-CASES = [("json", "always"), ("binary", "always"), ("json", "group"), ("binary", "group"),
-         ("in-process", "always"), ("in-process", "none")]
+def _load(service: _Service, n: int, events: int, per_body: int) -> dict:
+    """benchmarks/loadgen.py in a process of its own: binary bodies from CLIENTS connections."""
+    done = subprocess.run(
+        [sys.executable, str(pathlib.Path(__file__).with_name("loadgen.py")), "--port",
+         str(service.port), "--token", TOKEN, "--memories", str(n), "--events-per-body",
+         str(per_body), "--bodies", str(events // per_body), "--connections", str(CLIENTS)],
+        capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        raise RuntimeError(f"loadgen failed: {done.stdout}{done.stderr}")
+    return json.loads(done.stdout)
 
 
-@pytest.mark.parametrize("body, fsync", CASES, ids=[f"{b}-{f}" for b, f in CASES])
-def test_serve_feedback(benchmark, smoke, tier, tmp_path, body, fsync):
+#: (body, fsync, events per request): JSON from client threads here, binary from the load
+#: generator's process (1K and 10K events a request), and the engine's own baselines.
+CASES = [("json", "always", BATCH), ("json", "group", BATCH),
+         ("binary", "always", BATCH), ("binary", "group", BATCH),
+         ("binary", "always", 10 * BATCH), ("binary", "group", 10 * BATCH),
+         ("in-process", "always", BATCH), ("in-process", "none", BATCH)]
+
+
+def _case_id(body: str, fsync: str, per_body: int) -> str:
+    return f"{body}-{fsync}" + (f"-{size_label(per_body)}" if per_body != BATCH else "")
+
+
+@pytest.mark.parametrize("body, fsync, per_body", CASES, ids=[_case_id(*c) for c in CASES])
+def test_serve_feedback(benchmark, smoke, tier, tmp_path, body, fsync, per_body):
     _need(tier, smoke)
     benchmark.group = f"serve-feedback-{size_label(tier)}"
-    benchmark.name = f"{body}-{fsync}[{size_label(tier)}]"
+    benchmark.name = f"{_case_id(body, fsync, per_body)}[{size_label(tier)}]"
     events = 20_000 if smoke else 400_000
     batches = _batches(tier, events)
     # the same events at every tier: no growth with n to fit
-    info = {"impl": f"{body}-{fsync}", "op": "serve-feedback", "n": tier, "events": events,
-            "growth": "none", "role": "baseline" if body == "in-process" else "nap",
-            "detail": {"batch": BATCH, "clients": CLIENTS}}
+    info = {"impl": _case_id(body, fsync, per_body), "op": "serve-feedback", "n": tier,
+            "events": events, "growth": "none",
+            "role": "baseline" if body == "in-process" else "nap",
+            "detail": {"batch": per_body, "clients": CLIENTS,
+                       "client": "loadgen process" if body == "binary" else "threads"}}
     latencies: list[float] = []
+    if body == "binary":  # timed by the load generator: the benchmark's own clock adds its start
+        service = _Service(tmp_path / "state", tier, NAP_FSYNC=fsync)
+        service.start()
+        try:
+            load: dict = {}
+            benchmark.pedantic(lambda: load.update(_load(service, tier, events, per_body)),
+                               rounds=1, iterations=1)
+        finally:
+            service.stop()
+        info.update(events_per_s=load["events_per_s"], latency_ms_p50=load["latency_ms_p50"],
+                    latency_ms_p99=load["latency_ms_p99"])
+        benchmark.extra_info.update(Record(**info).json())
+        return
     if body == "in-process":
         eng = (nap.Engine(tier, seed=0) if fsync == "none" else
                nap.Engine.open(tmp_path / "state", n=tier, seed=0, snapshot_every=None,
@@ -151,7 +186,7 @@ def test_serve_feedback(benchmark, smoke, tier, tmp_path, body, fsync):
         service = _Service(tmp_path / "state", tier, NAP_FSYNC=fsync)
         service.start()
         try:
-            benchmark.pedantic(lambda: latencies.extend(_post_all(service.url, batches, body)),
+            benchmark.pedantic(lambda: latencies.extend(_post_json(service.url, batches)),
                                rounds=1, iterations=1)
         finally:
             service.stop()
