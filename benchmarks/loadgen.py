@@ -6,8 +6,9 @@
 Binary bodies (m little-endian int64 ids, then m float32 qualities) are built once; each of
 ``--connections`` keep-alive HTTP/1.1 connections (raw asyncio streams: the client costs
 little beside the service on the same cores) posts its share of ``--bodies``, one request in
-flight each. Prints one JSON line: events/s over the whole run, request latency p50/p99 (ms)
-and the count of non-200 answers.
+flight each; with ``--stream WINDOW``, over ``/v1/feedback/stream`` instead (a WebSocket per
+connection, up to WINDOW batches unanswered on each). Prints one JSON line: events/s over the
+whole run, latency p50/p99 (ms; request to answer) and the count of refused batches.
 """
 
 from __future__ import annotations
@@ -51,15 +52,44 @@ async def _client(port: int, sends: list[bytes], latencies: list[float], failed:
         writer.close()
 
 
+async def _streamer(port: int, token: str, sends: list[bytes], window: int,
+                    latencies: list[float], failed: list[bytes]) -> None:
+    """One feedback stream: up to ``window`` batches unanswered, answers read as they come."""
+    import websockets  # noqa: PLC0415 - only for --stream
+
+    async with websockets.connect(f"ws://127.0.0.1:{port}/v1/feedback/stream",
+                                  additional_headers={"Authorization": f"Bearer {token}"},
+                                  compression=None, max_size=None) as ws:
+        room, sent_at = asyncio.Semaphore(window), []
+
+        async def answers() -> None:
+            for i in range(len(sends)):
+                answer = json.loads(await ws.recv())
+                latencies.append(time.perf_counter() - sent_at[i])
+                if "error" in answer:
+                    failed.append(json.dumps(answer).encode())
+                room.release()
+        reader = asyncio.create_task(answers())
+        for body in sends:
+            await room.acquire()
+            sent_at.append(time.perf_counter())
+            await ws.send(body)
+        await reader
+
+
 async def run(port: int, token: str, memories: int, events: int, bodies: int,
-              connections: int) -> dict:
+              connections: int, window: int = 0) -> dict:
     prepared = requests(token, memories, events)
+    if window:  # the stream sends the bodies alone, as binary messages
+        prepared = [r.split(b"\r\n\r\n", 1)[1] for r in prepared]
     sends = [prepared[i % len(prepared)] for i in range(bodies)]
     latencies: list[float] = []
     failed: list[bytes] = []
     start = time.perf_counter()
-    await asyncio.gather(*(_client(port, sends[c::connections], latencies, failed)
-                           for c in range(connections)))
+    await asyncio.gather(*(
+        _streamer(port, token, sends[c::connections], window, latencies, failed) if window
+        else _client(port, sends[c::connections], latencies, failed)
+        for c in range(connections)))
     wall = time.perf_counter() - start
     p50, p99 = np.percentile(np.asarray(latencies) * 1e3, [50, 99])
     return {"events": events * bodies, "seconds": wall, "events_per_s": events * bodies / wall,
@@ -76,9 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-per-body", type=int, default=1_000)
     parser.add_argument("--bodies", type=int, default=400)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--stream", type=int, default=0, metavar="WINDOW",
+                        help="send over /v1/feedback/stream (WebSocket), up to WINDOW batches "
+                             "unanswered a connection, instead of one POST each")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.port, args.token, args.memories, args.events_per_body,
-                             args.bodies, args.connections))
+                             args.bodies, args.connections, args.stream))
     print(json.dumps(result))
     return 1 if result["failed"] else 0
 

@@ -5,10 +5,12 @@ from process start to ready.
 Groups (tiers from 1M up; the service runs as a real ``nap-gpu serve`` child process on
 loopback, clients are threads with one ``httpx.Client`` each):
 
-* ``serve-feedback-<tier>``: 400K events from ``CLIENTS`` concurrent connections,
+* ``serve-feedback-<tier>``: 400K events (1M from the load generator) from ``CLIENTS``
+  concurrent connections,
   ``fsync=always`` and ``fsync=group``: JSON bodies of 1K events from client threads here,
   binary bodies of 1K and 10K events from ``benchmarks/loadgen.py`` in a process of its own
-  (raw keep-alive connections: little client cost beside the service); beside ``in-process``:
+  (raw keep-alive connections: little client cost beside the service), and binary 1K-event
+  messages over ``STREAMS`` feedback streams (``/v1/feedback/stream``) from it; beside ``in-process``:
   the same 1K batches through ``DurableEngine.update`` (fsync=always) and ``Engine.update``
   (no log), one after another. ``extra_info``: events/s, request p50/p99.
 * ``serve-startup-<tier>``: process start to ``/readyz`` = 200, on existing state (the
@@ -118,12 +120,19 @@ def _post_json(url: str, batches) -> list[float]:
     return latencies
 
 
-def _load(service: _Service, n: int, events: int, per_body: int) -> dict:
-    """benchmarks/loadgen.py in a process of its own: binary bodies from CLIENTS connections."""
+#: Feedback streams of the ``stream`` cases, and the batches each may have unanswered.
+STREAMS, STREAM_WINDOW = 2, 32
+
+
+def _load(service: _Service, n: int, events: int, per_body: int, streamed: bool) -> dict:
+    """benchmarks/loadgen.py in a process of its own: binary bodies from CLIENTS connections,
+    or binary messages over STREAMS feedback streams."""
+    how = (["--connections", str(STREAMS), "--stream", str(STREAM_WINDOW)] if streamed
+           else ["--connections", str(CLIENTS)])
     done = subprocess.run(
         [sys.executable, str(pathlib.Path(__file__).with_name("loadgen.py")), "--port",
          str(service.port), "--token", TOKEN, "--memories", str(n), "--events-per-body",
-         str(per_body), "--bodies", str(events // per_body), "--connections", str(CLIENTS)],
+         str(per_body), "--bodies", str(events // per_body), *how],
         capture_output=True, text=True, timeout=600)
     if done.returncode:
         raise RuntimeError(f"loadgen failed: {done.stdout}{done.stderr}")
@@ -135,6 +144,7 @@ def _load(service: _Service, n: int, events: int, per_body: int) -> dict:
 CASES = [("json", "always", BATCH), ("json", "group", BATCH),
          ("binary", "always", BATCH), ("binary", "group", BATCH),
          ("binary", "always", 10 * BATCH), ("binary", "group", 10 * BATCH),
+         ("stream", "always", BATCH), ("stream", "group", BATCH),
          ("in-process", "always", BATCH), ("in-process", "none", BATCH)]
 
 
@@ -147,21 +157,25 @@ def test_serve_feedback(benchmark, smoke, tier, tmp_path, body, fsync, per_body)
     _need(tier, smoke)
     benchmark.group = f"serve-feedback-{size_label(tier)}"
     benchmark.name = f"{_case_id(body, fsync, per_body)}[{size_label(tier)}]"
-    events = 20_000 if smoke else 400_000
+    # 1M events from the load generator (a second or two: a steadier rate than 400K)
+    events = 20_000 if smoke else 1_000_000 if body in ("binary", "stream") else 400_000
     batches = _batches(tier, events)
     # the same events at every tier: no growth with n to fit
     info = {"impl": _case_id(body, fsync, per_body), "op": "serve-feedback", "n": tier,
             "events": events, "growth": "none",
             "role": "baseline" if body == "in-process" else "nap",
-            "detail": {"batch": per_body, "clients": CLIENTS,
-                       "client": "loadgen process" if body == "binary" else "threads"}}
+            "detail": {"batch": per_body,
+                       "clients": STREAMS if body == "stream" else CLIENTS,
+                       "client": "threads" if body == "json" else "loadgen process"}}
     latencies: list[float] = []
-    if body == "binary":  # timed by the load generator: the benchmark's own clock adds its start
+    if body in ("binary", "stream"):  # timed by the load generator (the benchmark's own
+        # clock would add the generator's start)
         service = _Service(tmp_path / "state", tier, NAP_FSYNC=fsync)
         service.start()
         try:
             load: dict = {}
-            benchmark.pedantic(lambda: load.update(_load(service, tier, events, per_body)),
+            benchmark.pedantic(lambda: load.update(_load(service, tier, events, per_body,
+                                                         body == "stream")),
                                rounds=1, iterations=1)
         finally:
             service.stop()

@@ -1093,3 +1093,129 @@ def test_an_older_snapshot_is_a_recovery_point(tmp_path):
         assert_same_bits(after[0], before[0], "recovered from an older snapshot")
     finally:
         assert srv.stop() == 0
+
+
+# -- the feedback stream (WebSocket) -------------------------------------------------------------
+ws_client = pytest.importorskip("websockets.sync.client", reason="websockets (serve extra)")
+from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
+
+
+def stream(srv: Server, headers: dict | None = AUTH, path: str = "/v1/feedback/stream"):
+    return ws_client.connect(f"ws://127.0.0.1:{srv.port}{path}", additional_headers=headers,
+                             compression=None, open_timeout=10, max_size=None)
+
+
+def test_feedback_stream_applies_batches_in_order_and_answers_each(server, client):
+    """Batches sent back to back (no answer read in between), binary and JSON, one refused
+    in the middle: the answers come in order, the refused one changes nothing, and the
+    weights are the good batches replayed on a local engine."""
+    start, sequence = everything(client)
+    rng = np.random.default_rng(21)
+    sent, good = [], []
+    for i in range(30):
+        ids = rng.integers(0, N, 150)
+        q = rng.random(150, dtype=np.float32) * np.float32(1.4) - np.float32(0.2)
+        if i == 13:
+            ids[7] = N  # unknown id: this batch is refused whole
+        else:
+            good.append((ids, q))
+        sent.append(binary(ids, q) if i % 3 else json.dumps({"ids": ids.tolist(),
+                                                             "quality": q.tolist()}))
+    with stream(server) as ws:
+        for message in sent:
+            ws.send(message)
+        answers = [json.loads(ws.recv(timeout=30)) for _ in sent]
+    assert answers[13] == {"error": "unknown_id", "detail": answers[13]["detail"], "status": 422}
+    accepted = [a for i, a in enumerate(answers) if i != 13]
+    assert all(a["accepted"] == 150 for a in accepted)
+    order = [(a["sequence"], a["index"]) for a in accepted]
+    assert order == sorted(order) and len(set(order)) == len(order) and order[0][0] > sequence
+    ref = nap.Engine(N, init=start)
+    for ids, q in good:
+        ref.update(ids, q)
+    assert_same_bits(everything(client)[0], ref.to_numpy(), "stream vs local engine")
+    metrics = client.get("/metrics").text
+    assert sample(metrics, "nap_open_feedback_streams") == 0
+
+
+@pytest.mark.parametrize("headers", [None, {"Authorization": "Bearer wrong"}],
+                         ids=["no-token", "wrong-token"])
+def test_feedback_stream_needs_the_token(server, client, headers):
+    before = everything(client)
+    with pytest.raises(InvalidStatus) as refused, stream(server, headers):
+        pass
+    assert refused.value.response.status_code == 403
+    assert everything(client)[1] == before[1]
+
+
+def test_a_stream_message_over_the_body_limit_closes_it_and_changes_nothing(tmp_path):
+    srv = Server(tmp_path / "s", NAP_MAX_BODY_BYTES="1200").start()
+    try:
+        with srv.client(headers=AUTH) as c:
+            before = c.get("/v1/stats").json()["sequence"]
+            with stream(srv) as ws:
+                ws.send(binary([1] * 100, [0.9] * 100))  # 1,200 bytes: at the limit
+                assert json.loads(ws.recv(timeout=30))["accepted"] == 100
+                ws.send(binary([1] * 101, [0.9] * 101))  # 1,212 bytes
+                with pytest.raises(ConnectionClosed) as closed:
+                    ws.recv(timeout=30)
+            assert closed.value.rcvd.code == 1009
+            assert c.get("/v1/stats").json()["sequence"] == before + 1
+    finally:
+        assert srv.stop() == 0, srv.output()[-3000:]
+
+
+def test_streams_count_in_the_connection_cap_and_give_their_slot_back(tmp_path):
+    """Upgraded connections leave the HTTP guard (before, each WebSocket upgrade, to any
+    path, held a slot for ever: 16 of them and the service refused every client), streams
+    take slots of their own (never evicted), and with every slot a stream a new connection
+    is refused with 503."""
+    srv = Server(tmp_path / "s", NAP_MAX_CONNECTIONS="16").start()
+    try:
+        for _ in range(40):  # upgrades to a path with no WebSocket route, then to the stream
+            with pytest.raises(InvalidStatus), stream(srv, path="/nope"):
+                pass
+            with stream(srv) as ws:
+                ws.send(binary([3], [0.9]))
+                assert json.loads(ws.recv(timeout=30))["accepted"] == 1
+        with srv.client(headers=AUTH) as c:
+            assert c.post("/v1/feedback", json={"ids": [1], "quality": 0.9}).status_code == 200
+            cap = int(sample(c.get("/metrics").text, "nap_max_connections"))
+        with contextlib.ExitStack() as held:
+            for _ in range(cap):
+                held.enter_context(stream(srv))
+            # every slot holds a stream: the connection itself is refused (a 503 and a close;
+            # the client may see the close before it reads the 503)
+            with pytest.raises((InvalidStatus, ConnectionClosed)) as refused, stream(srv):
+                pass
+            if isinstance(refused.value, InvalidStatus):
+                assert refused.value.response.status_code == 503
+        deadline = time.monotonic() + 10
+        while True:  # the slots come back as the server sees the closes
+            with contextlib.suppress(httpx.TransportError), srv.client(headers=AUTH) as c:
+                r = c.get("/metrics")  # a 503 while the streams' slots are still held
+                metrics = r.text if r.status_code == 200 else 'nap_open_feedback_streams 1\n'
+                if sample(metrics, "nap_open_feedback_streams") == 0:
+                    assert sample(metrics, 'nap_connections_closed_total{reason="refused"}') >= 1
+                    break
+            assert time.monotonic() < deadline, "streams still counted after closing"
+            time.sleep(0.1)
+    finally:
+        assert srv.stop() == 0, srv.output()[-3000:]
+
+
+def test_a_stream_closed_with_answers_unread_applies_what_it_sent(server, client):
+    """100 batches (more than may be unanswered) sent and the stream closed at once: every
+    batch is applied, in order, and the stream gives its slot back."""
+    start = everything(client)[0]
+    with stream(server) as ws:
+        for i in range(100):
+            ws.send(binary([5, 6], [0.9, 0.1 * (i % 10)]))
+    deadline = time.monotonic() + 30
+    while sample(client.get("/metrics").text, "nap_open_feedback_streams") != 0:
+        assert time.monotonic() < deadline, "the stream is still open"
+        time.sleep(0.05)
+    ref = nap.Engine(N, init=start)
+    for i in range(100):
+        ref.update(np.array([5, 6]), np.array([0.9, 0.1 * (i % 10)], np.float32))
+    assert_same_bits(everything(client)[0], ref.to_numpy(), "after the stream closed")

@@ -260,6 +260,8 @@ def run(settings: Settings) -> int:
         http=guard.protocol(),
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         h11_max_incomplete_event_size=_MAX_HEAD_BYTES,
+        ws_max_size=settings.max_body_bytes,  # a feedback stream's message: one body's limit
+        ws_per_message_deflate=False,  # random ids and qualities do not compress: CPU spent
         backlog=ACCEPT_BURST)  # asyncio accepts this many per pass (the kernel queue: below)
     server = _server(config, guard)
     # uvicorn handles SIGTERM/SIGINT while it runs (stop accepting, finish requests in

@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,7 +28,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__, _inputs
+from .errors import Rejected
 from .observability import method_label, request_id, throttled
+from .stream import serve_stream
 from .writer import Op, QueueFullError, WriterStoppedError
 
 __all__ = ["Rejected", "create_app"]
@@ -40,14 +42,6 @@ _RID_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 #: An id in a query: ASCII digits, optionally negative (then refused as outside [0, n)).
 #: int() alone also takes "1_0", "+5", " 5" and other scripts' digits.
 _QUERY_ID = re.compile(r"-?[0-9]+")
-
-
-class Rejected(Exception):
-    """A request refused with ``status``; ``reason`` labels the rejection counter."""
-
-    def __init__(self, status: int, reason: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.reason, self.message, self.headers = status, reason, message, headers
 
 
 # -- request parsing ---------------------------------------------------------------------------
@@ -275,7 +269,7 @@ def create_app(state) -> FastAPI:
                               "token; reads too unless NAP_PUBLIC_READS is set.")
     app.state.nap = state
 
-    def authorize(request: Request, kind: str) -> None:
+    def authorize(request: Request | WebSocket, kind: str) -> None:
         tokens = state.tokens  # read per request: a reload swaps the whole tuple
         if not tokens or (kind == "read" and settings.public_reads):
             return
@@ -290,19 +284,24 @@ def create_app(state) -> FastAPI:
             raise Rejected(401, "unauthorized", "the bearer token is wrong",
                            {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
-    async def write(op: Op) -> Any:  # the op's result: (sequence, index), a sequence, a path
+    def submit(op: Op):  # queued: the writer's future
         try:
-            future = state.writer.submit(op)
+            return state.writer.submit(op)
         except QueueFullError as exc:
             raise Rejected(503, "queue_full", str(exc), {"Retry-After": "1"}) from None
         except WriterStoppedError as exc:
             raise Rejected(503, "unavailable", str(exc)) from None
+
+    async def result(future) -> Any:  # the op's result: (sequence, index), a sequence, a path
         try:
             return await asyncio.wrap_future(future)
         except (ValueError, TypeError, IndexError) as exc:  # validated: should not happen
             raise Rejected(422, "invalid_value", str(exc)) from None
         except Exception as exc:  # the log or the disk: nothing of this request was applied
             raise Rejected(503, "write_failed", f"the write was not applied: {exc}") from None
+
+    async def write(op: Op) -> Any:
+        return await result(submit(op))
 
     # -- middleware and errors ----------------------------------------------------------------
     app.add_middleware(Observe, state=state)
@@ -379,6 +378,47 @@ def create_app(state) -> FastAPI:
         sequence, index = await write(Op("feedback", ids=ids, quality=q))
         state.metrics.events.inc(ids.size)
         return {"accepted": int(ids.size), "sequence": sequence, "index": index}
+
+    @app.websocket("/v1/feedback/stream")
+    async def feedback_stream(websocket: WebSocket):
+        """Feedback batches over one WebSocket (serve/stream.py): a message a batch, an
+        answer a message, in order."""
+        try:
+            authorize(websocket, "write")
+        except Rejected as exc:
+            state.metrics.rejected.labels(exc.reason).inc()
+            await websocket.close(code=1008, reason=exc.message[:120])  # before accept: 403
+            return
+        guard = state.guard
+        if guard is not None and not guard.stream_opened():
+            state.metrics.rejected.labels("too_many_connections").inc()
+            await websocket.accept()  # so that the client reads the close code
+            await websocket.close(code=1013, reason="every connection slot is in use")
+            return
+        try:
+            await websocket.accept()
+            messages, events = await serve_stream(websocket, accept_batch, result, stream_error)
+            log.info("feedback stream closed", extra={"messages": messages, "events": events})
+        finally:
+            if guard is not None:
+                guard.stream_closed()
+
+    def accept_batch(body: bytes, content_type: str):
+        if len(body) > settings.max_body_bytes:
+            raise Rejected(413, "too_large", f"message of {len(body):,} bytes exceeds the limit "
+                                             f"of {settings.max_body_bytes:,} bytes "
+                                             "(NAP_MAX_BODY_BYTES)")
+        ids, q = feedback_events(body, content_type, state.engine.n, state.host_backend)
+        if ids.size == 0:
+            return {"accepted": 0, "sequence": state.engine.sequence, "index": None}
+        future, events = submit(Op("feedback", ids=ids, quality=q)), int(ids.size)
+        future.add_done_callback(  # counted once applied, as the POST counts them
+            lambda done: done.exception() is None and state.metrics.events.inc(events))
+        return events, future
+
+    def stream_error(exc: Rejected) -> dict:
+        state.metrics.rejected.labels(exc.reason).inc()
+        return {"error": exc.reason, "detail": exc.message, "status": exc.status}
 
     @app.post("/v1/decay", tags=["writes"], summary="Passive decay, k times, of every memory",
               openapi_extra=_json_body({"k": {"type": "integer", "minimum": 0,

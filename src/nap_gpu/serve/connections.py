@@ -82,6 +82,7 @@ class Guard:
     def __init__(self, *, cap: int, header_timeout: float, body_timeout: float) -> None:
         self.cap, self.header_timeout, self.body_timeout = cap, header_timeout, body_timeout
         self.live: set = set()
+        self.streams = 0  # upgraded to WebSocket (feedback streams): outside the timers
         self.idle: collections.OrderedDict = collections.OrderedDict()  # oldest first
         self.closed = dict.fromkeys(CLOSE_REASONS, 0)
         self.accept_errors = 0
@@ -105,6 +106,13 @@ class Guard:
                 guard.forget(self)
                 super().connection_lost(exc)
 
+            def handle_websocket_upgrade(self, event) -> None:
+                # The transport goes to uvicorn's WebSocket protocol and this one never hears
+                # of it again (no connection_lost): without this, every upgrade would hold a
+                # slot of the cap for ever. The stream counts itself (stream_opened).
+                guard.forget(self)
+                super().handle_websocket_upgrade(event)
+
             def data_received(self, data: bytes) -> None:
                 cycle = self.cycle
                 if self in guard.idle:
@@ -127,7 +135,7 @@ class Guard:
 
     # -- the protocol's events ------------------------------------------------------------
     def opened(self, conn) -> None:
-        if len(self.live) >= self.cap:
+        if len(self.live) + self.streams >= self.cap:
             oldest = next(iter(self.idle), None)
             if oldest is None:  # every slot runs a request: refuse the newcomer
                 self._close(conn, "refused", _503)
@@ -135,6 +143,22 @@ class Guard:
             self._close(oldest, "evicted")
         self.live.add(conn)
         self.waiting(conn)
+
+    def stream_opened(self) -> bool:
+        """A feedback stream takes a slot of the cap, closing the connection that has waited
+        longest for a request head if need be (False: every slot runs a request or a
+        stream). Streams themselves are never evicted: each is a write in progress."""
+        if len(self.live) + self.streams >= self.cap:
+            oldest = next(iter(self.idle), None)
+            if oldest is None:
+                self.closed["refused"] += 1
+                return False
+            self._close(oldest, "evicted")
+        self.streams += 1
+        return True
+
+    def stream_closed(self) -> None:
+        self.streams -= 1
 
     def waiting(self, conn) -> None:
         """``conn`` waits for a request head (new, or after a response)."""

@@ -105,6 +105,9 @@ class _StateCollector:
         if guard is not None:
             yield GaugeMetricFamily("nap_open_connections", "HTTP connections open",
                                     value=len(guard.live))
+            yield GaugeMetricFamily("nap_open_feedback_streams",
+                                    "feedback streams open (/v1/feedback/stream)",
+                                    value=guard.streams)
             yield GaugeMetricFamily("nap_max_connections", "HTTP connections open at most",
                                     value=guard.cap)
             closed = CounterMetricFamily("nap_connections_closed", "connections the service "
