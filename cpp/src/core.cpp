@@ -5,9 +5,9 @@
 #include <algorithm>  // for std::min, std::sort
 #include <atomic>     // for std::atomic
 #include <chrono>     // for std::chrono::steady_clock
-#include <limits>     // for std::numeric_limits
 #include <cstdlib>    // for std::getenv
 #include <cstring>    // for std::memcpy
+#include <limits>     // for std::numeric_limits
 #include <string>     // for std::string
 #include <thread>     // for std::this_thread::sleep_for
 #include <vector>     // for std::vector

@@ -219,8 +219,8 @@ class Observe:
     X-Request-ID, the log lines and error bodies), its metrics and its log line.
 
     Plain ASGI: Starlette's ``@app.middleware("http")`` (BaseHTTPMiddleware) runs every request
-    in a task group of its own and streams the body and the response through memory channels,
-    a third of the event loop's time on 1K-event feedback (measured with py-spy)."""
+    in a task group of its own and streams the body and the response through memory channels;
+    without it 1K-event feedback went from 468 to 599 requests/s (docs/serving.md)."""
 
     def __init__(self, app, state) -> None:
         self.app, self.state = app, state
