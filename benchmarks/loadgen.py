@@ -21,18 +21,19 @@ import time
 import numpy as np
 
 
-def requests(token: str, memories: int, events: int, count: int = 8) -> list[bytes]:
-    """``count`` different whole requests of ``events`` random events each."""
+def batch_bodies(memories: int, events: int, count: int = 8) -> list[bytes]:
+    """``count`` different binary bodies of ``events`` random events each."""
     rng = np.random.default_rng([memories, events])
-    out = []
-    for _ in range(count):
-        body = (rng.integers(0, memories, events).astype("<i8").tobytes()
-                + rng.random(events, dtype=np.float32).astype("<f4").tobytes())
-        out.append(b"POST /v1/feedback HTTP/1.1\r\nHost: nap\r\n"
-                   + f"Authorization: Bearer {token}\r\n".encode()
-                   + b"Content-Type: application/octet-stream\r\n"
-                   + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-    return out
+    return [rng.integers(0, memories, events).astype("<i8").tobytes()
+            + rng.random(events, dtype=np.float32).astype("<f4").tobytes() for _ in range(count)]
+
+
+def post(token: str, body: bytes) -> bytes:
+    """The whole ``POST /v1/feedback`` request of a binary body."""
+    return (b"POST /v1/feedback HTTP/1.1\r\nHost: nap\r\n"
+            + f"Authorization: Bearer {token}\r\n".encode()
+            + b"Content-Type: application/octet-stream\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
 
 
 async def _client(port: int, sends: list[bytes], latencies: list[float], failed: list[bytes]):
@@ -79,9 +80,9 @@ async def _streamer(port: int, token: str, sends: list[bytes], window: int,
 
 async def run(port: int, token: str, memories: int, events: int, bodies: int,
               connections: int, window: int = 0) -> dict:
-    prepared = requests(token, memories, events)
-    if window:  # the stream sends the bodies alone, as binary messages
-        prepared = [r.split(b"\r\n\r\n", 1)[1] for r in prepared]
+    prepared = batch_bodies(memories, events)
+    if not window:  # the stream sends the bodies alone, as binary messages
+        prepared = [post(token, body) for body in prepared]
     sends = [prepared[i % len(prepared)] for i in range(bodies)]
     latencies: list[float] = []
     failed: list[bytes] = []

@@ -29,7 +29,8 @@ _threads.core_loaded(dict(item.split("=", 1) for item in
 _default_threads, threads_reason = _threads.choose_threads()  # ValueError: bad NAP_NUM_THREADS
 _core.set_num_threads(_default_threads or 0)
 _default_count = _core.num_threads()
-_core.set_parallel_threshold(_env.parallel_from() or 0)  # ValueError: bad NAP_PARALLEL_FROM
+_parallel_pin = _env.parallel_from()  # ValueError: a bad NAP_PARALLEL_FROM
+_core.set_parallel_threshold(_parallel_pin or 0)
 
 
 def step(w: np.ndarray, q: np.ndarray, p: Params) -> None:
@@ -85,11 +86,10 @@ def thread_config() -> dict[str, str]:
     why = threads_reason if threads == _default_count else (
         f"set_num_threads({threads}); the default {_default_count}: {threads_reason}")
     parallel = _core.parallel_threshold()  # measured here if no loop has asked yet
-    pinned = _env.parallel_from()
     return {"threads": str(threads), "threads_from": why, "wait_policy": wait,
             "wait_from": wait_from,
             "parallel_from": f"{parallel:,} elements" if threads > 1 else "never (one thread)",
-            "parallel_from_why": f"NAP_PARALLEL_FROM={pinned}" if pinned else
+            "parallel_from_why": f"NAP_PARALLEL_FROM={_parallel_pin}" if _parallel_pin else
             "measured: waking the threads against one thread's step"}
 
 

@@ -403,12 +403,9 @@ def create_app(state) -> FastAPI:
             if guard is not None:
                 guard.stream_closed()
 
-    def accept_batch(body: bytes, content_type: str):
-        if len(body) > settings.max_body_bytes:
-            raise Rejected(413, "too_large", f"message of {len(body):,} bytes exceeds the limit "
-                                             f"of {settings.max_body_bytes:,} bytes "
-                                             "(NAP_MAX_BODY_BYTES)")
-        ids, q = feedback_events(body, content_type, state.engine.n, state.host_backend)
+    def accept_batch(body: bytes, binary: bool):  # (a message's size: uvicorn's ws_max_size)
+        ids, q = feedback_events(body, BINARY if binary else "application/json", state.engine.n,
+                                 state.host_backend)
         if ids.size == 0:
             return {"accepted": 0, "sequence": state.engine.sequence, "index": None}
         future, events = submit(Op("feedback", ids=ids, quality=q)), int(ids.size)

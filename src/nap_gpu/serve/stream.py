@@ -15,7 +15,6 @@ streams count in the service's connection cap.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
@@ -24,8 +23,6 @@ from .errors import Rejected
 
 __all__ = ["IN_FLIGHT", "serve_stream"]
 
-log = logging.getLogger("nap_gpu.serve")
-
 #: Batches a stream may have unanswered before the service stops reading from it.
 IN_FLIGHT = 64
 
@@ -33,11 +30,11 @@ IN_FLIGHT = 64
 Pending = dict | tuple[int, Future]
 
 
-async def serve_stream(websocket, accept: Callable[[bytes, str], Pending],
+async def serve_stream(websocket, accept: Callable[[bytes, bool], Pending],
                        result: Callable[[Future], Awaitable[Any]],
                        error: Callable[[Rejected], dict]) -> tuple[int, int]:
     """Read batches and answer them, in order, until the client closes: (messages, events
-    accepted). ``accept(body, content_type)`` validates and queues one batch; ``result``
+    accepted). ``accept(body, binary)`` validates and queues one batch; ``result``
     awaits a queued batch's (sequence, index); ``error`` makes an error body."""
     pending: asyncio.Queue[Pending | None] = asyncio.Queue(IN_FLIGHT)
     counts = [0, 0]
@@ -47,12 +44,10 @@ async def serve_stream(websocket, accept: Callable[[bytes, str], Pending],
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
-            if message.get("bytes") is not None:
-                body, content_type = message["bytes"], "application/octet-stream"
-            else:
-                body, content_type = (message.get("text") or "").encode(), "application/json"
+            binary = message.get("bytes") is not None
+            body = message["bytes"] if binary else (message.get("text") or "").encode()
             try:
-                item = accept(body, content_type)
+                item = accept(body, binary)
             except Rejected as exc:
                 item = error(exc)
             await pending.put(item)  # waits while IN_FLIGHT batches are unanswered
