@@ -142,18 +142,30 @@ NAP_HOST_DEVICE T positive_zero(T x) {
   return x + T(0.0f);
 }
 
-/// Feedback up to its clamp (result in [0, 1], possibly -0.0):
-///   reinforce (q > gate):  t = lr * q;            w + t
-///   punish:                u = 1 - q; t = lr * u; w - t
-/// Both candidates are computed and one is selected (no branch, so loops vectorise); the
-/// selected value is exactly the float32 operations above, in that order.
+/// Feedback's signed step for one quality (it does not depend on the weight):
+///   reinforce (q > gate):  t = lr * q
+///   punish:                t = lr * (q - 1)
+/// which the weight then adds. lr * (q - 1) is -(lr * (1 - q)) to the bit (rounding to nearest
+/// is symmetric), and w + -t is w - t, so the weight gets exactly the law's w - lr * (1 - q);
+/// the one difference, the sign of a zero step (q == 1 punishing), changes no result once
+/// positive_zero has run. One select, no branch, so loops vectorise; a loop over events can
+/// compute a vector of steps at once, off the chain of an id's updates.
+template <class T>
+NAP_HOST_DEVICE T feedback_step(T q, T lr, T gate) {
+  q = clamp_unit(q);  // a -0.0 here punishes exactly as +0.0 does
+  return lr * select(greater(q, gate), q, q - T(1.0f));
+}
+
+/// A weight after its feedback step, clamped (result in [0, 1], possibly -0.0).
+template <class T>
+NAP_HOST_DEVICE T take_step(T w, T step) {
+  return clamp_unit(w + step);
+}
+
+/// Feedback up to its clamp (result in [0, 1], possibly -0.0).
 template <class T>
 NAP_HOST_DEVICE T feedback_clamped(T w, T q, T lr, T gate) {
-  q = clamp_unit(q);  // a -0.0 here punishes exactly as +0.0 does
-  const auto reinforce = greater(q, gate);
-  const T u = T(1.0f) - q;
-  const T t = lr * select(reinforce, q, u);
-  return clamp_unit(select(reinforce, w + t, w - t));
+  return take_step(w, feedback_step(q, lr, gate));
 }
 
 /// One passive decay: w - decay, clamped. With decay == 0 this is the identity on weights
