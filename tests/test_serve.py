@@ -278,6 +278,25 @@ def test_stats_and_metrics(server, client):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def _requests_counted(client, route: str, method: str, code: int) -> float:
+    line = f'nap_requests_total{{code="{code}",method="{method}",route="{route}"}} '
+    found = [ln for ln in client.get("/metrics").text.splitlines() if ln.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_each_request_is_counted_under_its_route(client):
+    """POST /v1/feedback is answered in front of FastAPI's router (app.FastRoute): its
+    requests still count under their route, taken or refused, beside the router's own."""
+    cases = [("POST", 200, {"json": {"ids": [1, 2], "quality": 0.75}}),
+             ("POST", 422, {"json": {"ids": [1, N], "quality": 0.75}}),
+             ("GET", 405, {})]
+    before = [_requests_counted(client, "/v1/feedback", m, c) for m, c, _ in cases]
+    for method, code, body in cases:
+        assert client.request(method, "/v1/feedback", **body).status_code == code
+    after = [_requests_counted(client, "/v1/feedback", m, c) for m, c, _ in cases]
+    assert [a - b for a, b in zip(after, before)] == [1.0, 1.0, 1.0]
+
+
 # -- bad input: a 4xx naming the problem, and nothing changes -------------------------------------
 JSON = {"Content-Type": "application/json"}
 BIN = {"Content-Type": "application/octet-stream"}

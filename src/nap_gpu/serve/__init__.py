@@ -55,7 +55,7 @@ class ServiceState:
         self.tokens = settings.tokens()
         self._token_stamp = _stamp(settings.api_token_file)
         self._reload = threading.Event()
-        self.host_backend = backends.get("numpy")  # validation runs on host arrays
+        self.host_backend = backends.best_host()  # validation runs on host arrays
         self.metrics_backend = backends.best_host()
         self.metrics = ServiceMetrics(self)
         self.gpu_status = gpu_status_cached()

@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -231,7 +230,7 @@ class Observe:
             return
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
         rid = (given.decode("latin-1") if 0 < len(given) <= 64 and set(given) <= _RID_BYTES
-               else uuid.uuid4().hex)
+               else os.urandom(16).hex())  # uuid4().hex's form, a quarter of its cost
         scope.setdefault("state", {})["request_id"] = rid  # request.state.request_id
         context = request_id.set(rid)
         start = time.perf_counter()
@@ -258,6 +257,31 @@ class Observe:
         metrics.request_seconds.labels(route).observe(elapsed)
         log.info("request", extra={"method": method, "route": route, "status": status,
                                    "duration_ms": round(elapsed * 1e3, 3)})
+
+
+class FastRoute:
+    """One route answered in front of FastAPI's routing: ``POST /v1/feedback``, the route
+    clients call at a high rate. Its handler is the FastAPI route's own endpoint (which stays
+    registered: it is the OpenAPI schema's entry, and other methods still get their 405);
+    what is skipped is the per-request machinery around it (the router's matching, the
+    exception and exit-stack wrappers, dependency solving, response serialisation): 1K-event
+    bodies 672 -> 1,038 requests/s (docs/serving.md). Rejected requests get ``error``'s body,
+    as the app's handler gives them; any other exception goes on to the app's 500 handler."""
+
+    def __init__(self, app, method: str, route, error) -> None:
+        self.app, self.method, self.route, self.error = app, method, route, error
+
+    async def __call__(self, scope, receive, send) -> None:
+        if (scope["type"] != "http" or scope["path"] != self.route.path
+                or scope["method"] != self.method):
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.route  # as the router sets it: Observe's route label
+        try:
+            response = JSONResponse(await self.route.endpoint(Request(scope, receive)))
+        except Rejected as exc:
+            response = self.error(exc.status, exc.reason, exc.message, exc.headers)
+        await response(scope, receive, send)
 
 
 def create_app(state) -> FastAPI:
@@ -303,9 +327,7 @@ def create_app(state) -> FastAPI:
     async def write(op: Op) -> Any:
         return await result(submit(op))
 
-    # -- middleware and errors ----------------------------------------------------------------
-    app.add_middleware(Observe, state=state)
-
+    # -- errors (the middleware is added once the routes exist: below) -----------------------
     def error(status: int, reason: str, message: str, headers=None) -> JSONResponse:
         state.metrics.rejected.labels(reason).inc()
         return JSONResponse({"error": reason, "detail": message, "request_id": request_id.get()},
@@ -490,7 +512,16 @@ def create_app(state) -> FastAPI:
                 "decay_every_s": settings.decay_every_s or None,
                 "last_write_error": state.writer.last_error, "health": state.last_health}
 
+    # -- middleware: the last added runs first -------------------------------------------------
+    app.add_middleware(FastRoute, method="POST", route=_route(app, "POST", "/v1/feedback"),
+                       error=error)
+    app.add_middleware(Observe, state=state)
     return app
+
+
+def _route(app: FastAPI, method: str, path: str):
+    return next(r for r in app.routes if getattr(r, "path", None) == path
+                and method in getattr(r, "methods", ()))
 
 
 def _gather(engine, ids: np.ndarray) -> np.ndarray:
