@@ -456,10 +456,11 @@ namespace {
 // The first index in [0, n) where bad(i) holds, or -1. Each thread scans its slice block by
 // block with any_bad(lo, hi) (branch-free, vectorised) and rescans only the first block with a
 // hit for its index; the smallest index over the slices wins. (No min reduction: that needs
-// OpenMP 3.1, and MSVC's /openmp is 2.0.)
+// OpenMP 3.1, and MSVC's /openmp is 2.0.) Blocks are long enough (256 KiB of floats) for
+// any_nonfinite's side-by-side reads to pay; only a rejected call rescans one.
 template <class Bad, class AnyBad>
 std::int64_t first_where(std::size_t n, Bad bad, AnyBad any_bad) {
-  constexpr std::size_t kBlock = 4096;
+  constexpr std::size_t kBlock = std::size_t{1} << 16;
   Merge merge;
   std::size_t first = n;
   parallel_slices(n, [&](std::size_t lo, std::size_t hi) {

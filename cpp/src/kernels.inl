@@ -89,9 +89,38 @@ void update(float* w, const std::int64_t* ids, const float* q, std::size_t m, co
   }
 }
 
+// Whether a vector holds a NaN lane (a NaN is the one value unequal to itself).
+bool any_nan(Vec v) {
+  float lanes[Vec::width];
+  v.store(lanes);
+  bool any = false;
+  for (const float lane : lanes) any |= lane != lane;
+  return any;
+}
+
 // x - x is 0 for a finite x and NaN for NaN or infinity, and NaN survives addition: one
-// subtraction and one addition per vector, no branch, at the speed of reading x.
+// subtraction and one addition per vector, no branch. One sequential read per thread leaves
+// the memory system mostly idle, so a long range is read as four stretches side by side, each
+// with an accumulator of its own (measured, 1e8 floats on 2 threads, AVX2: 23-29 -> 15-22 ms,
+// 0.55x -> 0.4x a triad over three times the bytes).
+constexpr std::size_t kScanStreams = 4, kScanStreamMin = 4096;
+
 bool any_nonfinite(const float* x, std::size_t n, std::size_t* done) {
+  const std::size_t part = n / kScanStreams / Vec::width * Vec::width;
+  if (part >= kScanStreamMin) {
+    const float *x1 = x + part, *x2 = x1 + part, *x3 = x2 + part;
+    Vec a0(0.0f), a1(0.0f), a2(0.0f), a3(0.0f);
+    for (std::size_t i = 0; i < part; i += Vec::width) {
+      const Vec v0 = Vec::load(x + i), v1 = Vec::load(x1 + i);
+      const Vec v2 = Vec::load(x2 + i), v3 = Vec::load(x3 + i);
+      a0 = a0 + (v0 - v0);
+      a1 = a1 + (v1 - v1);
+      a2 = a2 + (v2 - v2);
+      a3 = a3 + (v3 - v3);
+    }
+    *done = kScanStreams * part;
+    return any_nan((a0 + a1) + (a2 + a3));
+  }
   Vec acc(0.0f);
   std::size_t i = 0;
   for (; i + Vec::width <= n; i += Vec::width) {
@@ -99,11 +128,7 @@ bool any_nonfinite(const float* x, std::size_t n, std::size_t* done) {
     acc = acc + (v - v);
   }
   *done = i;
-  float lanes[Vec::width];
-  acc.store(lanes);
-  bool any = false;
-  for (const float lane : lanes) any |= lane != lane;
-  return any;
+  return any_nan(acc);
 }
 
 }  // namespace

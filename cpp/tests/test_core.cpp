@@ -234,6 +234,25 @@ void scans() {
     std::fill(big_ids.begin(), big_ids.end(), 3);
     CHECK(nap::first_nonfinite(big.data(), big.size()) == -1, "clean array flagged");
   }
+  // Every position is looked at: each block is read as side-by-side stretches (kernels.inl),
+  // so the stretches, their seams (a quarter of a 2^16 block apart) and the tail all count.
+  std::vector<float> wide((std::size_t{1} << 17) + 37, 0.75f);
+  std::vector<std::size_t> where;
+  for (std::size_t at = 0; at < wide.size(); at += 331) where.push_back(at);
+  for (std::size_t seam = 0; seam <= wide.size(); seam += std::size_t{1} << 14) {
+    if (seam > 0) where.push_back(seam - 1);
+    if (seam < wide.size()) where.push_back(seam);
+  }
+  where.push_back(wide.size() - 1);
+  for (const int threads : {1, 2, 3}) {
+    nap::set_num_threads(threads);
+    for (const std::size_t at : where) {
+      wide[at] = from_hex("0x7fc00001");
+      CHECK(nap::first_nonfinite(wide.data(), wide.size()) == static_cast<std::int64_t>(at),
+            "first_nonfinite on %d threads missed %zu", threads, at);
+      wide[at] = 0.75f;
+    }
+  }
   nap::set_num_threads(0);
 }
 
