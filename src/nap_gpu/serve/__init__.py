@@ -55,8 +55,7 @@ class ServiceState:
         self.tokens = settings.tokens()
         self._token_stamp = _stamp(settings.api_token_file)
         self._reload = threading.Event()
-        self.host_backend = backends.best_host()  # validation runs on host arrays
-        self.metrics_backend = backends.best_host()
+        self.host_backend = backends.best_host()  # validation and metrics run on host arrays
         self.metrics = ServiceMetrics(self)
         self.gpu_status = gpu_status_cached()
         self.disk_writable = disk_writable_probe(settings.state_dir)
@@ -154,7 +153,7 @@ class ServiceState:
         monitor's rules and playbook (corruption: restore from snapshot + log)."""
         with self.writer.lock:
             host = self.engine.to_numpy()
-        m = _metrics.compute(host, self.monitor.labels, self.metrics_backend)
+        m = _metrics.compute(host, self.monitor.labels, self.host_backend)
         del host
         with self.writer.lock:
             event = self.monitor.check(m, iteration=self.engine.sequence)

@@ -395,12 +395,26 @@ def create_app(state) -> FastAPI:
         authorize(request, "write")
         body = await read_body(request, settings.max_body_bytes)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        return await answer(queue_feedback(body, content_type))
+
+    def queue_feedback(body: bytes, content_type: str):
+        """A feedback body validated and queued: its answer now (nothing to apply), or
+        (events, the writer's future)."""
         ids, q = feedback_events(body, content_type, state.engine.n, state.host_backend)
         if ids.size == 0:  # nothing applied, so no place in the order
             return {"accepted": 0, "sequence": state.engine.sequence, "index": None}
-        sequence, index = await write(Op("feedback", ids=ids, quality=q))
-        state.metrics.events.inc(ids.size)
-        return {"accepted": int(ids.size), "sequence": sequence, "index": index}
+        future, events = submit(Op("feedback", ids=ids, quality=q)), int(ids.size)
+        future.add_done_callback(  # counted once applied
+            lambda done: done.exception() is None and state.metrics.events.inc(events))
+        return events, future
+
+    async def answer(queued) -> dict:
+        """The answer to a queued feedback body, once it is in the log."""
+        if isinstance(queued, dict):
+            return queued
+        events, future = queued
+        sequence, index = await result(future)
+        return {"accepted": events, "sequence": sequence, "index": index}
 
     @app.websocket("/v1/feedback/stream")
     async def feedback_stream(websocket: WebSocket):
@@ -420,21 +434,14 @@ def create_app(state) -> FastAPI:
             return
         try:
             await websocket.accept()
-            messages, events = await serve_stream(websocket, accept_batch, result, stream_error)
+            messages, events = await serve_stream(websocket, accept_batch, answer, stream_error)
             log.info("feedback stream closed", extra={"messages": messages, "events": events})
         finally:
             if guard is not None:
                 guard.stream_closed()
 
     def accept_batch(body: bytes, binary: bool):  # (a message's size: uvicorn's ws_max_size)
-        ids, q = feedback_events(body, BINARY if binary else "application/json", state.engine.n,
-                                 state.host_backend)
-        if ids.size == 0:
-            return {"accepted": 0, "sequence": state.engine.sequence, "index": None}
-        future, events = submit(Op("feedback", ids=ids, quality=q)), int(ids.size)
-        future.add_done_callback(  # counted once applied, as the POST counts them
-            lambda done: done.exception() is None and state.metrics.events.inc(events))
-        return events, future
+        return queue_feedback(body, BINARY if binary else "application/json")
 
     def stream_error(exc: Rejected) -> dict:
         state.metrics.rejected.labels(exc.reason).inc()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from typing import Any
 
 from .errors import Rejected
 
@@ -31,14 +30,14 @@ Pending = dict | tuple[int, Future]
 
 
 async def serve_stream(websocket, accept: Callable[[bytes, bool], Pending],
-                       result: Callable[[Future], Awaitable[Any]],
+                       answer: Callable[[Pending], Awaitable[dict]],
                        error: Callable[[Rejected], dict]) -> tuple[int, int]:
     """Read batches and answer them, in order, until the client closes: (messages, events
-    accepted). ``accept(body, binary)`` validates and queues one batch; ``result``
-    awaits a queued batch's (sequence, index); ``error`` makes an error body."""
+    accepted). ``accept(body, binary)`` validates and queues one batch; ``answer`` awaits a
+    queued batch's answer, as ``POST /v1/feedback`` gives it; ``error`` makes an error body."""
     pending: asyncio.Queue[Pending | None] = asyncio.Queue(IN_FLIGHT)
     counts = [0, 0]
-    answers = asyncio.create_task(_answer(websocket, pending, result, error, counts))
+    answers = asyncio.create_task(_answer(websocket, pending, answer, error, counts))
     try:
         while True:
             message = await websocket.receive()
@@ -57,20 +56,17 @@ async def serve_stream(websocket, accept: Callable[[bytes, bool], Pending],
     return counts[0], counts[1]
 
 
-async def _answer(websocket, pending: asyncio.Queue, result, error, counts: list[int]) -> None:
+async def _answer(websocket, pending: asyncio.Queue, answer, error, counts: list[int]) -> None:
     """Send each batch's answer, in the order the batches came, until ``None``. Once the
     client is gone the answers are still awaited (the batches stay applied), not sent, so
     the reader never waits on a full queue."""
     connected = True
     while (item := await pending.get()) is not None:
-        if isinstance(item, tuple):
-            events, future = item
-            try:
-                sequence, index = await result(future)
-                item = {"accepted": events, "sequence": sequence, "index": index}
-                counts[1] += events
-            except Rejected as exc:
-                item = error(exc)
+        try:
+            item = await answer(item)
+            counts[1] += item.get("accepted", 0)
+        except Rejected as exc:
+            item = error(exc)
         counts[0] += 1
         if connected:
             try:
