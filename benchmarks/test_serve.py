@@ -6,13 +6,12 @@ Groups (tiers from 1M up; the service runs as a real ``nap-gpu serve`` child pro
 loopback, clients are threads with one ``httpx.Client`` each):
 
 * ``serve-feedback-<tier>``: 400K events (1M from the load generator) from ``CLIENTS``
-  concurrent connections,
-  ``fsync=always`` and ``fsync=group``: JSON bodies of 1K events from client threads here,
-  binary bodies of 1K and 10K events from ``benchmarks/loadgen.py`` in a process of its own
-  (raw keep-alive connections: little client cost beside the service), and binary 1K-event
-  messages over ``STREAMS`` feedback streams (``/v1/feedback/stream``) from it; beside ``in-process``:
-  the same 1K batches through ``DurableEngine.update`` (fsync=always) and ``Engine.update``
-  (no log), one after another. ``extra_info``: events/s, request p50/p99.
+  concurrent connections, ``fsync=always`` and ``fsync=group``: JSON bodies of 1K events from
+  client threads here, binary bodies of 1K and 10K events from ``benchmarks/loadgen.py`` in a
+  process of its own (raw keep-alive connections: little client cost beside the service), and
+  binary 1K-event messages over ``STREAMS`` feedback streams (``/v1/feedback/stream``) from it;
+  beside ``in-process``: the same 1K batches through ``DurableEngine.update`` (fsync=always)
+  and ``Engine.update`` (no log), one after another. ``extra_info``: events/s, request p50/p99.
 * ``serve-startup-<tier>``: process start to ``/readyz`` = 200, on existing state (the
   snapshot loaded and verified, the log replayed), then SIGTERM.
 """
