@@ -94,7 +94,8 @@ def quality_elements(gate: float):
 @st.composite
 def params_strategy(draw) -> nap.Params:
     """Default, random or edge parameters: every value a float32 in [0, 1]."""
-    edge = st.sampled_from([0.0, 1.0, float(TINY), float(MAX_SUB), 0.5, 2.0 ** -24, 1e-7])
+    edge = st.sampled_from([0.0, 1.0, float(TINY), float(MAX_SUB), 0.5, 2.0 ** -24, 1e-7,
+                            float(F(1e-30)), float(down(F(1e-30)))])
     value = st.one_of(UNIT, edge)
     kind = draw(st.sampled_from(["default", "random", "random", "mixed"]))
     if kind == "default":
@@ -311,6 +312,26 @@ def test_functional_step_and_update_match(backend, p, data):
     assert_same_bits(w, ref, f"{backend} update, {p}")
     assert not np.any(bits(w) == 0x80000000), "-0.0 left the law"
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("lr", [0.0, float(TINY), float(down(F(1e-30))), float(F(1e-30)), 0.05])
+@pytest.mark.parametrize("gate", [0.0, 0.5, 1.0])
+def test_update_of_negative_zero_weights(backend, lr, gate):
+    """A sparse batch straight onto the caller's -0.0 weights, every quality kind on each: the
+    core drops its + 0 from an id's chain only where the parameters rule a -0.0 step out
+    (lr >= 1e-30, gate >= 0); at lr 0 a punishing step is -0.0 and -0.0 + -0.0 must not stay."""
+    p = nap.Params(lr=lr, gate=gate)
+    g = F(gate)
+    q = np.array(QUALITY_SPECIALS + [g, down(g), up(g)], np.float32)
+    n = 7
+    ids = np.arange(q.size) % n
+    w0 = np.full(n, -0.0, np.float32)
+    w, ref = on_backend(w0, backend), w0.copy()
+    nap.update(w, ids, q, p, backend=backend)
+    nap.update(ref, ids, q, p, backend="numpy")
+    assert_same_bits(ref, Oracle(p).update_all(w0, ids, q), f"numpy vs oracle, {p}")
+    assert_same_bits(w, ref, f"{backend}, {p}")
+    assert not np.any(bits(to_host(w)) == 0x80000000), "-0.0 left the law"
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @settings(BASE, max_examples=60)

@@ -364,6 +364,45 @@ void decay_fixpoints() {
           "decay_repeated(%g)", static_cast<double>(x));
 }
 
+// steps_never_negative_zero: where it holds, no quality gives a -0.0 step (a sweep of every
+// 4099th float32 bit pattern and the specials), so update's loop may drop its +0; where it
+// fails, a -0.0 step exists (the predicate is needed) and update still returns +0.0 bits.
+void negative_zero_steps() {
+  const float inf = INFINITY, nan = std::nanf(""), tiny = from_hex("0x00000001");
+  const float lrs[] = {0.0f, -0.0f, tiny, from_hex("0x007fffff"), std::nextafter(1e-30f, 0.0f),
+                       1e-30f, 1e-7f, 0.05f, 1.0f, 3.0f, inf, nan};
+  const float gates[] = {-tiny, -0.0f, 0.0f, tiny, 0.5f, 1.0f, 2.0f, inf, nan};
+  std::vector<float> qs = {0.0f, -0.0f, 1.0f, tiny, -tiny, std::nextafter(1.0f, 0.0f),
+                           0.5f, 2.0f, -2.0f, inf, -inf, nan};
+  for (std::uint64_t b = 0; b <= 0xffffffffull; b += 4099) {
+    float q;
+    const auto b32 = static_cast<std::uint32_t>(b);
+    std::memcpy(&q, &b32, sizeof q);
+    qs.push_back(q);
+  }
+  for (const float lr : lrs)
+    for (const float gate : gates) {
+      const bool fast = nap::steps_never_negative_zero(lr, gate);
+      std::size_t negative_zeros = 0;
+      for (const float q : qs) negative_zeros += bits(nap::feedback_step(q, lr, gate)) == 0x80000000u;
+      CHECK(!fast || negative_zeros == 0, "lr %g gate %g: %zu -0.0 steps", lr, gate, negative_zeros);
+      // -0.0 weights and punishing qualities, one id: the chain must end on +0.0 (or the law)
+      const nap::Params p{lr, gate, 0.02f};
+      std::vector<float> w = {-0.0f, 0.0f, -0.0f};
+      const std::int64_t ids[] = {0, 0, 1, 2, 2, 0};
+      const float eq[] = {0.25f, 1.0f, 0.0f, -0.0f, 0.5f, 0.9f};
+      std::vector<float> want(w);
+      for (std::size_t j = 0; j < 6; ++j) want[ids[j]] = nap::feedback(want[ids[j]], eq[j], lr, gate);
+      nap::update(w.data(), w.size(), ids, eq, 6, p);
+      CHECK(same_bits(w, want), "update lr %g gate %g: not the law's bits", lr, gate);
+    }
+  CHECK(!nap::steps_never_negative_zero(0.0f, 0.5f) &&
+            bits(nap::feedback_step(0.25f, 0.0f, 0.5f)) == 0x80000000u,
+        "lr 0 punishing is a -0.0 step, and the predicate says so");
+  CHECK(bits(nap::feedback_step(0.25f, 1e-30f, 0.5f)) == bits(-0.75f * 1e-30f),
+        "the smallest fast-path punishing step is normal");
+}
+
 // The input rules of nap/law.h that the CUDA kernels use (pinned against NumPy's results).
 void input_rules() {
   const std::uint64_t in[] = {0x3FE0000010000000ull, 0x3FE0000030000000ull, 0x36A8000000000000ull,
@@ -529,6 +568,7 @@ int main(int argc, char** argv) {
   scans();
   exact_sums_reconstruct();
   decay_fixpoints();
+  negative_zero_steps();
   input_rules();
   subnormals_under_flush_to_zero();
   fork_after_parallel_region();

@@ -162,6 +162,17 @@ NAP_HOST_DEVICE T take_step(T w, T step) {
   return clamp_unit(w + step);
 }
 
+/// Whether no feedback_step of these parameters is -0.0, whatever the quality; then no
+/// take_step result is -0.0 either (a sum is -0.0 only when both terms are, and the clamp
+/// turns no other value into -0.0), and a loop may drop take_step's positive_zero. It holds
+/// for lr >= 1e-30 and gate >= 0 (every practical setting): reinforcing needs q > gate >= 0,
+/// so lr * q is positive or +0; punishing multiplies lr by q - 1, which is +0 (q == 1) or at
+/// most -2^-24, a product no smaller than 2^-24 * 1e-30 in magnitude, far from underflowing
+/// to -0.0; a NaN stays NaN. NaN parameters fail the comparisons: the full law runs.
+NAP_HOST_DEVICE bool steps_never_negative_zero(float lr, float gate) {
+  return lr >= 1e-30f && gate >= 0.0f;
+}
+
 /// Feedback up to its clamp (result in [0, 1], possibly -0.0).
 template <class T>
 NAP_HOST_DEVICE T feedback_clamped(T w, T q, T lr, T gate) {
