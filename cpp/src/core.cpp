@@ -500,7 +500,11 @@ std::int64_t first_nonfinite(const float* x, std::size_t n) {
 }
 
 std::int64_t first_bad_id(const std::int64_t* ids, std::size_t m, std::int64_t n) {
-  return first_where(m, [ids, n](std::size_t j) { return id_outside(ids[j], n); });
+  const Kernels& k = kernels();
+  return first_where(m, [ids, n](std::size_t j) { return id_outside(ids[j], n); },
+                     [ids, n, &k](std::size_t lo, std::size_t hi) {
+                       return k.any_id_outside(ids + lo, hi - lo, n);
+                     });
 }
 
 void exact_sums(const float* w, const std::uint8_t* labels, std::size_t n, std::uint64_t* out) {

@@ -23,6 +23,8 @@ struct Kernels {
   /// Whether any of the first `done` elements is NaN or infinite (done is returned through
   /// the pointer: the whole vectors it looked at).
   bool (*any_nonfinite)(const float* x, std::size_t n, std::size_t* done);
+  /// Whether any of the m ids lies outside [0, n) (all of them: no tail).
+  bool (*any_id_outside)(const std::int64_t* ids, std::size_t m, std::int64_t n);
 };
 
 /// The best loops this CPU runs (NAP_SIMD=sse2|avx2|avx512|generic forces a choice, for tests

@@ -94,9 +94,12 @@ def host_read_only(w: np.ndarray) -> np.ndarray:
     return view
 
 
+_NO_DEVICE = contextlib.nullcontext()  # stateless: one serves every call
+
+
 def host_device_of(w: np.ndarray):
     """Host backends have no device to enter."""
-    return contextlib.nullcontext()
+    return _NO_DEVICE
 
 
 def host_narrow_quality(x: np.ndarray) -> np.ndarray:
