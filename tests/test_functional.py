@@ -66,6 +66,25 @@ def test_update_in_place_matches_engine(backend):
     assert_same_bits(w, engine_after(backend, w0, ("update", ids, q)), "nap.update vs Engine.update")
 
 
+@pytest.mark.parametrize("layout", ["big-endian", "int32 ids, float64 q", "strided"])
+def test_update_inputs_off_the_direct_path(backend, layout):
+    """Inputs the direct path (native int64 ids, float32 qualities) leaves to the conversions:
+    the same bits as native inputs, and big-endian weights refused with nothing written."""
+    w0 = weights()
+    ids, q = batch()
+    converted = {"big-endian": (ids.astype(">i8"), q.astype(">f4")),
+                 "int32 ids, float64 q": (ids.astype(np.int32), q.astype(np.float64)),
+                 "strided": (np.repeat(ids, 2)[::2], np.repeat(q, 2)[::2])}[layout]
+    w, ref = on_backend(w0, backend), on_backend(w0, backend)
+    nap.update(w, *converted, backend=backend)
+    nap.update(ref, ids, q, backend=backend)
+    assert_same_bits(w, ref, layout)
+    if backend != "cuda":
+        swapped = w0.astype(">f4")
+        with pytest.raises(TypeError, match="float32"):
+            nap.update(swapped, ids, q, backend=backend)
+        assert_same_bits(swapped.astype(np.float32), w0, "big-endian weights after the refusal")
+
 def test_view_writes_into_the_underlying_buffer(backend):
     """A contiguous slice of a larger buffer: the buffer itself changes (so no copy was
     made), only inside the slice (and the slice starts off any vector alignment)."""
