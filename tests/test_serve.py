@@ -82,6 +82,16 @@ class Server:
     def events(self) -> list[dict]:
         return [json.loads(x) for x in self.output().splitlines() if x.startswith("{")]
 
+    def logged(self, match, timeout: float = 10.0) -> bool:
+        """Whether a log entry ``match``es within ``timeout``: a request's line is written after
+        its response is sent, so a client can read the log before it lands."""
+        deadline = time.monotonic() + timeout
+        while not any(match(e) for e in self.events()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout)
@@ -433,8 +443,8 @@ def test_a_blank_token_is_refused_at_start_up(tmp_path, host, token):
 def test_request_ids_are_echoed_and_logged(server, client):
     r = client.get("/v1/stats", headers={"X-Request-ID": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
-    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
-    assert any(e.get("request_id") == "abc-123" and e.get("route") == "/v1/stats" for e in lines)
+    assert server.logged(lambda e: e.get("request_id") == "abc-123"
+                         and e.get("route") == "/v1/stats")
     r = client.get("/v1/stats", headers={"X-Request-ID": "bad id\"}"})
     assert r.headers["x-request-id"] != 'bad id"}'  # replaced, not echoed into logs
 
@@ -442,7 +452,7 @@ def test_request_ids_are_echoed_and_logged(server, client):
 def test_log_fields(server, client):
     """Monitor events are fields of their log line (not a JSON string in the message); the
     backend choice is logged once; the start-up time is a metric."""
-    time.sleep(0.6)  # a health check ran
+    assert server.logged(lambda e: e["logger"] == "nap_gpu.monitor")  # a health check ran
     events = server.events()
     checks = [e for e in events if e["logger"] == "nap_gpu.monitor"]
     assert checks and all(e["message"] in ("health check", "health check failed")
