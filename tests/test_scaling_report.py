@@ -24,15 +24,16 @@ from nap_gpu._sizes import size_label
 
 from benchmarks.report import frames as frames_
 from benchmarks.report.__main__ import main
-from benchmarks.report.render import fmt_ratio, fmt_time
+from benchmarks.report.render import fmt_ratio, fmt_time, markdown
 from benchmarks.report.schema import Record
+from benchmarks.report.sections.goals import goals
 from benchmarks.report.sections.growth import loglog_slope, nlogn_slope
 
 pytest.importorskip("pandas", reason="pandas is not installed (the test extra)")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(__file__).parent / "data" / "scaling_small.json"
-SECTIONS = ("## The machine", "## Headline", "## Dense step", "## Sparse ordered batch",
+SECTIONS = ("## The machine", "## Headline", "## Speed goals", "## Dense step", "## Sparse ordered batch",
             "## decay(k)", "## Metrics", "## Snapshot save", "## Peak memory, measured",
             "## Convergence of the reference workload", "## Cost growth")
 
@@ -192,6 +193,64 @@ def test_targets(tmp_path, data, capsys):
     cpp = _bench(data, "dense-step", "cpp-raw", 100_000)["stats"]["median"]
     assert f"| cpp-raw | {fmt_time(cpp)} |" in text
     assert "cpp step ≤ fastest bit-exact peer at 100K (numba; paired: numba)" in text
+
+
+def _goal_run(tmp_path, records):
+    """The speed goals of a run of ``(group, median, Record fields)``: {(goal, at): (measured,
+    verdict)} as the page shows them."""
+    benches = [{"name": f"{f['impl']}[{f['n']}]", "group": group,
+                "stats": {"median": median, "rounds": 5},
+                "extra_info": Record(**{"role": "nap", **f}).json()}
+               for group, median, f in records]
+    path = _write(tmp_path, {"benchmarks": benches})
+    table = goals(frames_.load([path]).bench)
+    rows = [line[2:-2].split(" | ") for line in markdown(table).splitlines()[2:]]
+    return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+
+
+def test_speed_goals_are_judged_on_the_run(tmp_path):
+    m, s = 10**7, 10**8
+    dense = [("d7", 0.004, dict(op="dense-step", impl="cpp-raw", n=m)),
+             ("d7", 0.004, dict(op="dense-step", impl="cpp-validated", n=m,
+                                paired_floor_ratio=1.30)),
+             ("d8", 0.03, dict(op="dense-step", impl="cpp-raw", n=s)),
+             ("d8", 0.06, dict(op="dense-step", impl="cpp-validated", n=s)),  # not paired
+             ("d8", 0.04, dict(op="dense-step", impl="floor", role="floor", n=s))]
+    metrics = [("m", 0.05, dict(op="metrics", impl="cpp", n=m)),
+               ("m", 1.0, dict(op="metrics", impl="sklearn", role="peer", n=m)),
+               ("m", 0.2, dict(op="metrics", impl="cpp", n=s)),
+               ("m", 20.0, dict(op="metrics", impl="sklearn", role="peer", n=s))]
+    sparse = [(f"s-{dist}-{ev}-{n}", t, dict(op="sparse-batch", impl=impl, n=n, events=ev,
+                                             dist=dist, role=role))
+              for dist, ev, n, ours, peer in [("uniform", 10_000, 10**4, 1.0, 2.0),
+                                              ("uniform", 10_000, 10**5, 3.0, 2.0),
+                                              ("uniform", 10**6, s, 1.0, 3.0),
+                                              ("uniform", 10**7, s, 1.0, 1.5),
+                                              ("zipf", 10**6, s, 9.0, 1.0)]  # not random access: no goal
+              for impl, role, t in [("cpp-raw" if ev > 10_000 else "cpp-validated", "nap", ours),
+                                    ("numba-seq", "peer", peer)]]
+    served = [("v", 0.4, dict(op="serve-feedback", impl=impl, n=10**6, events=10**6,
+                              events_per_s=rate, latency_ms_p99=p99))
+              for impl, rate, p99 in [("binary-group", 2.5e6, 60.0), ("stream-always", 1.2e6, 10.0),
+                                      ("json-always", 1e5, 10.0)]]
+    judged = _goal_run(tmp_path, dense + metrics + sparse + served)
+    assert judged[("exact metrics ≤ 10× a dense step (`cpp-raw`)", "10M")] == ("12.50×", "**missed**")
+    assert judged[("exact metrics ≤ 10× a dense step (`cpp-raw`)", "100M")] == ("6.67×", "met")
+    assert judged[("exact metrics ≥ 50× faster than scikit-learn", "10M")] == ("20.00×", "**missed**")
+    assert judged[("exact metrics ≥ 50× faster than scikit-learn", "100M")] == ("100.00×", "met")
+    checked = "step with the finite check (`cpp-validated`) ≤ 1.38× the floor (paired)"
+    assert judged[(checked, "10M")] == ("1.30×", "met")
+    assert judged[(checked, "100M")] == ("1.50×", "**missed**")  # the medians' ratio
+    small = "`nap.update` of 10K events ≤ 1× numba-seq's time, uniform ids, worst n"
+    assert judged[(small, "10K–100K (worst: 100K)")] == ("1.50×", "**missed**")
+    random = "`cpp-raw` batch of 1M-10M uniform events ≥ 2× numba-seq's events/s"
+    assert judged[(random, "100M")] == ("1.50×", "**missed**")  # the smaller of 3× and 1.5×
+    assert judged[(random, "1G")] == ("not run", "–")
+    assert judged[("`binary-group` ≥ 2 M events/s at p99 ≤ 50 ms", "1M")] == (
+        "2.5 M events/s, p99 60 ms", "**missed**")
+    assert judged[("`stream-always` ≥ 1 M events/s at p99 ≤ 50 ms", "1M")] == (
+        "1.2 M events/s, p99 10 ms", "met")
+    assert len(judged) == 11  # metrics 4, checked step 2, 10K batches 1, random 2, service 2
 
 
 def test_bad_input(tmp_path, capsys, data):

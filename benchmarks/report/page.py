@@ -9,6 +9,7 @@ from .plots import Plotter
 from .render import page
 from .sections.convergence import convergence
 from .sections.dense import dense
+from .sections.goals import goals
 from .sections.growth import growth
 from .sections.headline import headline
 from .sections.machine import machine, tiers
@@ -26,7 +27,7 @@ def scaling_page(frames: Frames, command: str, plots: Plotter, rel_plots: str) -
     drawn = {"dense": plots.dense(b), "sparse": plots.sparse(b),
              "convergence": plots.convergence(conv["curves"] if conv else None)}
     text = page(command=command, plot_error=plots.error, tiers=tiers(b), machine=machine(frames),
-                headline=headline(b), dense=dense(b), sparse=sparse(b), decay=simple(b, "decay"),
+                headline=headline(b), goals=goals(b), dense=dense(b), sparse=sparse(b), decay=simple(b, "decay"),
                 metrics=metrics(b), snapshot_save=simple(b, "snapshot-save"),
                 snapshot_load=simple(b, "snapshot-load"), wal=wal(b), service=service(b),
                 sharded=sharded(b), memory=memory(b), convergence=conv, growth=growth(b),
