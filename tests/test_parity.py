@@ -405,6 +405,30 @@ def test_parallel_sparse_batch_matches_oracle(backend, threads):
     assert np.any(bits(reversed_eng.to_numpy()) != bits(expect))
 
 
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+@settings(NO_SHRINK, max_examples=4)
+@given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([(1 << 22) + 3, 5 * (1 << 20) + 1]),
+       threads=st.sampled_from([2, 3]), p=params_strategy())
+def test_sparse_batch_past_the_caches_matches_numpy(backend, seed, n, threads, p):
+    """>= 2^22 weights on 2-3 threads (the core's filtered form: each thread reads every
+    event and keeps its own id range): ids at every range's edge and hot ids, in order."""
+    rng = np.random.default_rng(seed)
+    w0 = special_mix(rng, n, WEIGHT_SPECIALS, 0.0, 1.0)
+    m = 50_000
+    ids = rng.integers(0, n, m)
+    edges = np.array([(n + t - 1) // t * k + d for t in (2, 3) for k in range(t + 1)
+                      for d in (-1, 0, 1)])
+    edges = edges[(edges >= 0) & (edges < n)]
+    ids[rng.integers(0, m, 8 * len(edges))] = np.repeat(edges, 8)
+    ids[rng.integers(0, m, 60)] = rng.integers(0, n, 3).repeat(20)
+    q = qualities_for(rng, m, p)
+    eng, ref = pair(n, backend, p, w0)
+    with cpp_threads(threads):
+        eng.update(ids, q)
+    ref.update(ids, q)
+    assert_same_bits(eng.to_numpy(), ref.to_numpy(), f"{backend} n={n} T={threads} {p}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @settings(NO_SHRINK, max_examples=6)
 @given(seed=st.integers(0, 2**32 - 1),

@@ -205,6 +205,40 @@ void parallel_matches_serial() {
   CHECK(same_bits(run(1, sparse), expect_sparse), "serial sparse batch differs");
 }
 
+// The batch over a population past the caches, on 2 and 3 threads (each reads every event and
+// keeps its own id range): ids on each side of every range's edge and a few hot ids, a handful
+// of events each (so no weight saturates and every event shows), spread over many chunks.
+void filtered_batch_keeps_order() {
+  const nap::Params p;
+  const std::size_t n = (std::size_t{1} << 22) + 5, m = 100000;
+  const auto w0 = uniform(n, 0.0f, 1.0f, 7);
+  std::mt19937 gen(9);
+  std::uniform_int_distribution<std::int64_t> any(0, static_cast<std::int64_t>(n) - 1);
+  std::uniform_int_distribution<std::size_t> at(0, m - 1);
+  std::vector<std::int64_t> ids(m);
+  for (auto& id : ids) id = any(gen);
+  for (std::size_t T : {2, 3})
+    for (std::size_t t = 0; t <= T; ++t)
+      for (std::int64_t d : {-2, -1, 0, 1}) {
+        const auto edge = static_cast<std::int64_t>((n + T - 1) / T * t) + d;
+        if (edge < 0 || edge >= static_cast<std::int64_t>(n)) continue;
+        for (int e = 0; e < 6; ++e) ids[at(gen)] = edge;
+      }
+  for (std::int64_t hot : {3, 1 << 21, (1 << 22) + 4})
+    for (int e = 0; e < 20; ++e) ids[at(gen)] = hot;
+  const auto eq = uniform(m, -0.3f, 1.3f, 8);
+  std::vector<float> expect = w0;
+  for (std::size_t j = 0; j < m; ++j)
+    expect[ids[j]] = nap::feedback(expect[ids[j]], eq[j], p.lr, p.gate);
+  for (int threads : {2, 3}) {
+    nap::set_num_threads(threads);
+    std::vector<float> w = w0;
+    nap::update(w.data(), n, ids.data(), eq.data(), m, p);
+    nap::set_num_threads(0);
+    CHECK(same_bits(w, expect), "filtered sparse batch on %d threads broke event order", threads);
+  }
+}
+
 void scans() {
   std::vector<float> x(5000, 0.5f);
   CHECK(nap::first_nonfinite(x.data(), x.size()) == -1, "clean array flagged");
@@ -565,6 +599,7 @@ int main(int argc, char** argv) {
   golden_sequences(argv[1]);
   invariants();
   parallel_matches_serial();
+  filtered_batch_keeps_order();
   scans();
   exact_sums_reconstruct();
   decay_fixpoints();
