@@ -27,8 +27,9 @@ def scaling_page(frames: Frames, command: str, plots: Plotter, rel_plots: str) -
     drawn = {"dense": plots.dense(b), "sparse": plots.sparse(b),
              "convergence": plots.convergence(conv["curves"] if conv else None)}
     text = page(command=command, plot_error=plots.error, tiers=tiers(b), machine=machine(frames),
-                headline=headline(b), goals=goals(b), dense=dense(b), sparse=sparse(b), decay=simple(b, "decay"),
-                metrics=metrics(b), snapshot_save=simple(b, "snapshot-save"),
+                headline=headline(b), goals=goals(b), dense=dense(b), sparse=sparse(b),
+                decay=simple(b, "decay"), metrics=metrics(b),
+                snapshot_save=simple(b, "snapshot-save"),
                 snapshot_load=simple(b, "snapshot-load"), wal=wal(b), service=service(b),
                 sharded=sharded(b), memory=memory(b), convergence=conv, growth=growth(b),
                 plots={k: str(pathlib.PurePosixPath(rel_plots, v)) if v else None

@@ -5,12 +5,13 @@ the missed ones are missed)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import pandas as pd
 
 from nap_gpu._sizes import size_label
 
 from ..frames import floor_time, groups, of_op
-from ..render import DASH, Table, fmt_ratio, fmt_rate
+from ..render import DASH, Table, fmt_rate, fmt_ratio
 
 METRICS_IMPL, METRICS_PEER, STEP, CHECKED_STEP = "cpp", "sklearn", "cpp-raw", "cpp-validated"
 PUBLIC_BATCH, RAW_BATCH, BATCH_PEER = "cpp-validated", "cpp-raw", "numba-seq"
@@ -30,11 +31,15 @@ def goals(bench: pd.DataFrame) -> Table | None:
     return Table(["goal", "at", "measured", "verdict"], ["text"] * 4, rows) if rows else None
 
 
-def _verdict(goal: str, at: str, measured: float | None, ok: Callable[[float], bool],
-             show: Callable[[float], str] = fmt_ratio) -> Row:
-    if measured is None:
+def _verdict(goal: str, at: str, ratio: float | None, ok: Callable[[float], bool]) -> Row:
+    """A goal's row: its ``ratio`` (None: not run), judged by ``ok``."""
+    if ratio is None:
         return [goal, at, "not run", DASH]
-    return [goal, at, show(measured), "met" if ok(measured) else "**missed**"]
+    return [goal, at, fmt_ratio(ratio), _judged(ok(ratio))]
+
+
+def _judged(ok: bool) -> str:
+    return "met" if ok else "**missed**"
 
 
 def _median(rows: pd.DataFrame, impl: str, n: int | None = None) -> float | None:
@@ -85,14 +90,19 @@ def _checked_step(bench: pd.DataFrame) -> list[Row]:
     return out
 
 
-def _batch_ratios(bench: pd.DataFrame, impl: str,
-                  keep: Callable[[pd.Series], bool]) -> list[tuple[pd.Series, float]]:
-    """(a group's ``impl`` row, its time over numba-seq's) for each sparse group ``keep`` takes."""
+def _batch_ratios(bench: pd.DataFrame, impl: str, dist: str, small: bool,
+                  n: int | None = None) -> list[tuple[int, float]]:
+    """(n, ``impl``'s time over numba-seq's) for each sparse group of ``dist`` ids with
+    SMALL_BATCH_EVENTS events (``small``) or more, at ``n`` where given."""
     out = []
     for rows in groups(of_op(bench, "sparse-batch")).values():
         mine, peer = rows[rows["impl"] == impl], _median(rows, BATCH_PEER)
-        if len(mine) and peer and keep(mine.iloc[0]):
-            out.append((mine.iloc[0], float(mine["median"].iloc[0]) / peer))
+        if not len(mine) or not peer:
+            continue
+        r = mine.iloc[0]
+        if (r["dist"] == dist and (r["events"] == SMALL_BATCH_EVENTS) == small
+                and (n is None or r["n"] == n)):
+            out.append((int(r["n"]), float(r["median"]) / peer))
     return out
 
 
@@ -100,16 +110,15 @@ def _small_batches(bench: pd.DataFrame) -> list[Row]:
     """10K events, the public call: the worst time ratio over every n, per id distribution."""
     out = []
     for dist in ("uniform", "zipf"):
-        ratios = _batch_ratios(bench, PUBLIC_BATCH, lambda r, d=dist: r["dist"] == d
-                               and r["events"] == SMALL_BATCH_EVENTS)
+        ratios = _batch_ratios(bench, PUBLIC_BATCH, dist, small=True)
         if not ratios:
             continue
-        worst, ratio = max(ratios, key=lambda rr: rr[1])
-        ns = sorted(int(r["n"]) for r, _ in ratios)
+        worst_n, ratio = max(ratios, key=lambda nr: nr[1])
+        ns = sorted(n for n, _ in ratios)
         out.append(_verdict(f"`nap.update` of {size_label(SMALL_BATCH_EVENTS)} events ≤ "
                             f"{SMALL_BATCH_RATIO:g}× {BATCH_PEER}'s time, {dist} ids, worst n",
                             f"{size_label(ns[0])}–{size_label(ns[-1])} "
-                            f"(worst: {size_label(int(worst['n']))})", ratio,
+                            f"(worst: {size_label(worst_n)})", ratio,
                             lambda x: x <= SMALL_BATCH_RATIO))
     return out
 
@@ -119,8 +128,7 @@ def _random_batches(bench: pd.DataFrame) -> list[Row]:
     smaller over the batch sizes, per n."""
     out = []
     for n in RANDOM_AT:
-        ratios = _batch_ratios(bench, RAW_BATCH, lambda r, n=n: r["dist"] == "uniform"
-                               and r["events"] > SMALL_BATCH_EVENTS and r["n"] == n)
+        ratios = _batch_ratios(bench, RAW_BATCH, "uniform", small=False, n=n)
         speedup = min(1 / ratio for _, ratio in ratios) if ratios else None
         out.append(_verdict(f"`{RAW_BATCH}` batch of 1M-10M uniform events ≥ "
                             f"{RANDOM_BATCH_SPEEDUP:g}× {BATCH_PEER}'s events/s",
@@ -138,10 +146,9 @@ def _service(bench: pd.DataFrame) -> list[Row]:
         fsync = rest.partition("-")[0]
         if path not in SERVICE_PATHS or fsync not in SERVICE_RATE:
             continue
-        goal, p99 = SERVICE_RATE[fsync], r["latency_ms_p99"]
-        measured = (r["events_per_s"], p99)
-        out.append(_verdict(f"`{r['impl']}` ≥ {fmt_rate(goal)} events/s at p99 ≤ "
-                            f"{SERVICE_P99_MS:g} ms", size_label(SERVICE_N), measured,
-                            lambda m, g=goal: m[0] >= g and m[1] <= SERVICE_P99_MS,
-                            lambda m: f"{fmt_rate(m[0])} events/s, p99 {m[1]:.3g} ms"))
+        goal = SERVICE_RATE[fsync]
+        rate, p99 = float(r["events_per_s"]), float(r["latency_ms_p99"])
+        out.append([f"`{r['impl']}` ≥ {fmt_rate(goal)} events/s at p99 ≤ {SERVICE_P99_MS:g} ms",
+                    size_label(SERVICE_N), f"{fmt_rate(rate)} events/s, p99 {p99:.3g} ms",
+                    _judged(rate >= goal and p99 <= SERVICE_P99_MS)])
     return out
