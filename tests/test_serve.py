@@ -14,6 +14,7 @@ import os
 import pathlib
 import re
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -597,6 +598,11 @@ def _raise_own_nofile(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
+#: The HTTP parsers the connection guard is written against (NAP_HTTP): the default, and the
+#: pure-Python fallback used where httptools is not installed.
+PARSERS = ["httptools", "h11"]
+
+
 def _connect(port: int, timeout: float = 5.0) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.settimeout(timeout)
@@ -620,11 +626,12 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
     return False, got
 
 
-def test_idle_and_slow_connections_do_not_starve_probes_or_writes(tmp_path):
+@pytest.mark.parametrize("parser", PARSERS)
+def test_idle_and_slow_connections_do_not_starve_probes_or_writes(tmp_path, parser):
     """1,100 idle connections and 50 slow-loris ones against a server with 512 descriptors
     (the issue: 1,100 idle connections exhausted 1,024 and stalled /healthz and writes)."""
     _raise_own_nofile(1400)
-    srv = Server(tmp_path / "s", nofile=512, NAP_HEADER_TIMEOUT_S="60").start()
+    srv = Server(tmp_path / "s", nofile=512, NAP_HEADER_TIMEOUT_S="60", NAP_HTTP=parser).start()
     held = []
     try:
         for _ in range(1100):
@@ -686,11 +693,12 @@ def test_responses_are_not_held_back_by_nagle(client):
         assert np.median(times) < 0.025, (path, np.median(times))
 
 
-@pytest.fixture(scope="module")
-def strict(tmp_path_factory):
-    """A server with 1-second header and body deadlines."""
+@pytest.fixture(scope="module", params=PARSERS)
+def strict(tmp_path_factory, request):
+    """A server with 1-second header and body deadlines, on each HTTP parser."""
     srv = Server(tmp_path_factory.mktemp("strict") / "state", NAP_HEADER_TIMEOUT_S="1",
-                 NAP_BODY_TIMEOUT_S="1", NAP_KEEP_ALIVE_S="30").start()
+                 NAP_BODY_TIMEOUT_S="1", NAP_KEEP_ALIVE_S="30", NAP_HTTP=request.param).start()
+    srv.parser = request.param
     yield srv
     if srv.proc.poll() is None:
         assert srv.stop() == 0, srv.output()
@@ -702,12 +710,15 @@ def test_a_silent_connection_is_closed(strict):
     assert closed and got == b""
 
 
-def _trickle(sock: socket.socket, byte: bytes, until: float) -> None:
-    """A byte every 0.2 s until ``until`` (monotonic): a head that never completes. Sending
-    stops before the deadline: a byte sent after the server closed would draw a reset, which
+def _trickle(sock: socket.socket, start: bytes, until: float) -> None:
+    """The bytes of ``start``, then b"X" (a header name, or a query, that never ends), one
+    every 0.2 s until ``until`` (monotonic): a head that never completes. Sending stops
+    before the deadline: a byte sent after the server closed would draw a reset, which
     discards the 408 before it is read."""
+    sent = 0
     while time.monotonic() < until:
-        sock.sendall(byte)
+        sock.sendall(start[sent:sent + 1] or b"X")
+        sent += 1
         time.sleep(0.2)
 
 
@@ -734,7 +745,7 @@ def test_a_slow_head_after_a_keep_alive_response_is_closed(strict):
             first += s.recv(65536)
         assert first.startswith(b"HTTP/1.1 200")
         t0 = time.monotonic()
-        _trickle(s, b"G", t0 + 0.8)
+        _trickle(s, b"GET /healthz?", t0 + 0.8)  # then a query that never ends
         closed, got = _closed_within(s, 5)
         elapsed = time.monotonic() - t0
     assert closed and got.startswith(b"HTTP/1.1 408"), got
@@ -757,17 +768,95 @@ def test_a_slow_body_gets_408_and_changes_nothing(strict):
     assert_same_bits(after[0], before[0], "after a body that never came")
 
 
+#: Methods no route takes that every parser passes on (httptools knows a fixed list).
+UNROUTED = ["PROPFIND", "MKCOL", "PURGE", "SEARCH", "LINK", "UNLINK", "REPORT", "SUBSCRIBE"]
+
+
 def test_made_up_methods_do_not_grow_the_metrics(strict):
+    """h11 takes any token as a method: the app answers 405 and labels it "other".
+    httptools refuses a method it does not know (400, before the app sees it)."""
+    made_up = 405 if strict.parser == "h11" else 400
     with strict.client(headers=AUTH) as c:
         c.get("/v1/stats")
         size = len(c.get("/metrics").text)
         for i in range(300):
-            assert c.request(f"MADEUP{i}", "/v1/stats").status_code == 405
+            assert c.request(f"MADEUP{i}", "/v1/stats").status_code == made_up
+        for method in UNROUTED:
+            assert c.request(method, "/v1/stats").status_code == 405
         text = c.get("/metrics").text
-    assert "MADEUP" not in text
+    assert "MADEUP" not in text and "PROPFIND" not in text
     assert 'method="other"' in text
     assert len(text) < size + 2000, (size, len(text))
-    assert "MADEUP" not in strict.output()  # the request log uses the same bounded label
+    # the request log uses the same bounded label (its lines land after the responses)
+    assert strict.logged(lambda e: e.get("method") == "other" and e.get("status") == 405)
+    assert "MADEUP" not in strict.output() and "PROPFIND" not in strict.output()
+
+
+def _responses(sock: socket.socket, count: int) -> list[bytes]:
+    """``count`` whole responses (each with a content-length) read from ``sock``."""
+    got, out = b"", []
+    while len(out) < count:
+        head, sep, rest = got.partition(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head) if sep else None
+        if length is not None and len(rest) >= int(length[1]):
+            out.append(head + sep + rest[:int(length[1])])
+            got = rest[int(length[1]):]
+            continue
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(out)} responses: {got!r}"
+        got += chunk
+    return out
+
+
+def test_pipelined_requests_are_answered_in_order_and_keep_their_deadlines(strict):
+    """Three requests in one write (a body between them): each answered in order; the
+    connection then waits for a head under the header deadline like any other."""
+    body = binary(np.array([1, 2]), np.array([0.9, 0.1], np.float32))
+    post = (b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+            + b"\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
+            % len(body) + body)
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with _connect(strict.port) as s:
+        s.sendall(get + post + get)
+        first, written, last = _responses(s, 3)
+        assert all(r.startswith(b"HTTP/1.1 200") for r in (first, written, last))
+        assert b'"accepted":2' in written.replace(b" ", b"")
+        t0 = time.monotonic()
+        closed, got = _closed_within(s, 5)  # idle after the last: closed at the deadline
+    assert closed and got == b"" and 0.5 < time.monotonic() - t0 < 2.5
+
+
+def test_a_pipelined_request_with_a_slow_body_gets_408(strict):
+    """A request whose head came behind another's (httptools parses it at once, h11 once the
+    first is answered) is timed as a request, not as an idle connection: its body deadline
+    gives a 408 (an idle close would send nothing)."""
+    with _connect(strict.port) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                  + TOKEN.encode() + b"\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{\"ids\": [1]")
+        assert _responses(s, 1)[0].startswith(b"HTTP/1.1 200")
+        closed, got = _closed_within(s, 5)
+    assert closed and got.startswith(b"HTTP/1.1 408"), got
+
+
+def test_a_head_over_the_limit_is_refused(strict):
+    """A head past 16 KiB (h11's limit; httptools has none of its own: the guard's, counted
+    over reads) is refused and closed; one under it is served. The client stops sending past
+    the limit: bytes sent after the server closed would draw a reset that drops the answer."""
+    refused = b"HTTP/1.1 400" if strict.parser == "h11" else b"HTTP/1.1 431"
+    with _connect(strict.port) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 15_000 + b"\r\n\r\n")
+        assert _responses(s, 1)[0].startswith(b"HTTP/1.1 200")
+    with _connect(strict.port) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        for _ in range(20):  # up to 40 KB, in reads of their own, until the server answers
+            if select.select([s], [], [], 0.02)[0]:
+                break
+            s.sendall(b"a" * 2_000)
+        closed, got = _closed_within(s, 5)
+    assert closed and got.startswith(refused), got[:200]
+    assert httpx.get(f"{strict.url}/healthz", timeout=5).status_code == 200
 
 
 # -- a full disk: writes refused while it lasts, then the writer goes on ---------------------------

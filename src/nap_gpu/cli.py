@@ -134,6 +134,8 @@ _SERVE_FLAGS = (
                                 "[NAP_BODY_TIMEOUT_S, default 60]"),
     ("--keep-alive-s", float, "idle keep-alive connections close after S seconds "
                               "[NAP_KEEP_ALIVE_S, default 5]"),
+    ("--http", str, "HTTP parser: httptools, h11 or auto (httptools where installed) "
+                    "[NAP_HTTP, default auto]"),
     ("--labels", str, ".npy of R/P labels per memory, for the metrics [NAP_LABELS]"),
     ("--stats-interval", float, "seconds between health checks [NAP_STATS_INTERVAL, default 15]"),
     ("--health-warmup", int, "with labels: logged writes before the separation rule applies "

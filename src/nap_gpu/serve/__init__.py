@@ -25,7 +25,7 @@ from ..durable import DurableEngine
 from ..monitor import Monitor
 from ..params import Params
 from .app import create_app, disk_writable_probe
-from .connections import ACCEPT_BURST, Guard, connection_cap, quiet_accept_errors
+from .connections import ACCEPT_BURST, MAX_HEAD_BYTES, Guard, connection_cap, quiet_accept_errors
 from .observability import ServiceMetrics, configure_logging, gpu_status_cached
 from .settings import Settings, read_token_file
 from .writer import Op, QueueFullError, Writer, WriterStoppedError
@@ -37,9 +37,6 @@ log = logging.getLogger("nap_gpu.serve")
 #: Without labels there are no R/P populations: only the rules on the weights themselves
 #: (finite, inside [0, 1]) and latency apply, so the population rules are never due.
 _NEVER = 2**62
-#: A request head (request line + headers) larger than this gets 400 (h11's default, made
-#: explicit: our requests need a few hundred bytes).
-_MAX_HEAD_BYTES = 16 * 1024
 #: How often the token file is looked at for a change (SIGHUP reloads at once).
 _TOKEN_POLL_S = 1.0
 
@@ -255,10 +252,13 @@ def run(settings: Settings) -> int:
     config = uvicorn.Config(
         create_app(state), host=settings.host, port=settings.port, log_config=None,
         access_log=False, timeout_graceful_shutdown=30, lifespan="off",
+        http=guard.protocol(settings.http),
+        # asyncio's loop, even where uvloop is installed (uvicorn's "auto" would take it): the
+        # accept-error handling (quiet_accept_errors) is written and tested against asyncio's
+        loop="asyncio",
         # uvicorn annotates an int but uses it as a delay (loop.call_later): 0.5 s works
-        http=guard.protocol(),
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
-        h11_max_incomplete_event_size=_MAX_HEAD_BYTES,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         ws_max_size=settings.max_body_bytes,  # a feedback stream's message: one body's limit
         ws_per_message_deflate=False,  # random ids and qualities do not compress: CPU spent
         backlog=ACCEPT_BURST)  # asyncio accepts this many per pass (the kernel queue: below)

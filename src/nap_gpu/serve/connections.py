@@ -1,8 +1,9 @@
 """Connections: deadlines, a cap, and what to do when file descriptors run out.
 
-uvicorn's h11 protocol arms no timer until a first response is sent, so a client that
-connects and sends nothing (or one header byte at a time) holds a descriptor for ever: 1,100
-idle connections exhausted 1,024 descriptors and stalled every other client. Here:
+uvicorn's HTTP protocols (httptools' and h11's) arm no timer until a first response is sent,
+so a client that connects and sends nothing (or one header byte at a time) holds a descriptor
+for ever: 1,100 idle connections exhausted 1,024 descriptors and stalled every other client.
+Here, on either parser (``Guard.protocol``):
 
 * a request head must arrive within ``header_timeout`` of the connection (or of the previous
   response), its body within ``body_timeout`` of the head; otherwise the connection gets a
@@ -11,6 +12,9 @@ idle connections exhausted 1,024 descriptors and stalled every other client. Her
   waited longest for a request head (an idle one: nothing of it is in flight), so probes and
   real clients still get in while idle connections hold every slot; only when every slot
   runs a request is the new one refused (503);
+* a request head is at most ``MAX_HEAD_BYTES`` (h11 counts it itself; for httptools, which has
+  no limit, the bytes of the reads after the one a head began in are counted: a head is
+  refused, 431, within one read, at most 256 KiB, of the limit);
 * the cap leaves room under RLIMIT_NOFILE for the state's files and for the connections
   accepted in one event-loop pass before any is looked at (``ACCEPT_BURST``);
 * asyncio's "socket.accept() out of system resource" (logged once per failed accept, ~6,400
@@ -20,16 +24,19 @@ idle connections exhausted 1,024 descriptors and stalled every other client. Her
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
 import resource
 import socket
 import time
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["ACCEPT_BURST", "Guard", "connection_cap", "quiet_accept_errors"]
+__all__ = ["ACCEPT_BURST", "MAX_HEAD_BYTES", "Guard", "connection_cap", "http_protocol_base",
+           "quiet_accept_errors"]
 
 log = logging.getLogger("nap_gpu.serve")
 
@@ -39,6 +46,9 @@ ACCEPT_BURST = 32
 #: Descriptors kept free beside the connections: the state's files, logs, probes.
 _RESERVE = 32
 _ACCEPT_LOG_PERIOD = 10.0
+#: A request head (request line + headers) larger than this is refused (h11's default, made
+#: explicit: our requests need a few hundred bytes).
+MAX_HEAD_BYTES = 16 * 1024
 #: Why a connection was closed by the service (the label values of nap_connections_closed).
 CLOSE_REASONS = ("idle_timeout", "header_timeout", "body_timeout", "evicted", "refused")
 
@@ -50,6 +60,8 @@ def _reply(status: bytes, reason: str, detail: str, extra: bytes = b"") -> bytes
 
 
 _408 = _reply(b"408 Request Timeout", "request_timeout", "the request was not sent in time")
+_431 = _reply(b"431 Request Header Fields Too Large", "head_too_large",
+              f"the request head exceeds {MAX_HEAD_BYTES:,} bytes")
 _503 = _reply(b"503 Service Unavailable", "too_many_connections",
               "every connection slot is running a request", b"retry-after: 1\r\n")
 
@@ -89,49 +101,12 @@ class Guard:
         self._accept_logged_at = -float("inf")
         self._accept_unlogged = 0
 
-    def protocol(self) -> type:
-        """The uvicorn protocol class that reports to this guard."""
-        guard = self
-
-        class GuardedH11Protocol(H11Protocol):
-            _nap_timer = None
-            _nap_partial = False
-
-            def connection_made(self, transport) -> None:
-                super().connection_made(transport)
-                _no_delay(transport)
-                guard.opened(self)
-
-            def connection_lost(self, exc) -> None:
-                guard.forget(self)
-                super().connection_lost(exc)
-
-            def handle_websocket_upgrade(self, event) -> None:
-                # The transport goes to uvicorn's WebSocket protocol and this one never hears
-                # of it again (no connection_lost): without this, every upgrade would hold a
-                # slot of the cap for ever. The stream counts itself (stream_opened).
-                guard.forget(self)
-                super().handle_websocket_upgrade(event)
-
-            def data_received(self, data: bytes) -> None:
-                cycle = self.cycle
-                if self in guard.idle:
-                    self._nap_partial = True
-                super().data_received(data)
-                if self.cycle is not cycle:
-                    guard.request_started(self)
-                elif cycle is not None and not cycle.more_body:
-                    guard.body_done(self)
-
-            def on_response_complete(self) -> None:
-                cycle = self.cycle
-                super().on_response_complete()
-                if self.cycle is not cycle:  # a pipelined request was already waiting
-                    guard.request_started(self)
-                elif not self.transport.is_closing():
-                    guard.waiting(self)
-
-        return GuardedH11Protocol
+    def protocol(self, parser: str = "auto") -> type:
+        """The uvicorn protocol class that reports to this guard, on ``parser``: "httptools"
+        (uvicorn's C parser), "h11" (pure Python), or "auto" (httptools where installed)."""
+        base = http_protocol_base(parser)
+        mixins = (_Guarded,) if base is H11Protocol else (_HeadLimited, _Guarded)
+        return type(f"Guarded{base.__name__}", (*mixins, base), {"_nap_guard": self})
 
     # -- the protocol's events ------------------------------------------------------------
     def opened(self, conn) -> None:
@@ -180,6 +155,14 @@ class Guard:
         if conn not in self.idle:  # idle: answered early, the rest of a body on its way
             self._cancel(conn)
 
+    def head_too_large(self, conn) -> None:
+        log.warning("request head too large: connection closed",
+                    extra={"limit_bytes": MAX_HEAD_BYTES})
+        self.forget(conn)
+        if not conn.transport.is_closing():
+            conn.transport.write(_431)
+            conn.transport.close()
+
     def forget(self, conn) -> None:
         self._cancel(conn)
         self.live.discard(conn)
@@ -227,6 +210,104 @@ class Guard:
             "error": repr(exc), "open_connections": len(self.live),
             "failures_since_last_line": self._accept_unlogged + 1})
         self._accept_logged_at, self._accept_unlogged = now, 0
+
+
+def http_protocol_base(parser: str = "auto") -> type:
+    """uvicorn's HTTP protocol class for ``parser`` ("auto": httptools where installed)."""
+    if parser == "h11":
+        return H11Protocol
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # noqa: PLC0415
+    except ImportError:  # httptools is not installed
+        if parser == "httptools":
+            raise
+        return H11Protocol
+    return HttpToolsProtocol
+
+
+if TYPE_CHECKING:
+    class _UvicornHTTP(asyncio.Protocol):
+        """What the mixins below use of uvicorn's HTTP protocols (h11's and httptools')."""
+
+        cycle: Any
+        transport: Any
+        loop: asyncio.AbstractEventLoop
+
+        def handle_websocket_upgrade(self, *event: Any) -> None: ...
+        def on_response_complete(self) -> None: ...
+        def on_message_begin(self) -> None: ...  # httptools' parser callbacks
+        def on_headers_complete(self) -> None: ...
+else:
+    _UvicornHTTP = object
+
+
+class _Guarded(_UvicornHTTP):
+    """Reports a uvicorn HTTP protocol's connection and request events to its Guard."""
+
+    _nap_guard: Guard
+    _nap_timer = None
+    _nap_partial = False
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        _no_delay(transport)
+        self._nap_guard.opened(self)
+
+    def connection_lost(self, exc) -> None:
+        self._nap_guard.forget(self)
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self, *event) -> None:
+        # The transport goes to uvicorn's WebSocket protocol and this one never hears of it
+        # again (no connection_lost): without this, every upgrade would hold a slot of the cap
+        # for ever. The stream counts itself (stream_opened).
+        self._nap_guard.forget(self)
+        super().handle_websocket_upgrade(*event)
+
+    def data_received(self, data: bytes) -> None:
+        guard, cycle = self._nap_guard, self.cycle
+        if self in guard.idle:
+            self._nap_partial = True
+        super().data_received(data)
+        if self.cycle is not cycle:
+            guard.request_started(self)
+        elif cycle is not None and not cycle.more_body:
+            guard.body_done(self)
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()
+        if self.cycle is not cycle:  # h11: a pipelined request starts now
+            self._nap_guard.request_started(self)
+        elif not cycle.response_complete:  # httptools: a pipelined request, started as parsed
+            pass
+        elif not self.transport.is_closing():
+            self._nap_guard.waiting(self)
+
+
+class _HeadLimited(_UvicornHTTP):
+    """A head-size limit for httptools, which has none (h11's is the server's config): the
+    bytes that arrive while a head is incomplete, counted from the read after the one that
+    began it (that read may also end a pipelined body, which must not count)."""
+
+    _nap_guard: Guard
+    _nap_head_bytes = -1  # -1: no head incomplete
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._nap_head_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        self._nap_head_bytes = -1
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._nap_head_bytes >= 0:
+            self._nap_head_bytes += len(data)
+        super().data_received(data)
+        if self._nap_head_bytes > MAX_HEAD_BYTES:
+            self._nap_head_bytes = -1
+            self._nap_guard.head_too_large(self)
 
 
 def _no_delay(transport) -> None:

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(60.0, gt=0, description="seconds to send a request body")
     keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive connections close "
                                                        "after this")
+    http: Literal["auto", "httptools", "h11"] = Field(
+        "auto", description="HTTP parser: httptools (C), h11 (pure Python), auto: httptools "
+                            "where installed")
     labels: pathlib.Path | None = Field(None, description=".npy of R/P labels (1/0) per memory")
     stats_interval: float = Field(15.0, gt=0, description="seconds between health checks")
     health_warmup: int = Field(10, ge=0, description="logged writes before the separation rule "
