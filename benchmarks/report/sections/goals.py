@@ -92,7 +92,8 @@ def _checked_step(bench: pd.DataFrame) -> list[Row]:
 
 def _batch_ratios(bench: pd.DataFrame, impl: str, dist: str, small: bool,
                   n: int | None = None) -> list[tuple[int, float]]:
-    """(n, ``impl``'s time over numba-seq's) for each sparse group of ``dist`` ids with
+    """(n, ``impl``'s time over numba-seq's: the pairs' where the run timed the two in
+    alternation, else the medians') for each sparse group of ``dist`` ids with
     SMALL_BATCH_EVENTS events (``small``) or more, at ``n`` where given."""
     out = []
     for rows in groups(of_op(bench, "sparse-batch")).values():
@@ -102,7 +103,9 @@ def _batch_ratios(bench: pd.DataFrame, impl: str, dist: str, small: bool,
         r = mine.iloc[0]
         if (r["dist"] == dist and (r["events"] == SMALL_BATCH_EVENTS) == small
                 and (n is None or r["n"] == n)):
-            out.append((int(r["n"]), float(r["median"]) / peer))
+            paired = r.get("paired_floor_ratio")  # timed in alternation with the peer
+            out.append((int(r["n"]), float(paired) if pd.notna(paired)
+                        else float(r["median"]) / peer))
     return out
 
 
