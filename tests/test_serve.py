@@ -460,6 +460,8 @@ def test_log_fields(server, client):
                           and isinstance(e["ok"], bool) and "failures" in e for e in checks)
     chose = [e for e in events if e["logger"] == "nap_gpu" and "backend" in e["message"]]
     assert len(chose) <= 1, chose
+    # the default parser, httptools (the serve and test extras install it)
+    assert [e["http_parser"] for e in events if "http_parser" in e] == ["httptools"]
     assert 0 < sample(client.get("/metrics").text, "nap_bootstrap_duration_seconds") < 60
 
 
@@ -632,6 +634,7 @@ def test_idle_and_slow_connections_do_not_starve_probes_or_writes(tmp_path, pars
     (the issue: 1,100 idle connections exhausted 1,024 and stalled /healthz and writes)."""
     _raise_own_nofile(1400)
     srv = Server(tmp_path / "s", nofile=512, NAP_HEADER_TIMEOUT_S="60", NAP_HTTP=parser).start()
+    assert srv.logged(lambda e: e.get("http_parser") == parser)
     held = []
     try:
         for _ in range(1100):
@@ -699,6 +702,7 @@ def strict(tmp_path_factory, request):
     srv = Server(tmp_path_factory.mktemp("strict") / "state", NAP_HEADER_TIMEOUT_S="1",
                  NAP_BODY_TIMEOUT_S="1", NAP_KEEP_ALIVE_S="30", NAP_HTTP=request.param).start()
     srv.parser = request.param
+    assert srv.logged(lambda e: e.get("http_parser") == request.param), srv.output()
     yield srv
     if srv.proc.poll() is None:
         assert srv.stop() == 0, srv.output()

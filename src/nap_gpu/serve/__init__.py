@@ -245,14 +245,15 @@ def run(settings: Settings) -> int:
     log.info("state loaded", extra={"n": engine.n, "backend": engine.backend,
                                     "params": repr(engine.params), "sequence": engine.sequence,
                                     "seconds": round(bootstrap, 3)})
+    protocol = guard.protocol(settings.http)
     log.info("connection limits", extra={
         "max_connections": cap, "asked": settings.max_connections, "rlimit_nofile": nofile,
         "header_timeout_s": settings.header_timeout_s, "body_timeout_s": settings.body_timeout_s,
-        "keep_alive_s": settings.keep_alive_s})
+        "keep_alive_s": settings.keep_alive_s, "http_parser": protocol.nap_parser})
     config = uvicorn.Config(
         create_app(state), host=settings.host, port=settings.port, log_config=None,
         access_log=False, timeout_graceful_shutdown=30, lifespan="off",
-        http=guard.protocol(settings.http),
+        http=protocol,
         # asyncio's loop, even where uvloop is installed (uvicorn's "auto" would take it): the
         # accept-error handling (quiet_accept_errors) is written and tested against asyncio's
         loop="asyncio",
