@@ -160,9 +160,7 @@ class Guard:
         log.warning("request head too large: connection closed",
                     extra={"limit_bytes": MAX_HEAD_BYTES})
         self.forget(conn)
-        if not conn.transport.is_closing():
-            conn.transport.write(_431)
-            conn.transport.close()
+        _hang_up(conn, _431)
 
     def forget(self, conn) -> None:
         self._cancel(conn)
@@ -193,12 +191,7 @@ class Guard:
     def _close(self, conn, reason: str, reply: bytes | None = None) -> None:
         self.forget(conn)
         self.closed[reason] += 1
-        transport = conn.transport
-        if transport is None or transport.is_closing():
-            return
-        if reply is not None:
-            transport.write(reply)
-        transport.close()
+        _hang_up(conn, reply)
 
     # -- accept errors ----------------------------------------------------------------------
     def accept_failed(self, exc: BaseException | None) -> None:
@@ -211,6 +204,16 @@ class Guard:
             "error": repr(exc), "open_connections": len(self.live),
             "failures_since_last_line": self._accept_unlogged + 1})
         self._accept_logged_at, self._accept_unlogged = now, 0
+
+
+def _hang_up(conn, reply: bytes | None) -> None:
+    """Close ``conn``'s transport, after ``reply`` if given (nothing if already closing)."""
+    transport = conn.transport
+    if transport is None or transport.is_closing():
+        return
+    if reply is not None:
+        transport.write(reply)
+    transport.close()
 
 
 def http_protocol_base(parser: str = "auto") -> type:
