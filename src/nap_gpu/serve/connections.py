@@ -101,7 +101,7 @@ class Guard:
         self._accept_logged_at = -float("inf")
         self._accept_unlogged = 0
 
-    def protocol(self, parser: str = "auto") -> type:
+    def protocol(self, parser: str = "auto") -> type[_Guarded]:
         """The uvicorn protocol class that reports to this guard, on ``parser``: "httptools"
         (uvicorn's C parser), "h11" (pure Python), or "auto" (httptools where installed)."""
         base = http_protocol_base(parser)
@@ -249,6 +249,7 @@ class _Guarded(_UvicornHTTP):
     """Reports a uvicorn HTTP protocol's connection and request events to its Guard."""
 
     _nap_guard: Guard
+    nap_parser: str  # "httptools" or "h11": set on the class Guard.protocol builds
     _nap_timer = None
     _nap_partial = False
 
