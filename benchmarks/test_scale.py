@@ -107,19 +107,20 @@ def _events(tier: int, m: int, dist: str):
 PAIRED_BATCH = ("cpp-validated", 10_000)
 
 
-class _Yardstick:
-    """numba-seq over weights of its own, cycling through the benchmark's batches as the
-    benchmark does (``reset`` undoes its last batch and takes the next: a batch replayed at
-    once would be learnt by the branch predictor): the floor of ``measure``'s paired ratio,
-    so ``paired_floor_ratio`` is the benchmark's time over numba-seq's, timed back to back."""
+class _Cycling:
+    """``fn`` over weights of its own, cycling through the batches: ``reset`` (untimed, O(events))
+    undoes the last batch, exactly what it touched, and takes the next, so every timed batch
+    starts from the pristine weights and none is replayed at once (the branch predictor would
+    learn it). The benchmark runs one; numba-seq runs another as ``measure``'s paired floor, so
+    ``paired_floor_ratio`` is the benchmark's time over numba-seq's, timed back to back."""
 
     def __init__(self, fn, pristine, batches: list) -> None:
         self.fn, self.pristine, self.w, self.batches = fn, pristine, pristine.copy(), batches
         self.round, self.batch = 0, batches[0]
 
     @classmethod
-    def of(cls, pristine, batches: list) -> _Yardstick | None:
-        """The yardstick, or None where numba is not installed (no paired ratio then)."""
+    def yardstick(cls, pristine, batches: list) -> _Cycling | None:
+        """numba-seq cycling, or None where numba is not installed (no paired ratio then)."""
         try:
             return cls(scale_peers.sparse_impl("numba-seq")[2], pristine, batches)
         except peers.Unavailable:
@@ -165,21 +166,10 @@ def test_sparse_batch(benchmark, measure, smoke, tier, sparse_pristine, events, 
     if impl in ("numpy-raw", "numpy-rounds") and max_mult > MAX_ROUNDS:
         pytest.skip(f"{impl}: the hottest id has {max_mult:,} events = {max_mult:,} vectorised "
                     f"rounds (> {MAX_ROUNDS:,}); skipped to bound the run")
-    w = sparse_pristine.copy()
-    current = {"round": 0, "batch": batches[0]}
-
-    def setup():  # the next batch, on the pristine weights: O(events), untimed
-        touched = current["batch"][0]
-        w[touched] = sparse_pristine[touched]  # undo the last batch: exactly what it touched
-        current["batch"] = batches[current["round"] % len(batches)]
-        current["round"] += 1
-
-    def target():
-        fn(w, *current["batch"])
-
-    yardstick = (_Yardstick.of(sparse_pristine, batches) if (impl, events) == PAIRED_BATCH
+    bench = _Cycling(fn, sparse_pristine, batches)
+    yardstick = (_Cycling.yardstick(sparse_pristine, batches) if (impl, events) == PAIRED_BATCH
                  and not smoke else None)
-    info.update(measure(setup, target, events, floor=yardstick, budget_scale=0.4))
+    info.update(measure(bench.reset, bench.run, events, floor=yardstick, budget_scale=0.4))
     info["events_per_s"] = events / benchmark.stats.stats.median
     info.update(scale_support.per_memory(scale_support.measure_peak(
         lambda: (sparse_pristine.copy(), ids.copy(), q.copy()),
