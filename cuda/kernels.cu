@@ -104,18 +104,22 @@ struct DecayRounds {
   }
 };
 
-/// w[i] = op.one(w[i], q.at(i)) for i < n (op.vectors on whole vectors).
+/// out[i] = op.one(w[i], q.at(i)) for i < n (op.vectors on whole vectors); out is w for the
+/// in-place kernels, another array for nap_step_into (then it must sit at w's offset within
+/// its 16 bytes for the vectors, as q must).
 template <class Source, class Op>
-__device__ __forceinline__ void dense(float* __restrict__ w, const Source q, u64 n,
+__device__ __forceinline__ void dense(const float* w, float* out, const Source q, u64 n,
                                       const Op& op) {
   const u64 offset = offset_in_16(w);
-  const bool vectors = (offset & 3u) == 0 && q.aligned_like(offset);
+  const bool vectors =
+      (offset & 3u) == 0 && offset_in_16(out) == offset && q.aligned_like(offset);
   const u64 to_boundary = ((16u - offset) & 15u) / 4u;
   const u64 head = vectors ? (to_boundary < n ? to_boundary : n) : n;
   const u64 count = (n - head) / kLanes;  // float4 vectors from w + head
   const u64 tail = n - head - count * kLanes;
   const u64 first = first_index(), stride = grid_stride();
-  float4* __restrict__ wv = reinterpret_cast<float4*>(w + head);
+  const float4* wv = reinterpret_cast<const float4*>(w + head);
+  float4* ov = reinterpret_cast<float4*>(out + head);
   // (unroll 1 here and below: each iteration already holds two vectors, and an unrolled
   // grid-stride loop needs its trip count, a 64-bit division whose float-reciprocal
   // estimate would put an F2I.FTZ into the machine code the parity checks read.)
@@ -127,14 +131,14 @@ __device__ __forceinline__ void dense(float* __restrict__ w, const Source q, u64
     float4 a = wv[v], b = wv[u];
     const float4 qa = q.vector_at(head + v * kLanes), qb = q.vector_at(head + u * kLanes);
     op.vectors(a, b, qa, qb);
-    wv[u] = b;
-    wv[v] = a;
+    ov[u] = b;
+    ov[v] = a;
   }
   // The head and the tail, one element at a time (all of w when vectors are off).
 #pragma unroll 1
   for (u64 t = first; t < head + tail; t += stride) {
     const u64 i = t < head ? t : t + count * kLanes;
-    w[i] = op.one(w[i], q.at(i));
+    out[i] = op.one(w[i], q.at(i));
   }
 }
 
@@ -250,15 +254,31 @@ extern "C" {
 __global__ void nap_step(float* __restrict__ w, const float* __restrict__ q,
                          unsigned long long n, float lr, float gate, float decay) {
   const nap::Params p{lr, gate, decay};
-  dense(w, PerElement{q}, n,
+  dense(w, w, PerElement{q}, n,
         lane_by_lane([p](float x, float qi) { return nap::step(x, qi, p); }));
+}
+
+/// The checked dense step written to out (w only read): out[i] = step(w[i], q[i]) for i < n,
+/// and *nonfinite raised to 1 when any q[i] is NaN or infinite (*nonfinite must hold 0 on
+/// entry; out is then of no use). One pass where a finite scan and an in-place step read q
+/// twice: the host keeps two weight buffers and swaps them when *nonfinite stays 0.
+__global__ void nap_step_into(const float* __restrict__ w, const float* __restrict__ q,
+                              float* __restrict__ out, unsigned long long n, float lr,
+                              float gate, float decay, unsigned long long* nonfinite) {
+  const nap::Params p{lr, gate, decay};
+  bool seen = false;
+  dense(w, out, PerElement{q}, n, lane_by_lane([p, &seen](float x, float qi) {
+          seen = seen | nap::nonfinite_bits(nap::bits_of(qi));  // no branch
+          return nap::step(x, qi, p);
+        }));
+  if (seen) raise_to(nonfinite, 1);
 }
 
 /// Dense step with one quality for every memory.
 __global__ void nap_step_scalar(float* __restrict__ w, float q, unsigned long long n, float lr,
                                 float gate, float decay) {
   const nap::Params p{lr, gate, decay};
-  dense(w, Everywhere{q}, n,
+  dense(w, w, Everywhere{q}, n,
         lane_by_lane([p](float x, float qi) { return nap::step(x, qi, p); }));
 }
 
@@ -266,7 +286,7 @@ __global__ void nap_step_scalar(float* __restrict__ w, float q, unsigned long lo
 /// ends and the bits are those of k rounds).
 __global__ void nap_decay(float* __restrict__ w, unsigned long long n, float decay,
                           unsigned long long k) {
-  dense(w, Everywhere{0.0f}, n, DecayRounds{decay, k});
+  dense(w, w, Everywhere{0.0f}, n, DecayRounds{decay, k});
 }
 
 /// Sparse ordered batch, one thread per id: events are sorted by id with a stable sort (so
@@ -291,7 +311,7 @@ __global__ void nap_update_segments(float* __restrict__ w, const long long* __re
 /// The memory-bandwidth floor for benchmarks: w[i] += s * q[i], the same bytes as a step.
 __global__ void nap_triad(float* __restrict__ w, const float* __restrict__ q, float s,
                           unsigned long long n) {
-  dense(w, PerElement{q}, n, lane_by_lane([s](float x, float qi) { return x + s * qi; }));
+  dense(w, w, PerElement{q}, n, lane_by_lane([s](float x, float qi) { return x + s * qi; }));
 }
 
 /// *first = the least i < n with x[i] NaN or infinite, if any; *first must hold n (or any

@@ -43,6 +43,17 @@ void step(Floats w, Floats q, double lr, double gate, double decay) {
   nap::step(wp, qp, n, params(lr, gate, decay));
 }
 
+std::int64_t step_into(Floats w, Floats q, Floats out, double lr, double gate, double decay) {
+  if (q.size() != w.size() || out.size() != w.size())
+    throw py::value_error("step_into: w, q and out differ in length");
+  const float* wp = w.data();
+  const float* qp = q.data();
+  float* op = out.mutable_data();
+  const auto n = static_cast<std::size_t>(w.size());
+  py::gil_scoped_release nogil;
+  return nap::step_into(wp, qp, op, n, params(lr, gate, decay));
+}
+
 void step_scalar(Floats w, double q, double lr, double gate, double decay) {
   float* wp = w.mutable_data();
   const auto n = static_cast<std::size_t>(w.size());
@@ -132,6 +143,9 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "nap_gpu C++ core: the NAP law over float32 populations (OpenMP, SIMD).";
   m.def("step", &step, py::arg("w").noconvert(), py::arg("q").noconvert(), py::arg("lr"),
         py::arg("gate"), py::arg("decay"), "Dense step in place: feedback then decay.");
+  m.def("step_into", &step_into, py::arg("w").noconvert(), py::arg("q").noconvert(),
+        py::arg("out").noconvert(), py::arg("lr"), py::arg("gate"), py::arg("decay"),
+        "Dense step written to out with q's finite check: -1, or q's first non-finite index.");
   m.def("step_scalar", &step_scalar, py::arg("w").noconvert(), py::arg("q"), py::arg("lr"),
         py::arg("gate"), py::arg("decay"), "Dense step in place, one quality for all.");
   m.def("decay", &decay, py::arg("w").noconvert(), py::arg("decay"), py::arg("k"),

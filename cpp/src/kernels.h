@@ -14,6 +14,10 @@ namespace nap {
 struct Kernels {
   const char* isa;
   std::size_t (*step)(float* w, const float* q, std::size_t n, const Params& p);
+  /// The step written to out, w only read; *nonfinite: whether any q it did is NaN or
+  /// infinite. stream: streaming stores (out aligned to the vector width).
+  std::size_t (*step_into)(const float* w, const float* q, float* out, std::size_t n,
+                           const Params& p, bool stream, bool* nonfinite);
   std::size_t (*step_scalar)(float* w, float q, std::size_t n, const Params& p);
   std::size_t (*decay)(float* w, std::size_t n, float decay);
   std::size_t (*triad)(float* w, const float* q, float s, std::size_t n);

@@ -29,12 +29,51 @@ inline void prefetch_for_write(const float* p) {
 #endif
 }
 
+// Whether a vector holds a NaN lane (a NaN is the one value unequal to itself).
+bool any_nan(Vec v) {
+  float lanes[Vec::width];
+  v.store(lanes);
+  bool any = false;
+  for (const float lane : lanes) any |= lane != lane;
+  return any;
+}
+
 std::size_t step(float* w, const float* q, std::size_t n, const Params& p) {
   const Vec lr(p.lr), gate(p.gate), decay(p.decay);
   std::size_t i = 0;
   for (; i + Vec::width <= n; i += Vec::width)
     nap::step(Vec::load(w + i), Vec::load(q + i), lr, gate, decay).store(w + i);
   return i;
+}
+
+// The dense step written to out (w is only read) with the finite check of q in the same
+// pass: q - q is 0 for a finite q and NaN otherwise, and NaN survives the additions (as in
+// any_nonfinite). Streaming stores (out aligned to the vector: the caller's job) do not read
+// out's lines before writing them: the pass moves the in-place step's 12 bytes a memory.
+template <bool kStream>
+std::size_t step_into_vectors(const float* w, const float* q, float* out, std::size_t n,
+                              const Params& p, bool* nonfinite) {
+  const Vec lr(p.lr), gate(p.gate), decay(p.decay);
+  Vec seen(0.0f);
+  std::size_t i = 0;
+  for (; i + Vec::width <= n; i += Vec::width) {
+    const Vec quality = Vec::load(q + i);
+    seen = seen + (quality - quality);
+    const Vec next = nap::step(Vec::load(w + i), quality, lr, gate, decay);
+    if (kStream)
+      next.stream(out + i);
+    else
+      next.store(out + i);
+  }
+  if (kStream) stream_fence();
+  *nonfinite = any_nan(seen);
+  return i;
+}
+
+std::size_t step_into(const float* w, const float* q, float* out, std::size_t n,
+                      const Params& p, bool stream, bool* nonfinite) {
+  return stream ? step_into_vectors<true>(w, q, out, n, p, nonfinite)
+                : step_into_vectors<false>(w, q, out, n, p, nonfinite);
 }
 
 std::size_t step_scalar(float* w, float q, std::size_t n, const Params& p) {
@@ -101,15 +140,6 @@ void update(float* w, const std::int64_t* ids, const float* q, std::size_t m, co
     apply_events<true>(w, ids, q, m, p);
 }
 
-// Whether a vector holds a NaN lane (a NaN is the one value unequal to itself).
-bool any_nan(Vec v) {
-  float lanes[Vec::width];
-  v.store(lanes);
-  bool any = false;
-  for (const float lane : lanes) any |= lane != lane;
-  return any;
-}
-
 // x - x is 0 for a finite x and NaN for NaN or infinity, and NaN survives addition: one
 // subtraction and one addition per vector, no branch, four accumulators so the adds' latency
 // does not bound the loop. One sequential read per thread leaves the memory system mostly
@@ -151,8 +181,9 @@ bool any_id_outside(const std::int64_t* ids, std::size_t m, std::int64_t n) {
 }  // namespace
 }  // namespace NAP_ISA
 
-extern const Kernels NAP_KERNELS_NAME = {NAP_ISA::kIsaName,  NAP_ISA::step,   NAP_ISA::step_scalar,
-                                         NAP_ISA::decay,     NAP_ISA::triad,  NAP_ISA::update,
-                                         NAP_ISA::any_nonfinite, NAP_ISA::any_id_outside};
+extern const Kernels NAP_KERNELS_NAME = {
+    NAP_ISA::kIsaName, NAP_ISA::step,   NAP_ISA::step_into,     NAP_ISA::step_scalar,
+    NAP_ISA::decay,    NAP_ISA::triad,  NAP_ISA::update,        NAP_ISA::any_nonfinite,
+    NAP_ISA::any_id_outside};
 
 }  // namespace nap

@@ -32,6 +32,7 @@ struct Vec {
   explicit Vec(float x) : v(_mm512_set1_ps(x)) {}
   static Vec load(const float* p) { return _mm512_loadu_ps(p); }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
+  void stream(float* p) const { _mm512_stream_ps(p, v); }  // p: 64-byte aligned
   void store_first(float* p) const { _mm_store_ss(p, _mm512_castps512_ps128(v)); }
 };
 inline Vec operator+(Vec a, Vec b) { return _mm512_add_ps(a.v, b.v); }
@@ -51,6 +52,7 @@ struct Vec {
   explicit Vec(float x) : v(_mm256_set1_ps(x)) {}
   static Vec load(const float* p) { return _mm256_loadu_ps(p); }
   void store(float* p) const { _mm256_storeu_ps(p, v); }
+  void stream(float* p) const { _mm256_stream_ps(p, v); }  // p: 32-byte aligned
   void store_first(float* p) const { _mm_store_ss(p, _mm256_castps256_ps128(v)); }
 };
 inline Vec operator+(Vec a, Vec b) { return _mm256_add_ps(a.v, b.v); }
@@ -70,6 +72,7 @@ struct Vec {
   explicit Vec(float x) : v(_mm_set1_ps(x)) {}
   static Vec load(const float* p) { return _mm_loadu_ps(p); }
   void store(float* p) const { _mm_storeu_ps(p, v); }
+  void stream(float* p) const { _mm_stream_ps(p, v); }  // p: 16-byte aligned
   void store_first(float* p) const { _mm_store_ss(p, v); }
 };
 inline Vec operator+(Vec a, Vec b) { return _mm_add_ps(a.v, b.v); }
@@ -90,6 +93,7 @@ struct Vec {
   explicit Vec(float x) : v(x) {}
   static Vec load(const float* p) { return Vec(*p); }
   void store(float* p) const { *p = v; }
+  void stream(float* p) const { *p = v; }
   void store_first(float* p) const { *p = v; }
 };
 inline Vec operator+(Vec a, Vec b) { return Vec(a.v + b.v); }
@@ -100,6 +104,14 @@ inline Vec min_of(Vec a, Vec b) { return Vec(a.v < b.v ? a.v : b.v); }
 inline bool greater(Vec a, Vec b) { return a.v > b.v; }
 inline Vec select(bool m, Vec a, Vec b) { return m ? a : b; }
 #endif
+
+/// Orders this thread's streaming stores before its later stores (they bypass the caches and
+/// are weakly ordered): after a loop of Vec::stream, before another thread reads the data.
+inline void stream_fence() {
+#if defined(__SSE2__) || defined(_M_X64)
+  _mm_sfence();
+#endif
+}
 
 }  // namespace NAP_ISA
 }  // namespace nap

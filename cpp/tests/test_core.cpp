@@ -205,6 +205,43 @@ void parallel_matches_serial() {
   CHECK(same_bits(run(1, sparse), expect_sparse), "serial sparse batch differs");
 }
 
+// step_into: the in-place step's bits in another array, on 1 and 2 threads, below and past the
+// streaming-store size, with out at every offset within a vector (the scalar head before the
+// first 64-byte boundary); a NaN or infinite q anywhere is reported at its index and w is
+// never written.
+void step_into_matches_step() {
+  const nap::Params p;
+  for (const std::size_t n : {std::size_t{1}, std::size_t{37}, std::size_t{300001},
+                              (std::size_t{1} << 20) + 13}) {
+    const auto w0 = uniform(n, 0.0f, 1.0f, 7);
+    auto q = uniform(n, -0.2f, 1.2f, 8);
+    std::vector<float> expect = w0;
+    nap::step(expect.data(), q.data(), n, p);
+    for (const int threads : {1, 2}) {
+      nap::set_num_threads(threads);
+      for (std::size_t offset = 0; offset < 17; offset += 5) {
+        std::vector<float> buffer(n + offset, -1.0f), w = w0;
+        float* out = buffer.data() + offset;
+        CHECK(nap::step_into(w.data(), q.data(), out, n, p) == -1,
+              "step_into flagged finite q (n=%zu)", n);
+        CHECK(std::memcmp(out, expect.data(), n * sizeof(float)) == 0,
+              "step_into differs from step: n=%zu, %d threads, offset %zu", n, threads, offset);
+        CHECK(same_bits(w, w0), "step_into wrote w (n=%zu)", n);
+      }
+      for (const std::size_t at : {std::size_t{0}, n / 2, n - 1}) {
+        const float saved = q[at];
+        q[at] = at % 2 ? INFINITY : NAN;
+        std::vector<float> w = w0, out(n);
+        CHECK(nap::step_into(w.data(), q.data(), out.data(), n, p) == static_cast<std::int64_t>(at),
+              "step_into missed the non-finite q at %zu (n=%zu, %d threads)", at, n, threads);
+        CHECK(same_bits(w, w0), "a rejected step_into wrote w (n=%zu)", n);
+        q[at] = saved;
+      }
+      nap::set_num_threads(0);
+    }
+  }
+}
+
 // The batch over a population past the caches, on 2 and 3 threads (each reads every event and
 // keeps its own id range): ids on each side of every range's edge and a few hot ids, a handful
 // of events each (so no weight saturates and every event shows), spread over many chunks.
@@ -599,6 +636,7 @@ int main(int argc, char** argv) {
   golden_sequences(argv[1]);
   invariants();
   parallel_matches_serial();
+  step_into_matches_step();
   filtered_batch_keeps_order();
   scans();
   exact_sums_reconstruct();

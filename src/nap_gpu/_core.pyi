@@ -8,6 +8,10 @@ def step(w: NDArray[np.float32], q: NDArray[np.float32], lr: float, gate: float,
          decay: float) -> None:
     """Dense step in place: feedback then decay."""
 
+def step_into(w: NDArray[np.float32], q: NDArray[np.float32], out: NDArray[np.float32],
+              lr: float, gate: float, decay: float) -> int:
+    """Dense step written to out with q's finite check: -1, or q's first non-finite index."""
+
 def step_scalar(w: NDArray[np.float32], q: float, lr: float, gate: float, decay: float) -> None:
     """Dense step in place, one quality for all."""
 

@@ -90,7 +90,7 @@ def _is_scalar(x) -> bool:
 
 
 def quality(q, n: int, backend: ModuleType, *, check_finite: bool = True, weights=None,
-            shape: tuple | None = None):
+            shape: tuple | None = None, scan: bool = True):
     """Qualities as a float32 C-contiguous 1-D array of length n (or a float for a scalar).
 
     The shape must be ``(n,)``, or exactly ``shape`` (the functional form passes its weights'
@@ -99,6 +99,8 @@ def quality(q, n: int, backend: ModuleType, *, check_finite: bool = True, weight
 
     An array that may share memory with ``weights`` is copied first: the kernels read q while
     they write w, so overlapping inputs would make the result depend on the backend.
+    ``scan=False`` leaves an array's finite check to the caller (``backend.step_into`` does
+    it in the step's own pass); a scalar is always checked here.
     """
     if _is_scalar(q):
         return _scalar_quality(q, check_finite)
@@ -115,7 +117,7 @@ def quality(q, n: int, backend: ModuleType, *, check_finite: bool = True, weight
                     else f" or of the weights' shape {tuple(shape)}")
             raise ValueError(f"quality must be 1-D of length {n}{also}, got shape {arr.shape}")
     arr = _unshared(_to_backend(arr, backend), weights, backend.xp)
-    if check_finite:
+    if check_finite and scan:
         _require_finite(arr, "quality", backend)
     return arr
 

@@ -62,6 +62,13 @@ class Engine:
         weights in [0, 1] (copied; ``-0.0`` stored as ``+0.0``).
     params : Params, optional
         The law's parameters (default ``Params()``).
+    double_buffer : bool
+        Keep a second weight buffer (4 bytes a memory more) so that the checked dense step,
+        ``step(q)`` with an array of qualities, checks q and steps in one pass: the new
+        weights go to the other buffer, which becomes the live one only if every quality was
+        finite. It moves the unchecked step's bytes instead of a third more (measured on 2
+        cores: 1.15-1.2x the bandwidth floor at 1e7-1e8 memories, against 1.5-1.6x). A view
+        from `weights` then shows the buffer it was taken from: take it again after a step.
 
     Attributes
     ----------
@@ -86,7 +93,8 @@ class Engine:
     """
 
     def __init__(self, n: int, *, backend: str = "auto", seed: int | None = None,
-                 init: InitialWeights | _Restored = "uniform", params: Params | None = None) -> None:
+                 init: InitialWeights | _Restored = "uniform", params: Params | None = None,
+                 double_buffer: bool = False) -> None:
         n = _inputs.whole(n, "n", minimum=1)
         self.iteration: int = 0  # dense steps applied
         if isinstance(init, _Restored):  # load(): the snapshot's weights, as they are
@@ -97,6 +105,10 @@ class Engine:
         self.params = Params() if params is None else params  # the setter checks it
         self._backend = backends.resolve(backend)
         self._w = self._backend.from_host(host_weights)  # no copy on host backends
+        self._spare = None  # double_buffer's other buffer: what a checked step writes
+        if double_buffer:
+            with self._backend.device_of(self._w):
+                self._spare = self._backend.xp.empty_like(self._w)
 
     @classmethod
     def open(cls, directory: StrPath, **options: Any) -> DurableEngine:
@@ -108,14 +120,15 @@ class Engine:
         return DurableEngine.open(directory, **options)
 
     @classmethod
-    def load(cls, path: StrPath, *, backend: str = "auto") -> Engine:
+    def load(cls, path: StrPath, *, backend: str = "auto", double_buffer: bool = False
+             ) -> Engine:
         """The population a snapshot holds, on any backend, continuing bit for bit: weights,
         parameters and iteration as saved. Raises ``SnapshotError`` naming the file and the
         fault for a damaged, truncated, foreign or future-format file (``nap.load`` is this
         method). See `save` for an example."""
         weights, info = snapshot.read(path)
         return cls(info.n, backend=backend, init=_Restored(weights, info.iteration),
-                   params=info.params)
+                   params=info.params, double_buffer=double_buffer)
 
     @_on_its_device
     def save(self, path: StrPath) -> pathlib.Path:
@@ -191,10 +204,16 @@ class Engine:
         ``check_finite=False`` skips the NaN/inf scan of the qualities (one read pass) for
         trusted producers; a NaN quality then punishes and its weight becomes NaN.
         """
+        into = self._spare is not None and check_finite  # one pass, into the other buffer
         q = _inputs.quality(quality, self._n, self._backend, check_finite=check_finite,
-                            weights=self._w)
+                            weights=self._spare if into else self._w, scan=not into)
         if isinstance(q, float):
             self._backend.step_scalar(self._w, q, self._params)
+        elif into:
+            bad = self._backend.step_into(self._w, q, self._spare, self._params)
+            if bad >= 0:
+                raise _inputs.not_finite("quality", bad, float(q[bad]))
+            self._w, self._spare = self._spare, self._w
         else:
             self._backend.step(self._w, q, self._params)
         self.iteration += 1

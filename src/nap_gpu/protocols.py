@@ -75,11 +75,12 @@ class Backend(Protocol):
     """A backend module: the law's operations in place on arrays of its namespace ``xp``.
 
     ``step``, ``step_scalar``, ``update`` and ``decay`` apply the law (docs/law.md §2) bit for
-    bit as every other backend does; the ``first_*`` scans return the first bad position or
-    -1; ``exact_sums`` returns the integer sums the exact metrics are made of. A backend may
-    also offer ``rank_sums(w, labels, low_key, high_key)``: the inversion ratio's integers
-    without a sort, and ``exact_sums`` from the same pass (the C++ core does;
-    ``nap_gpu.metrics.compute`` uses it where present).
+    bit as every other backend does; ``step_into`` is the checked step written to another
+    array (w only read), returning -1 or q's first non-finite index; the ``first_*`` scans
+    return the first bad position or -1; ``exact_sums`` returns the integer sums the exact
+    metrics are made of. A backend may also offer ``rank_sums(w, labels, low_key,
+    high_key)``: the inversion ratio's integers without a sort, and ``exact_sums`` from the
+    same pass (the C++ core does; ``nap_gpu.metrics.compute`` uses it where present).
     """
 
     name: str
@@ -93,6 +94,8 @@ class Backend(Protocol):
     def device_of(self, x: BackendArray) -> Any: ...
     def narrow_quality(self, q: BackendArray) -> BackendArray: ...
     def step(self, w: BackendArray, q: BackendArray, p: Params) -> None: ...
+    def step_into(self, w: BackendArray, q: BackendArray, out: BackendArray, p: Params
+                  ) -> int: ...
     def step_scalar(self, w: BackendArray, q: float, p: Params) -> None: ...
     def update(self, w: BackendArray, ids: BackendArray, q: BackendArray, p: Params) -> None: ...
     def decay(self, w: BackendArray, d: float, k: int) -> None: ...

@@ -62,6 +62,10 @@ void shim_nap_step(unsigned g, unsigned b, float* w, const float* q, u64 n, floa
                    float decay) {
   launch(nap_step, g, b, w, q, n, lr, gate, decay);
 }
+void shim_nap_step_into(unsigned g, unsigned b, const float* w, const float* q, float* out, u64 n,
+                        float lr, float gate, float decay, u64* nonfinite) {
+  launch(nap_step_into, g, b, w, q, out, n, lr, gate, decay, nonfinite);
+}
 void shim_nap_step_scalar(unsigned g, unsigned b, float* w, float q, u64 n, float lr, float gate,
                           float decay) {
   launch(nap_step_scalar, g, b, w, q, n, lr, gate, decay);

@@ -41,6 +41,15 @@ class IeeeArithmetic {
 /// Dense step: w[i] = step(w[i], q[i]) for i < n.
 void step(float* w, const float* q, std::size_t n, const Params& p);
 
+/// Dense step written to out, with the finite check of q in the same pass (w is only read):
+/// -1 when every q is finite and out[i] = step(w[i], q[i]); else the index of the first NaN or
+/// infinite q, and out's contents are unspecified. One pass over w, q and out where a checked
+/// step in place reads q twice (first_nonfinite, then step): a host that keeps two weight
+/// buffers validates and steps at the in-place step's bandwidth and swaps them on success.
+/// out must not overlap q, nor w other than exactly (out == w is the in-place step).
+std::int64_t step_into(const float* w, const float* q, float* out, std::size_t n,
+                       const Params& p);
+
 /// Dense step with one quality for every memory.
 void step_scalar(float* w, float q, std::size_t n, const Params& p);
 

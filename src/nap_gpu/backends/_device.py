@@ -39,6 +39,17 @@ class DeviceBackend:
         if w.size:
             self._launch("nap_step", w.size, w, q, np.uint64(w.size), *p.float32())
 
+    def step_into(self, w, q, out, p: Params) -> int:
+        """The checked step written to out in one kernel (w only read, q's finite check on
+        the way): -1, or q's first non-finite index (a second scan finds it; out's contents
+        are then unspecified)."""
+        if not w.size:
+            return -1
+        nonfinite = self.xp.zeros(1, dtype=self.xp.uint64)
+        self._launch("nap_step_into", w.size, w, q, out, np.uint64(w.size), *p.float32(),
+                     nonfinite)
+        return self.first_nonfinite(q) if int(nonfinite[0]) else -1  # the one host sync
+
     def step_scalar(self, w, q: float, p: Params) -> None:
         if w.size:
             self._launch("nap_step_scalar", w.size, w, np.float32(q), np.uint64(w.size),

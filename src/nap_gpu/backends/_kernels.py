@@ -30,7 +30,7 @@ PRODUCTION_OPTIONS = ("--std=c++17", "--fmad=false", "--ftz=false", "--prec-div=
                       "--prec-sqrt=true")
 
 #: Every kernel of cuda/kernels.cu (the nap_ prefix names them in profilers).
-KERNELS = ("nap_step", "nap_step_scalar", "nap_decay", "nap_update_segments", "nap_triad",
+KERNELS = ("nap_step", "nap_step_into", "nap_step_scalar", "nap_decay", "nap_update_segments", "nap_triad",
            "nap_first_nonfinite", "nap_first_bad_id", "nap_narrow_quality", "nap_exact_sums",
            "nap_rank_bins", "nap_gather_mixed")
 

@@ -37,6 +37,10 @@ def step(w: np.ndarray, q: np.ndarray, p: Params) -> None:
     _core.step(w, q, p.lr, p.gate, p.decay)
 
 
+def step_into(w: np.ndarray, q: np.ndarray, out: np.ndarray, p: Params) -> int:
+    return _core.step_into(w, q, out, p.lr, p.gate, p.decay)
+
+
 def step_scalar(w: np.ndarray, q: float, p: Params) -> None:
     _core.step_scalar(w, float(np.float32(q)), p.lr, p.gate, p.decay)
 

@@ -22,6 +22,7 @@ xp = cupy
 _backend = DeviceBackend(name, cupy, CupyKernels())
 
 step = _backend.step
+step_into = _backend.step_into
 step_scalar = _backend.step_scalar
 decay = _backend.decay
 update = _backend.update

@@ -92,6 +92,16 @@ def step(w: np.ndarray, q: np.ndarray, p: Params) -> None:
         _decay(wc, d)
 
 
+def step_into(w: np.ndarray, q: np.ndarray, out: np.ndarray, p: Params) -> int:
+    """The checked step written to out (w only read): -1, or q's first non-finite index
+    (out then untouched). Two passes here, as ``step`` works in place chunk by chunk."""
+    bad = first_nonfinite(q)
+    if bad < 0:
+        out[...] = w
+        step(out, q, p)
+    return bad
+
+
 def step_scalar(w: np.ndarray, q: float, p: Params) -> None:
     """Dense step in place with one quality for every memory."""
     filled = np.full(min(CHUNK, w.size), q, np.float32)  # one chunk, not n
