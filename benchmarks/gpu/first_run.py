@@ -15,7 +15,7 @@ Sections: versions (and the cold compile), sass (FFMA / .FTZ in the device's own
 parity64 (Engine calls on 2^32 + 2^20 + 3 memories against the NumPy reference on windows at
 the 32-bit boundaries; the full population and the metrics at 1e8 against the host), dense
 (CUDA-event timings of the copy floor, nap_triad, the raw nap_step and Engine.step with and
-without check_finite at 1e8 and 1e9), sparse (Engine.update: 1M/10M events over 1e8
+without check_finite, and double-buffered, at 1e8 and 1e9), sparse (Engine.update: 1M/10M events over 1e8
 memories, uniform, Zipf(1.1), one hot id), metrics (1e7-1e9, converged and uniform, by phase,
 beside CuPy's sort), latency (per-call wall time at 1e3 and 1e5), torch (PyTorch CUDA
 interop), pool (an Engine bigger than the driver's free memory that fits with CuPy's pool),
@@ -86,6 +86,9 @@ PROFILES = {
 #: The issue's targets.
 STEP_VS_COPY_MIN = 0.9         # nap_step bandwidth / copy bandwidth, at least
 CHECKED_VS_RAW_MAX = 1.35      # checked Engine.step time / raw nap_step time, at most
+#: The prediction for Engine(double_buffer=True): its checked step is one kernel moving the raw
+#: step's 12 bytes a memory (w and q read, the other buffer written) plus one 8-byte read back.
+DOUBLE_BUFFER_VS_RAW_MAX = 1.1
 METRICS_VS_SORT_MAX = 2.0      # metrics time / CuPy's sort of the same values, at most (1e9)
 METRICS_VS_STEP_MAX = 10.0     # a converged population's metrics time / a dense step (1e9)
 
@@ -824,7 +827,7 @@ def sec_dense(ctx: Ctx, sec: Section) -> None:
     sec.notes.append("weights are not restored between rounds: the kernels are branch free, "
                      "their cost does not depend on the values; calls are timed in alternation")
     for n in ctx.p["dense_sizes"]:
-        need = 4 * n + 4 * n + 12 * n + 4 * n
+        need = 4 * n + 4 * n + 12 * n + 4 * n + 8 * n  # ... and the double-buffered engine's
         why = ctx.fits(need, f"dense timings at {label(n)}", host_need=4 * n, min_left_s=20)
         if why:
             sec.skip_part(f"dense timings at {label(n)}", why)
@@ -833,6 +836,7 @@ def sec_dense(ctx: Ctx, sec: Section) -> None:
         w = eng._w  # the raw kernel steps the engine's own weights: one population
         cupy.copyto(w, device_uniform(ctx, n, 1))
         q = device_quality(ctx, n, 2)
+        twin = nap.Engine(n, backend="cuda", init=0.5, params=P, double_buffer=True)
         floor = CopyFloor(cupy, n)
         # the kernel alone: its function looked up once and launched with cuda.step's geometry
         # and arguments (cuda.step looks the kernel up on every call: that host time shows as
@@ -846,7 +850,8 @@ def sec_dense(ctx: Ctx, sec: Section) -> None:
                "nap_step kernel (direct launch)": lambda: kernel(grid, (be.block,), args),
                "nap_step (raw kernel)": lambda: cuda.step(w, q, P),
                "Engine.step (check_finite)": lambda: eng.step(q),
-               "Engine.step (check_finite=False)": lambda: eng.step(q, check_finite=False)}
+               "Engine.step (check_finite=False)": lambda: eng.step(q, check_finite=False),
+               "Engine.step (check_finite, double_buffer)": lambda: twin.step(q)}
         ctx.sync()
         # rounds: enough for the budget, from one round's cost
         t0 = time.perf_counter()
@@ -873,11 +878,13 @@ def sec_dense(ctx: Ctx, sec: Section) -> None:
         direct = stats["nap_step kernel (direct launch)"]["median"]
         kernel_vs_copy = copy / direct
         checked = stats["Engine.step (check_finite)"]["median"] / raw
+        double = stats["Engine.step (check_finite, double_buffer)"]["median"] / raw
         entry["nap_step_bandwidth_vs_copy"] = step_vs_copy
         entry["nap_step_kernel_bandwidth_vs_copy"] = kernel_vs_copy
         entry["cuda_step_host_overhead"] = fig(raw - direct, "ms",
                                                note="cuda.step minus the direct launch")
         entry["checked_engine_step_vs_raw"] = checked
+        entry["double_buffered_step_vs_raw"] = double
         sec.check(f"{label(n)}: nap_step (cuda.step) bandwidth vs the copy's",
                   step_vs_copy >= STEP_VS_COPY_MIN,
                   f"{step_vs_copy:.3f}x", f">= {STEP_VS_COPY_MIN}x", kind="performance")
@@ -887,6 +894,9 @@ def sec_dense(ctx: Ctx, sec: Section) -> None:
         sec.check(f"{label(n)}: checked Engine.step time vs the raw kernel's",
                   checked <= CHECKED_VS_RAW_MAX, f"{checked:.3f}x", f"<= {CHECKED_VS_RAW_MAX}x",
                   kind="performance")
+        sec.check(f"{label(n)}: double-buffered checked Engine.step time vs the raw kernel's",
+                  double <= DOUBLE_BUFFER_VS_RAW_MAX, f"{double:.3f}x",
+                  f"<= {DOUBLE_BUFFER_VS_RAW_MAX}x", kind="performance")
         # and the raw kernel's bits, on the first 2^20 memories
         k = min(n, 1 << 20)
         w0, q0 = w[:k].get(), q[:k].get()
@@ -896,8 +906,15 @@ def sec_dense(ctx: Ctx, sec: Section) -> None:
         bad = bits_equal(np, w[:k].get(), expected)
         sec.check(f"{label(n)}: nap_step bits on the first {k:,} memories (after the timings)",
                   bad == 0, f"{bad} mismatches", "0")
+        before = twin._w[:k].get()  # the live buffer (before the swap)
+        twin.step(q)  # nap_step_into, then the swap
+        expected = before.copy()
+        reference.step(expected, q0, P)
+        bad = bits_equal(np, twin._w[:k].get(), expected)
+        sec.check(f"{label(n)}: double-buffered step bits on the first {k:,} memories",
+                  bad == 0, f"{bad} mismatches", "0")
         sec.data["sizes"][label(n)] = entry
-        del eng, w, q, floor, fns, args, kernel
+        del eng, twin, w, q, floor, fns, args, kernel
         ctx.release()
 
 
@@ -1623,7 +1640,8 @@ def _headline_of(name: str, sec: dict) -> str:
             for size, e in d.get("sizes", {}).items():
                 parts.append(f"{size}: kernel {e['nap_step_kernel_bandwidth_vs_copy']:.2f}x/"
                              f"step {e['nap_step_bandwidth_vs_copy']:.2f}x copy bw, "
-                             f"checked {e['checked_engine_step_vs_raw']:.2f}x")
+                             f"checked {e['checked_engine_step_vs_raw']:.2f}x, "
+                             f"double-buffered {e['double_buffered_step_vs_raw']:.2f}x")
             return "; ".join(parts)
         if name == "metrics":
             sizes = d.get("sizes", {})

@@ -67,7 +67,7 @@ class Engine:
         ``step(q)`` with an array of qualities, checks q and steps in one pass: the new
         weights go to the other buffer, which becomes the live one only if every quality was
         finite. It moves the unchecked step's bytes instead of a third more (measured on 2
-        cores: 1.15-1.2x the bandwidth floor at 1e7-1e8 memories, against 1.5-1.6x). A view
+        cores: 1.16-1.32x the bandwidth floor at 1e7-1e8 memories, against 1.65-1.85x). A view
         from `weights` then shows the buffer it was taken from: take it again after a step.
 
     Attributes
