@@ -106,8 +106,9 @@ class Guard:
         (uvicorn's C parser), "h11" (pure Python), or "auto" (httptools where installed)."""
         base = http_protocol_base(parser)
         h11 = base is H11Protocol
-        return type(f"Guarded{base.__name__}", ((_Guarded,) if h11 else (_HeadLimited, _Guarded))
-                    + (base,), {"_nap_guard": self, "nap_parser": "h11" if h11 else "httptools"})
+        mixins = (_Guarded,) if h11 else (_HeadLimited, _Guarded)
+        return type(f"Guarded{base.__name__}", (*mixins, base),
+                    {"_nap_guard": self, "nap_parser": "h11" if h11 else "httptools"})
 
     # -- the protocol's events ------------------------------------------------------------
     def opened(self, conn) -> None:
